@@ -1,0 +1,3 @@
+"""qsm: the quantitative susceptibility mapping (QSM) study layer on top of voxstats."""
+
+__version__ = "0.1.0"
