@@ -1,0 +1,295 @@
+"""Cluster tables from a statistic map and a p map (like FSL's ``cluster``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from voxstats.design_files import DesignFileError, _atomic_write_text, _read_table
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClusterTable", "cluster_table", "read_atlas_labels", "COLUMNS"]
+
+_CONNECTIVITY = {6: 1, 18: 2, 26: 3}
+_P_CONVENTIONS = ("1-p", "p", "logp")
+_SIGNS = ("pos", "neg", "both")
+
+#: Columns of :attr:`ClusterTable.table`, always present in this order.
+COLUMNS = (
+    "cluster",
+    "n_voxels",
+    "volume_mm3",
+    "max_value",
+    "peak_i",
+    "peak_j",
+    "peak_k",
+    "peak_x",
+    "peak_y",
+    "peak_z",
+    "cog_i",
+    "cog_j",
+    "cog_k",
+    "cog_x",
+    "cog_y",
+    "cog_z",
+    "p_min",
+    "peak_label",
+)
+
+
+def _check_option(name, value, allowed):
+    if value not in allowed:
+        allowed_txt = ", ".join(repr(a) for a in allowed)
+        raise ValueError(
+            f"Invalid value for the '{name}' parameter. Allowed values are {allowed_txt}, "
+            f"but got {value!r} instead."
+        )
+
+
+def _load_3d(img, name):
+    if isinstance(img, (str, Path)):
+        if not Path(img).is_file():
+            raise FileNotFoundError(f"The '{name}' image {img} does not exist.")
+        img = nib.load(str(img))
+    if not hasattr(img, "affine"):
+        raise TypeError(f"Expected a NIfTI image or path for '{name}', got {type(img).__name__}.")
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"Expected a 3D image for '{name}', got shape {data.shape}.")
+    return img, data
+
+
+def _check_same_space(img_a, img_b, name_a, name_b):
+    shape_a, shape_b = img_a.shape[:3], img_b.shape[:3]
+    if shape_a != shape_b or not np.allclose(img_a.affine, img_b.affine, atol=1e-4):
+        raise ValueError(
+            f"'{name_a}' and '{name_b}' are not in the same space: shapes {shape_a} and "
+            f"{shape_b}, affines differ by {np.abs(img_a.affine - img_b.affine).max():.3g}."
+        )
+
+
+def read_atlas_labels(path):
+    """Read an atlas look-up table (BIDS ``dseg.tsv``: columns ``index`` and ``name``).
+
+    Parameters
+    ----------
+    path : str or Path
+        TSV (or CSV) with a header holding at least ``index`` and ``name``.
+
+    Returns
+    -------
+    labels : dict of int to str
+    """
+    header_line, header, rows = _read_table(path)
+    lower = [h.lower() for h in header]
+    for needed in ("index", "name"):
+        if needed not in lower:
+            raise DesignFileError(
+                f"{path}, line {header_line}: expected columns 'index' and 'name', got {header}"
+            )
+    i_col, n_col = lower.index("index"), lower.index("name")
+    labels = {}
+    for lineno, cells in rows:
+        token = cells[i_col]
+        if not token.lstrip("-").isdigit():
+            raise DesignFileError(f"{path}, line {lineno}: expected an integer index, got {token!r}")
+        if int(token) in labels:
+            raise DesignFileError(f"{path}, line {lineno}: expected unique indices, got {token} again")
+        labels[int(token)] = cells[n_col]
+    return labels
+
+
+@dataclass(frozen=True)
+class ClusterTable:
+    """Clusters of a thresholded statistic map.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame, shape (n_clusters, len(COLUMNS))
+        One row per cluster, largest first (``cluster`` = 1, 2, ...).
+        Voxel coordinates are 0-based indices; ``*_x, *_y, *_z`` are world
+        (mm) coordinates through the image affine; ``cog`` is the centre of
+        gravity weighted by ``|stat|`` (as FSL's ``cluster``); ``p_min`` is
+        the smallest p value in the cluster (NaN without a p map);
+        ``peak_label`` the atlas label at the peak ("" without an atlas).
+    labels_img : nibabel.Nifti1Image
+        Integer image: each voxel's cluster number, 0 outside clusters.
+    """
+
+    table: pd.DataFrame
+    labels_img: nib.Nifti1Image
+
+    def to_tsv(self, path):
+        """Write :attr:`table` as TSV, atomically."""
+        _atomic_write_text(path, self.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+
+
+def _to_p(values, convention):
+    if convention == "p":
+        return values
+    if convention == "1-p":
+        return 1.0 - values
+    return 10.0 ** (-values)
+
+
+def cluster_table(
+    stat_img,
+    *,
+    p_img=None,
+    p_convention="1-p",
+    alpha=0.05,
+    threshold=None,
+    sign="pos",
+    connectivity=26,
+    min_size=1,
+    atlas_img=None,
+    atlas_labels=None,
+):
+    """Table the connected clusters of a statistic map.
+
+    A voxel belongs to a cluster when its statistic has the requested sign
+    and exceeds ``threshold`` in magnitude (when given) and its p value is
+    below ``alpha`` (when ``p_img`` is given).  At least one of ``threshold``
+    and ``p_img`` is required.
+
+    Parameters
+    ----------
+    stat_img : str, Path or nibabel image, 3D
+        Statistic map (t, F, TFCE...).  Non-finite voxels are never in a cluster.
+    p_img : str, Path or nibabel image, 3D, optional
+        p map in the space of ``stat_img``.
+    p_convention : {'1-p', 'p', 'logp'}
+        How ``p_img`` stores p: randomise's 1 - p (default), p itself, or -log10 p.
+    alpha : float
+        Significance level applied to ``p_img``.
+    threshold : float, optional
+        Cluster-forming threshold on ``|stat|``.
+    sign : {'pos', 'neg', 'both'}
+        Positive clusters, negative clusters, or both (labelled separately).
+    connectivity : {6, 18, 26}
+        Voxel neighbourhood (26, FSL's default, when omitted).
+    min_size : int
+        Smallest cluster (voxels) kept.
+    atlas_img : str, Path or nibabel image, 3D, optional
+        Integer label image in the space of ``stat_img``.
+    atlas_labels : dict of int to str, str or Path, optional
+        Names of ``atlas_img`` labels, or a TSV read by :func:`read_atlas_labels`.
+
+    Returns
+    -------
+    ClusterTable
+    """
+    _check_option("p_convention", p_convention, _P_CONVENTIONS)
+    _check_option("sign", sign, _SIGNS)
+    _check_option("connectivity", connectivity, tuple(_CONNECTIVITY))
+    if p_img is None and threshold is None:
+        raise ValueError("Either 'threshold' or 'p_img' must be given to define clusters.")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"Invalid value for the 'alpha' parameter: expected 0 < alpha <= 1, got {alpha}.")
+    if threshold is not None and not (np.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"Invalid value for the 'threshold' parameter: expected a number >= 0, got {threshold}.")
+    if int(min_size) != min_size or min_size < 1:
+        raise ValueError(f"Invalid value for the 'min_size' parameter: expected an integer >= 1, got {min_size}.")
+
+    stat_img, stat = _load_3d(stat_img, "stat_img")
+    finite = np.isfinite(stat)
+    p = np.full(stat.shape, np.nan)
+    if p_img is not None:
+        p_img, p_raw = _load_3d(p_img, "p_img")
+        _check_same_space(stat_img, p_img, "stat_img", "p_img")
+        p = _to_p(p_raw, p_convention)
+    atlas = None
+    if atlas_img is not None:
+        atlas_img, atlas = _load_3d(atlas_img, "atlas_img")
+        _check_same_space(stat_img, atlas_img, "stat_img", "atlas_img")
+        atlas = np.rint(atlas).astype(np.int64)
+        if isinstance(atlas_labels, (str, Path)):
+            atlas_labels = read_atlas_labels(atlas_labels)
+        atlas_labels = atlas_labels or {}
+
+    keep = finite.copy()
+    if threshold is not None:
+        keep &= np.abs(np.where(finite, stat, 0)) > threshold
+    if p_img is not None:
+        keep &= np.isfinite(p) & (p < alpha)
+    structure = ndimage.generate_binary_structure(3, _CONNECTIVITY[connectivity])
+    signs = {"pos": (1,), "neg": (-1,), "both": (1, -1)}[sign]
+    affine = stat_img.affine
+    voxel_volume = abs(np.linalg.det(affine[:3, :3]))
+
+    rows, masks = [], []
+    for s in signs:
+        in_sign = keep & (np.where(finite, stat, 0) * s > 0)
+        labels, n = ndimage.label(in_sign, structure=structure)
+        if n == 0:
+            continue
+        flat = labels.ravel()
+        idx = np.flatnonzero(flat)
+        lab = flat[idx]
+        val = stat.ravel()[idx]
+        # peak: the most extreme value in the cluster, first voxel (C order) on ties
+        order = np.lexsort((-s * val, lab))
+        first = order[np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]]
+        sizes = np.bincount(lab, minlength=n + 1)[1:]
+        ijk = np.array(np.unravel_index(idx, stat.shape)).T.astype(np.float64)
+        weight = np.abs(val)
+        wsum = np.bincount(lab, weights=weight, minlength=n + 1)[1:]
+        cog = np.stack(
+            [np.bincount(lab, weights=weight * ijk[:, d], minlength=n + 1)[1:] for d in range(3)],
+            axis=1,
+        ) / wsum[:, None]
+        p_flat = p.ravel()[idx]
+        for c in range(n):
+            if sizes[c] < min_size:
+                continue
+            peak = idx[first[c]]
+            peak_ijk = np.array(np.unravel_index(peak, stat.shape))
+            in_c = lab == c + 1
+            p_c = p_flat[in_c]
+            label = ""
+            if atlas is not None:
+                code = int(atlas[tuple(peak_ijk)])
+                label = atlas_labels.get(code, "" if code == 0 else f"label {code}")
+            rows.append(
+                {
+                    "n_voxels": int(sizes[c]),
+                    "volume_mm3": float(sizes[c] * voxel_volume),
+                    "max_value": float(stat.ravel()[peak]),
+                    "peak_ijk": peak_ijk,
+                    "cog_ijk": cog[c],
+                    "p_min": float(np.nanmin(p_c)) if np.isfinite(p_c).any() else np.nan,
+                    "peak_label": label,
+                }
+            )
+            masks.append(idx[in_c])
+
+    order = sorted(range(len(rows)), key=lambda r: (-rows[r]["n_voxels"], -abs(rows[r]["max_value"])))
+    label_data = np.zeros(stat.shape, dtype=np.int32)
+    records = []
+    for number, r in enumerate(order, start=1):
+        row = rows[r]
+        label_data.ravel()[masks[r]] = number
+        peak_xyz = nib.affines.apply_affine(affine, row["peak_ijk"])
+        cog_xyz = nib.affines.apply_affine(affine, row["cog_ijk"])
+        records.append(
+            (number, row["n_voxels"], row["volume_mm3"], row["max_value"],
+             *(int(v) for v in row["peak_ijk"]), *peak_xyz, *row["cog_ijk"], *cog_xyz,
+             row["p_min"], row["peak_label"])
+        )
+    table = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    if table.empty:
+        table = table.astype({c: "int64" for c in ("cluster", "n_voxels", "peak_i", "peak_j", "peak_k")})
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int32)
+    labels_img = nib.Nifti1Image(label_data, affine, header)
+    logger.info("%d clusters", len(table))
+    return ClusterTable(table=table, labels_img=labels_img)
