@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from voxstats.design_files import DesignFileError, _atomic_write_text, _read_table
+from voxstats.design_files import DesignFileError, _read_table
+from voxstats.image import atomic_write_text, check_img, check_same_space
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +55,8 @@ def _check_option(name, value, allowed):
 
 
 def _load_3d(img, name):
-    if isinstance(img, (str, Path)):
-        if not Path(img).is_file():
-            raise FileNotFoundError(f"The '{name}' image {img} does not exist.")
-        img = nib.load(str(img))
-    if not hasattr(img, "affine"):
-        raise TypeError(f"Expected a NIfTI image or path for '{name}', got {type(img).__name__}.")
-    data = np.asarray(img.dataobj, dtype=np.float64)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"Expected a 3D image for '{name}', got shape {data.shape}.")
-    return img, data
-
-
-def _check_same_space(img_a, img_b, name_a, name_b):
-    shape_a, shape_b = img_a.shape[:3], img_b.shape[:3]
-    if shape_a != shape_b or not np.allclose(img_a.affine, img_b.affine, atol=1e-4):
-        raise ValueError(
-            f"'{name_a}' and '{name_b}' are not in the same space: shapes {shape_a} and "
-            f"{shape_b}, affines differ by {np.abs(img_a.affine - img_b.affine).max():.3g}."
-        )
+    img = check_img(img, name=name, ndim=3)
+    return img, np.asarray(img.dataobj, dtype=np.float64)
 
 
 def read_atlas_labels(path):
@@ -130,7 +112,7 @@ class ClusterTable:
 
     def to_tsv(self, path):
         """Write :attr:`table` as TSV, atomically."""
-        _atomic_write_text(path, self.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+        atomic_write_text(path, self.table.to_csv(sep="\t", index=False, float_format="%.6g"))
 
 
 def _to_p(values, convention):
@@ -205,12 +187,12 @@ def cluster_table(
     p = np.full(stat.shape, np.nan)
     if p_img is not None:
         p_img, p_raw = _load_3d(p_img, "p_img")
-        _check_same_space(stat_img, p_img, "stat_img", "p_img")
+        check_same_space(stat_img, p_img, "stat_img", "p_img")
         p = _to_p(p_raw, p_convention)
     atlas = None
     if atlas_img is not None:
         atlas_img, atlas = _load_3d(atlas_img, "atlas_img")
-        _check_same_space(stat_img, atlas_img, "stat_img", "atlas_img")
+        check_same_space(stat_img, atlas_img, "stat_img", "atlas_img")
         atlas = np.rint(atlas).astype(np.int64)
         if isinstance(atlas_labels, (str, Path)):
             atlas_labels = read_atlas_labels(atlas_labels)

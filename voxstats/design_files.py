@@ -25,13 +25,13 @@ import csv
 import io
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from voxstats.image import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +70,6 @@ def _check_kind(kind):
             f"Invalid value for the 'kind' parameter. Allowed values are {allowed}, "
             f"but got {kind!r} instead."
         )
-
-
-def _atomic_write_text(path, text):
-    """Write ``text`` to a temporary file in the same folder, then rename it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_lines(path):
@@ -295,7 +281,7 @@ def write_vest(path, matrix, *, kind="mat", names=None):
         out.append("/PPheights\t" + "\t".join(f"{h:e}" for h in heights))
     out += ["", "/Matrix"]
     out += ["\t".join(_fmt(v) for v in row) for row in matrix]
-    _atomic_write_text(path, "\n".join(out) + "\n")
+    atomic_write_text(path, "\n".join(out) + "\n")
 
 
 # --------------------------------------------------------------------------- CSV / TSV
@@ -358,7 +344,7 @@ def _write_table(path, header, rows):
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
     writer.writerows(lines)
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _unique_names(path, names, lines):

@@ -128,13 +128,13 @@ def test_errors(tmp_path, stat):
         cluster_table(img, threshold=1, sign="+")
     with pytest.raises(ValueError, match="'p_convention' parameter"):
         cluster_table(img, p_img=img, p_convention="-log10p")
-    with pytest.raises(ValueError, match="'stat_img' and 'p_img' are not in the same space"):
+    with pytest.raises(ValueError, match="stat_img and p_img are not in the same space"):
         cluster_table(img, p_img=_img(stat, np.eye(4)))
-    with pytest.raises(ValueError, match="'stat_img' and 'atlas_img' are not in the same space"):
+    with pytest.raises(ValueError, match="stat_img and atlas_img are not in the same space"):
         cluster_table(img, threshold=1, atlas_img=_img(stat[:5]))
-    with pytest.raises(ValueError, match="Expected a 3D image for 'stat_img', got shape"):
+    with pytest.raises(ValueError, match="stat_img: expected a 3D image, got shape"):
         cluster_table(_img(np.zeros((3, 3, 3, 2))), threshold=1)
-    with pytest.raises(FileNotFoundError, match="The 'p_img' image .*nope.nii does not exist"):
+    with pytest.raises(FileNotFoundError, match="p_img: file not found: .*nope.nii"):
         cluster_table(img, p_img=tmp_path / "nope.nii")
     with pytest.raises(ValueError, match="'min_size' parameter"):
         cluster_table(img, threshold=1, min_size=0)
