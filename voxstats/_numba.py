@@ -1,0 +1,46 @@
+"""The one place that sets how numba compiles voxstats' kernels.
+
+fastmath takes every flag except ``nnan`` and ``ninf`` so that NaN and
+infinity keep their meaning (the policy stumpy follows). Set the environment
+variable ``NUMBA_DISABLE_JIT=1`` to run the kernels as plain Python.
+"""
+
+import contextlib
+
+import numba
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+JIT = {"cache": True, "fastmath": FASTMATH}
+# Kernels whose summation order must not depend on the compiler's reassociation.
+JIT_STRICT = {"cache": True}
+
+njit = numba.njit
+prange = numba.prange
+
+
+@contextlib.contextmanager
+def n_threads(n_jobs):
+    """Run numba and BLAS with ``n_jobs`` threads, restoring the settings after."""
+    from threadpoolctl import threadpool_limits
+
+    n = _check_n_jobs(n_jobs)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(n)
+        with threadpool_limits(limits=n):
+            yield n
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _check_n_jobs(n_jobs):
+    maximum = numba.config.NUMBA_NUM_THREADS
+    if n_jobs is None:
+        return 1
+    if not isinstance(n_jobs, (int,)) or isinstance(n_jobs, bool):
+        raise TypeError(f"n_jobs must be an integer, got {n_jobs!r}")
+    if n_jobs < 0:
+        n_jobs = maximum + 1 + n_jobs
+    if n_jobs < 1:
+        raise ValueError(f"Invalid value for the 'n_jobs' parameter: got {n_jobs}, expected >= 1 or -1")
+    return min(n_jobs, maximum)

@@ -1,0 +1,111 @@
+"""Neighbourhoods of voxels: grids of any connectivity, or a sparse adjacency.
+
+TFCE and cluster inference only need to know which voxels touch. Both a masked
+grid and a surface mesh become the same thing here: a symmetric graph over the
+voxels in CSR form (``indptr``, ``indices``), in the order of the voxels.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["VoxelGraph", "graph_from_adjacency", "grid_graph"]
+
+_CONNECTIVITY = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
+
+
+@dataclass(frozen=True)
+class VoxelGraph:
+    """Which voxels are neighbours, as a symmetric CSR graph.
+
+    Attributes
+    ----------
+    indptr : (n_voxels + 1,) ndarray of int64
+    indices : (n_edges * 2,) ndarray of int64
+    n_voxels : int
+    mask : ndarray of bool or None
+        The grid mask the voxels come from (in C order), if any.
+    connectivity : int or None
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_voxels: int
+    mask: np.ndarray | None = None
+    connectivity: int | None = None
+
+
+def _check_connectivity(connectivity, ndim):
+    allowed = _CONNECTIVITY.get(ndim)
+    if allowed is None:
+        raise ValueError(f"Expected a 2D or 3D map for a grid neighbourhood, got {ndim}D")
+    if connectivity not in allowed:
+        raise ValueError(f"Invalid value for the 'connectivity' parameter in {ndim}D. Allowed values are "
+                         f"{', '.join(map(str, allowed))}, but got {connectivity!r} instead.")
+    return allowed[connectivity]
+
+
+def grid_graph(mask, connectivity=6):
+    """Graph of the voxels of a boolean mask, numbered in C order.
+
+    Parameters
+    ----------
+    mask : (x, y) or (x, y, z) ndarray of bool
+    connectivity : int
+        3D: 6 (faces), 18 (faces and edges) or 26 (and corners). 2D: 4 or 8.
+
+    Returns
+    -------
+    VoxelGraph
+    """
+    mask = np.asarray(mask, dtype=bool)
+    order = _check_connectivity(connectivity, mask.ndim)
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(int(mask.sum()))
+    rows, cols = [], []
+    for offset in np.ndindex(*(3,) * mask.ndim):
+        offset = np.array(offset) - 1
+        distance = np.abs(offset).sum()
+        if distance == 0 or distance > order:
+            continue
+        # keep one of each +/- pair; the other direction is added by symmetry
+        if tuple(offset) < tuple(-offset):
+            continue
+        src = tuple(slice(max(0, -o), mask.shape[d] - max(0, o)) for d, o in enumerate(offset))
+        dst = tuple(slice(max(0, o), mask.shape[d] - max(0, -o)) for d, o in enumerate(offset))
+        a, b = index[src], index[dst]
+        both = (a >= 0) & (b >= 0)
+        rows.append(a[both])
+        cols.append(b[both])
+    n = int(mask.sum())
+    indptr, indices = _symmetric_csr(np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                                     np.concatenate(cols) if cols else np.zeros(0, np.int64), n)
+    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=n, mask=mask, connectivity=connectivity)
+
+
+def _symmetric_csr(rows, cols, n):
+    data = np.ones(2 * rows.size, dtype=np.int8)
+    matrix = sparse.csr_matrix((data, (np.concatenate([rows, cols]), np.concatenate([cols, rows]))),
+                               shape=(n, n))
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    return matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
+
+
+def graph_from_adjacency(adjacency, n_voxels=None):
+    """Graph from a square scipy.sparse adjacency (non-zero = neighbours).
+
+    The adjacency is symmetrised and its diagonal ignored.
+    """
+    if not sparse.issparse(adjacency):
+        raise TypeError(f"adjacency: expected a scipy.sparse matrix, got {type(adjacency).__name__}")
+    if adjacency.shape[0] != adjacency.shape[1]:
+        raise ValueError(f"adjacency: expected a square matrix, got shape {adjacency.shape}")
+    if n_voxels is not None and adjacency.shape[0] != n_voxels:
+        raise ValueError(f"adjacency: has {adjacency.shape[0]} nodes but the data have {n_voxels} voxels")
+    coo = sparse.coo_matrix(adjacency)
+    keep = (coo.row != coo.col) & (coo.data != 0)
+    indptr, indices = _symmetric_csr(coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64),
+                                     adjacency.shape[0])
+    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=adjacency.shape[0])
