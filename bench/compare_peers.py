@@ -334,7 +334,7 @@ def time_permutations(peers, states, *, n_perm, threads, repeats):
     runs = {p.name: [] for p in peers}
     notes = {p.name: [] for p in peers}
     for rnd in range(repeats):
-        rot = rnd % len(peers)
+        rot = rnd % max(1, len(peers))
         for peer in peers[rot:] + peers[:rot]:
             k_lo, k_hi = peer.ks(n_perm)
             secs = []
