@@ -117,17 +117,18 @@ def test_tiny_run_tfce_values_match_independent_references(tiny_report, tiny_tma
                                times_dh=False)
     mne_ref = stepped_tfce(t3d, np.arange(0, m, cp.MNE_STEP), strict=True,
                            times_dh=True)
+    # FSL: h = 0, dh, 2 dh, ... with dh = max|t| / 100, > h, not times dh
+    fsl_ref = stepped_tfce(t3d, np.arange(1, 102) * (m / 100), strict=True,
+                           times_dh=False)
     refs = {"voxstats exact": (exact, 1e-4), "tfce": (exact, 1e-4),
-            "nilearn": (nilearn_ref, 1e-9), "mne": (mne_ref, 1e-9)}
+            "nilearn": (nilearn_ref, 1e-9), "mne": (mne_ref, 1e-9),
+            "voxstats fsl": (fsl_ref, 1e-6)}
     res = tp["results"]
-    checked = 0
-    for label, (ref, rtol) in refs.items():
-        if label in res:
-            for where, vox in (("peak", peak), ("edge", edge)):
-                assert res[label][where] == pytest.approx(ref[vox], rel=rtol), label
-            checked += 1
-    assert checked == len(res) - ("voxstats fsl" in res)
-    if "voxstats fsl" in res:  # FSL convention: steps of max/100, not times dh
+    for label in res:
+        ref, rtol = refs[label]
+        for where, vox in (("peak", peak), ("edge", edge)):
+            assert res[label][where] == pytest.approx(ref[vox], rel=rtol), label
+    if "voxstats fsl" in res:
         rec = res["voxstats fsl"]
         assert rec["peak_times_delta"] == pytest.approx(exact[peak], rel=0.05)
         assert rec["peak_rel_diff_vs_exact"] == pytest.approx(
