@@ -172,10 +172,17 @@ def test_targets_are_checked_and_misses_quantified():
     prob = {"timing": {"2": {"voxstats": {"per_perm_s": 0.02},
                              "tfce": {"per_perm_s": 0.1},
                              "nilearn": {"per_perm_s": 6.0}}}}
+    prob["memory"] = {"2": {"voxstats": {"peak_tree_rss_mb": 600.0},
+                            "tfce": {"peak_tree_rss_mb": 500.0},
+                            "nilearn": {"peak_tree_rss_mb": None,
+                                        "ru_maxrss_self_mb": 1200.0}}}
     tfce_t, nilearn_t = cp.check_targets(prob, threads=2)
     assert tfce_t["speedup"] == pytest.approx(5.0) and not tfce_t["met"]
-    assert "MISSED by 1.40x" in tfce_t["text"]
+    assert "MISSED by 1.40x" in tfce_t["text"] and "(HIGHER)" in tfce_t["text"]
+    assert tfce_t["memory_ratio"] == pytest.approx(1.2)
     assert nilearn_t["speedup"] == pytest.approx(300.0) and nilearn_t["met"]
+    assert nilearn_t["memory_ratio"] == pytest.approx(0.5)
+    assert cp.check_targets(prob, threads=1) == []
 
 
 # ---------------------------------------------------------------- helpers
