@@ -1,0 +1,327 @@
+"""Study configuration (TOML) and the checks that run before any long work.
+
+A study config has the sections ``study``, ``groups``, ``atlas``,
+``referencing``, ``voxelwise``, ``roi``, ``regression`` and ``simulation``;
+see ``qsm/data/demo_study.toml`` for every key with its default.  Unknown
+sections or keys, wrong types, an atlas without a label table, missing
+participant columns and too small groups are errors with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StudyConfig", "load_config", "demo_config_path", "read_participants",
+           "check_participants"]
+
+_REFERENCING = ("none", "brain", "wm")
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str = "QSM thalamus study"
+    participants: str = "participants.tsv"
+    id_column: str = "participant_id"
+    group_column: str = "group"
+    chi_column: str = "chi_path"
+    space: str = "MNI152NLin2009aSym"
+    min_subjects_per_group: int = 3
+
+
+@dataclass(frozen=True)
+class Atlas:
+    builtin: str = "demo_thalamus"
+    labels_img: str = ""
+    label_table: str = ""
+    space: str = ""
+    structure: str = "thalamus"
+    resample: bool = False
+
+
+@dataclass(frozen=True)
+class Referencing:
+    region: str = "brain"
+
+
+@dataclass(frozen=True)
+class Voxelwise:
+    enabled: bool = True
+    region: str = "thalamus"
+    covariates: tuple = ("age", "sex")
+    n_perm: int = 2000
+    tfce: bool = True
+    two_sided: bool = True
+    connectivity: int = 6
+    alpha: float = 0.05
+    seed: int = 0
+    n_jobs: int = 1
+
+
+@dataclass(frozen=True)
+class Roi:
+    statistic: str = "mean"
+    ignore_zeros: bool = True
+    trim_percentile: float = 0.0
+
+
+@dataclass(frozen=True)
+class Regression:
+    group_formula: str = "chi ~ patient + age + C(sex)"
+    group_term: str = "patient"
+    clinical: tuple = ("disease_duration",)
+    clinical_formula: str = "chi ~ {variable} + age + C(sex)"
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class Simulation:
+    n_per_group: int = 40
+    seed: int = 2018
+    native: bool = False
+
+
+_SECTIONS = {"study": Study, "atlas": Atlas, "referencing": Referencing,
+             "voxelwise": Voxelwise, "roi": Roi, "regression": Regression,
+             "simulation": Simulation}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study configuration (one frozen dataclass per section).
+
+    Attributes
+    ----------
+    groups : mapping of str to str
+        Patient group -> matched control group.
+    base_dir : Path
+        Folder against which relative paths are resolved.
+    source : str
+        Where the config came from (file path or ``"<dict>"``).
+    """
+
+    study: Study
+    groups: MappingProxyType
+    atlas: Atlas
+    referencing: Referencing
+    voxelwise: Voxelwise
+    roi: Roi
+    regression: Regression
+    simulation: Simulation
+    base_dir: Path
+    source: str = "<dict>"
+
+    def path(self, value: str) -> Path:
+        """Resolve a path of the config against :attr:`base_dir`."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def to_dict(self) -> dict:
+        """Plain dictionary of the settings (for reports and provenance)."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        out["groups"] = dict(self.groups)
+        return out
+
+
+def demo_config_path() -> Path:
+    """Path of the shipped default config ``qsm/data/demo_study.toml``."""
+    return Path(str(resources.files("qsm") / "data" / "demo_study.toml"))
+
+
+def _coerce(source: str, section: str, key: str, value: Any, default: Any):
+    where = f"{source}: [{section}] {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where} must be a list of strings, got {value!r}.")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {value!r}.")
+    return value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(source=None, *, base_dir=None, overrides: dict | None = None) -> StudyConfig:
+    """Read and validate a study config.
+
+    Parameters
+    ----------
+    source : str, Path, dict or None
+        A TOML file, an already parsed dict, or None for the shipped demo config.
+    base_dir : str or Path, optional
+        Folder for relative paths (default: the TOML file's folder, or the
+        current directory for a dict).
+    overrides : dict, optional
+        ``{section: {key: value}}`` applied on top of ``source``.
+
+    Returns
+    -------
+    config : StudyConfig
+    """
+    if source is None:
+        source = demo_config_path()
+    if isinstance(source, dict):
+        raw, name = source, "<dict>"
+        folder = Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"Study config {path} does not exist.")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"Study config {path} is not valid TOML: {exc}") from None
+        name, folder = str(path), path.resolve().parent
+    raw = _merge(raw, overrides or {})
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"groups"})
+    if unknown:
+        raise ValueError(f"{name}: unknown section(s) {unknown}; allowed sections are "
+                         f"{sorted(list(_SECTIONS) + ['groups'])}.")
+    sections = {}
+    for sec, cls in _SECTIONS.items():
+        values = raw.get(sec, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"{name}: [{sec}] must be a table.")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - set(defaults))
+        if bad:
+            raise ValueError(f"{name}: unknown key(s) {bad} in [{sec}]; allowed keys are "
+                             f"{sorted(defaults)}.")
+        sections[sec] = cls(**{k: _coerce(name, sec, k, v, defaults[k])
+                               for k, v in values.items()})
+    groups = raw.get("groups", {})
+    if not isinstance(groups, dict) or not groups or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in groups.items()):
+        raise ValueError(f"{name}: [groups] must map each patient group to its control group "
+                         "(e.g. RRMS = \"HC_RRMS\").")
+    config = StudyConfig(groups=MappingProxyType(dict(groups)),
+                         base_dir=Path(base_dir) if base_dir is not None else folder,
+                         source=name, **sections)
+    _check_values(config)
+    return config
+
+
+def _check_values(c: StudyConfig) -> None:
+    src = c.source
+    a = c.atlas
+    if a.labels_img:
+        if not a.label_table:
+            raise ValueError(f"{src}: the atlas {a.labels_img} has no label table; set [atlas] "
+                             "label_table to a TSV with the columns 'index, name, hemisphere'.")
+        if not a.space:
+            raise ValueError(f"{src}: [atlas] space must name the template space of "
+                             f"{a.labels_img}.")
+        for key in ("labels_img", "label_table"):
+            if not c.path(getattr(a, key)).is_file():
+                raise FileNotFoundError(f"{src}: [atlas] {key} {c.path(getattr(a, key))} "
+                                        "does not exist.")
+    elif a.builtin != "demo_thalamus":
+        raise ValueError(f"{src}: invalid value for [atlas] builtin. Allowed values are "
+                         f"'demo_thalamus', but got {a.builtin!r} instead (or set labels_img).")
+    ref = c.referencing.region
+    if ref not in _REFERENCING and not c.path(ref).is_file():
+        raise ValueError(f"{src}: invalid value for [referencing] region. Allowed values are "
+                         f"{', '.join(map(repr, _REFERENCING))} or a mask image path, but got "
+                         f"{ref!r} instead.")
+    v = c.voxelwise
+    if v.n_perm < 1:
+        raise ValueError(f"{src}: [voxelwise] n_perm must be >= 1, got {v.n_perm}.")
+    if v.connectivity not in (6, 18, 26):
+        raise ValueError(f"{src}: invalid value for [voxelwise] connectivity. Allowed values "
+                         f"are 6, 18, 26, but got {v.connectivity} instead.")
+    for key, alpha in (("voxelwise", v.alpha), ("regression", c.regression.alpha)):
+        if not 0 < alpha < 1:
+            raise ValueError(f"{src}: [{key}] alpha must be in (0, 1), got {alpha}.")
+    if c.roi.statistic not in ("mean", "median"):
+        raise ValueError(f"{src}: invalid value for [roi] statistic. Allowed values are 'mean', "
+                         f"'median', but got {c.roi.statistic!r} instead.")
+    if not 0 <= c.roi.trim_percentile < 50:
+        raise ValueError(f"{src}: [roi] trim_percentile must be in [0, 50), got "
+                         f"{c.roi.trim_percentile}.")
+    if "{variable}" not in c.regression.clinical_formula:
+        raise ValueError(f"{src}: [regression] clinical_formula must contain '{{variable}}', "
+                         f"got {c.regression.clinical_formula!r}.")
+    if c.study.min_subjects_per_group < 2:
+        raise ValueError(f"{src}: [study] min_subjects_per_group must be >= 2.")
+
+
+def read_participants(config: StudyConfig) -> pd.DataFrame:
+    """Read the participants TSV of a config (``n/a`` as missing)."""
+    path = config.path(config.study.participants)
+    if not path.is_file():
+        raise FileNotFoundError(f"Participants table {path} does not exist.")
+    df = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True,
+                     dtype={config.study.id_column: str, config.study.group_column: str})
+    return df
+
+
+def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.DataFrame:
+    """Check the participants table against the config; return the analysed rows.
+
+    Checks required columns (id, group, χ paths, covariates, clinical
+    variables and, for native space, ``structural_path``), that every χ file
+    exists, and that every patient and control group has at least
+    ``min_subjects_per_group`` subjects.
+    """
+    s = config.study
+    src = config.path(s.participants)
+    needed = [s.id_column, s.group_column, s.chi_column, *config.voxelwise.covariates,
+              *config.regression.clinical]
+    if s.space == "native":
+        needed.append("structural_path")
+    missing = [c for c in dict.fromkeys(needed) if c not in participants.columns]
+    if missing:
+        raise ValueError(f"Participants table {src} lacks the column(s) {missing}; it has "
+                         f"{list(participants.columns)}.")
+    if participants[s.id_column].duplicated().any():
+        raise ValueError(f"Participants table {src}: {s.id_column} values must be unique.")
+    wanted = list(config.groups) + list(config.groups.values())
+    counts = participants[s.group_column].value_counts()
+    small = {g: int(counts.get(g, 0)) for g in wanted
+             if counts.get(g, 0) < s.min_subjects_per_group}
+    if small:
+        raise ValueError(f"Participants table {src}: too few subjects in group(s) {small}; "
+                         f"each needs at least {s.min_subjects_per_group} "
+                         "([study] min_subjects_per_group).")
+    rows = participants[participants[s.group_column].isin(wanted)].reset_index(drop=True)
+    for col in config.voxelwise.covariates:
+        if rows[col].isna().any():
+            raise ValueError(f"Participants table {src}: covariate {col!r} has missing values.")
+    folder = src.parent
+    for rel in rows[s.chi_column]:
+        p = Path(rel) if Path(rel).is_absolute() else folder / rel
+        if not p.is_file():
+            raise FileNotFoundError(f"χ map {p} listed in {src} does not exist.")
+    return rows
