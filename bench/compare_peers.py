@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voxstats.image import atomic_write_text
+
 try:  # imported as bench.compare_peers
     from ._problem import make_problem
 except ImportError:  # run as a script
@@ -624,13 +626,6 @@ def _get_parser():
     return p
 
 
-def _atomic_write_text(path, text):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     args = _get_parser().parse_args(argv)
     if args.worker:
@@ -689,13 +684,14 @@ def main(argv=None):
                     threads=thr, workdir=tmp)
         entry["targets"] = check_targets(entry, threads=max(args.threads))
         report["problems"].append(entry)
+        report["machine"]["load_avg_end"] = list(os.getloadavg())
         print(format_report(dict(report, problems=[entry], skipped={})), flush=True)
-
-    report["machine"]["load_avg_end"] = list(os.getloadavg())
+        if args.out is not None:  # after every problem, so a long run keeps its part
+            atomic_write_text(args.out, json.dumps(report, indent=1,
+                                                   default=_json_default))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if args.out is not None:
-        _atomic_write_text(args.out, json.dumps(report, indent=1, default=_json_default))
         print(f"wrote {args.out}")
     return 0
 
