@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from voxstats.image import atomic_write_text as _atomic_write_text
+from voxstats.image import save_img_atomic as _save_img_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -224,35 +225,6 @@ def save_atlas(atlas: Atlas, out_dir, *, prefix: str = "atlas") -> tuple[Path, P
     _save_img_atomic(atlas.labels_img, img_path)
     _atomic_write_text(tsv_path, atlas.labels.to_csv(sep="\t", index=False))
     return img_path, tsv_path
-
-
-def _save_img_atomic(img, path) -> None:
-    """Write ``img`` to a temporary name in the same folder, then rename it."""
-    try:
-        from voxstats.image import save_img_atomic
-    except ImportError:  # pragma: no cover - until the engine's image module lands
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(path.suffixes) or ".nii.gz"
-        tmp = path.with_name(f".{path.name.split('.')[0]}.tmp{os.getpid()}{suffix}")
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-        return
-    save_img_atomic(img, path)
-
-
-def _atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to a temporary name in the same folder, then rename it."""
-    try:
-        from voxstats.image import atomic_write_text
-    except ImportError:  # pragma: no cover - until the engine's image module lands
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return
-    atomic_write_text(path, text)
 
 
 def region_masks(atlas: Atlas, *, regions: Sequence[str] | None = None,
