@@ -1,0 +1,207 @@
+"""Registration templates: nilearn's bundled MNI152 2009a, or a user's own.
+
+A :class:`Template` holds the image the subjects are registered to, its brain
+mask, the name of its space (used in BIDS ``space-<name>`` entities) and,
+optionally, a susceptibility (χ) channel for study-specific QSM+T1 hybrid
+templates (see :func:`qsm.normalize.build_template`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: BIDS name of nilearn's bundled template (ICBM 2009a nonlinear asymmetric).
+MNI_SPACE = "MNI152NLin2009aAsym"
+
+_SPACE_RE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A registration target.
+
+    Attributes
+    ----------
+    img : nibabel.Nifti1Image
+        3D template image (T1-weighted contrast for the MNI template).
+    mask_img : nibabel.Nifti1Image
+        3D brain mask on the same grid as ``img`` (uint8, 0/1).
+    space : str
+        Alphanumeric space name written into ``space-<name>`` BIDS entities.
+    chi_img : nibabel.Nifti1Image or None
+        Optional χ channel on the same grid (study-specific hybrid templates).
+    """
+
+    img: nib.Nifti1Image
+    mask_img: nib.Nifti1Image
+    space: str
+    chi_img: nib.Nifti1Image | None = None
+
+    @property
+    def shape(self):
+        """(3,) tuple: the template grid shape."""
+        return tuple(int(s) for s in self.img.shape[:3])
+
+    @property
+    def affine(self):
+        """(4, 4) ndarray: the template voxel-to-world (RAS+ mm) affine."""
+        return np.asarray(self.img.affine, dtype=float)
+
+    @property
+    def zooms(self):
+        """(3,) tuple: voxel size in mm."""
+        return tuple(float(z) for z in self.img.header.get_zooms()[:3])
+
+    def mask(self):
+        """(x, y, z) bool ndarray: the brain mask."""
+        return np.asarray(self.mask_img.dataobj) > 0
+
+    def save(self, out_dir):
+        """Write ``tpl-<space>_T1w.nii.gz``, ``_desc-brain_mask`` (and ``_Chimap``).
+
+        Parameters
+        ----------
+        out_dir : str or Path
+            Output folder (created if needed).
+
+        Returns
+        -------
+        dict
+            ``{"img": path, "mask_img": path[, "chi_img": path]}``.
+        """
+        from qsm.transforms import save_img_atomic
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "img": out_dir / f"tpl-{self.space}_T1w.nii.gz",
+            "mask_img": out_dir / f"tpl-{self.space}_desc-brain_mask.nii.gz",
+        }
+        save_img_atomic(self.img, paths["img"])
+        save_img_atomic(self.mask_img, paths["mask_img"])
+        if self.chi_img is not None:
+            paths["chi_img"] = out_dir / f"tpl-{self.space}_Chimap.nii.gz"
+            save_img_atomic(self.chi_img, paths["chi_img"])
+        return paths
+
+
+def _load_3d(img, name):
+    if isinstance(img, (str, Path)):
+        path = Path(img)
+        if not path.exists():
+            raise FileNotFoundError(f"Template {name} file '{path}' does not exist.")
+        img = nib.load(path)
+    if not hasattr(img, "affine") or len(img.shape) != 3:
+        shape = getattr(img, "shape", None)
+        raise ValueError(f"Template {name} must be a 3D image, got shape {shape}.")
+    return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+
+
+def load_template(img=None, mask_img=None, *, space=None, resolution=2, chi_img=None):
+    """Load the registration template.
+
+    Parameters
+    ----------
+    img : str, Path, nibabel image or None
+        A user template. ``None`` (default) uses nilearn's bundled MNI152
+        2009a T1 template, which needs no download.
+    mask_img : str, Path, nibabel image or None
+        Brain mask on the template grid. Required with a user ``img``; with
+        the bundled template, nilearn's matching brain mask is used.
+    space : str or None
+        Space name (alphanumeric). Required with a user ``img``; defaults to
+        ``"MNI152NLin2009aAsym"`` for the bundled template.
+    resolution : {1, 2}
+        Voxel size in mm of the bundled template (ignored for a user template).
+    chi_img : str, Path, nibabel image or None
+        Optional χ channel of a hybrid template, on the template grid.
+
+    Returns
+    -------
+    Template
+    """
+    if img is None:
+        if resolution not in (1, 2):
+            raise ValueError(
+                "Invalid value for the 'resolution' parameter. Allowed values are 1, 2, "
+                f"but got {resolution!r} instead."
+            )
+        if mask_img is not None or chi_img is not None:
+            raise ValueError("'mask_img' and 'chi_img' need a user template 'img' as well.")
+        from nilearn import datasets
+
+        tpl = datasets.load_mni152_template(resolution=resolution)
+        mask = datasets.load_mni152_brain_mask(resolution=resolution)
+        img = nib.Nifti1Image(np.asarray(tpl.dataobj, dtype=np.float32), tpl.affine)
+        mask_img = nib.Nifti1Image((np.asarray(mask.dataobj) > 0).astype(np.uint8), mask.affine)
+        logger.info("Using nilearn's bundled MNI152 2009a template at %d mm", resolution)
+        return Template(img=img, mask_img=mask_img, space=space or MNI_SPACE)
+
+    if mask_img is None:
+        raise ValueError("A user template 'img' needs its brain 'mask_img' as well.")
+    if space is None or not _SPACE_RE.match(str(space)):
+        raise ValueError(
+            f"Invalid value for the 'space' parameter: expected an alphanumeric name "
+            f"(BIDS space label) for the user template, but got {space!r} instead."
+        )
+    img = _load_3d(img, "image")
+    mask = _load_3d(mask_img, "mask")
+    _check_grid(img, mask, "template image", "template mask")
+    mask = nib.Nifti1Image((np.asarray(mask.dataobj) > 0).astype(np.uint8), mask.affine)
+    if not np.asarray(mask.dataobj).any():
+        raise ValueError("Template mask is empty: expected at least one non-zero voxel.")
+    if chi_img is not None:
+        chi_img = _load_3d(chi_img, "χ image")
+        _check_grid(img, chi_img, "template image", "template χ image")
+    return Template(img=img, mask_img=mask, space=str(space), chi_img=chi_img)
+
+
+def _check_grid(img_a, img_b, name_a, name_b):
+    if img_a.shape[:3] != img_b.shape[:3] or not np.allclose(img_a.affine, img_b.affine, atol=1e-4):
+        raise ValueError(
+            f"The {name_a} and the {name_b} are not in the same space "
+            f"(shapes {img_a.shape[:3]} and {img_b.shape[:3]}; affines "
+            f"{'equal' if np.allclose(img_a.affine, img_b.affine, atol=1e-4) else 'differ'})."
+        )
+
+
+def output_grid(template, resolution=None):
+    """The output grid: the template grid, or the same field of view at another voxel size.
+
+    Parameters
+    ----------
+    template : Template
+    resolution : float or None
+        Isotropic voxel size in mm; ``None`` keeps the template grid.
+
+    Returns
+    -------
+    shape : tuple of 3 int
+    affine : (4, 4) ndarray
+    """
+    if resolution is None:
+        return template.shape, template.affine
+    resolution = float(resolution)
+    if not np.isfinite(resolution) or resolution <= 0:
+        raise ValueError(
+            f"Invalid value for the 'resolution' parameter: expected a positive voxel "
+            f"size in mm, but got {resolution!r} instead."
+        )
+    aff = template.affine
+    zooms = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    extent = np.asarray(template.shape) * zooms
+    shape = tuple(int(max(1, np.round(e / resolution))) for e in extent)
+    new = aff.copy()
+    new[:3, :3] = aff[:3, :3] / zooms * resolution
+    # keep the field of view centred: shift so that voxel centres span the same box
+    old_corner = aff[:3, :3] @ (-0.5 * np.ones(3)) + aff[:3, 3]
+    new[:3, 3] = old_corner - new[:3, :3] @ (-0.5 * np.ones(3))
+    return shape, new
