@@ -20,14 +20,18 @@ prange = numba.prange
 
 @contextlib.contextmanager
 def n_threads(n_jobs):
-    """Run numba and BLAS with ``n_jobs`` threads, restoring the settings after."""
+    """Run numba with ``n_jobs`` threads and BLAS with one, restoring both after.
+
+    BLAS runs single-threaded because the engine splits its matrix products
+    itself (in fixed blocks, for reproducibility) over its own threads.
+    """
     from threadpoolctl import threadpool_limits
 
     n = _check_n_jobs(n_jobs)
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(n)
-        with threadpool_limits(limits=n):
+        with threadpool_limits(limits=1, user_api="blas"):
             yield n
     finally:
         numba.set_num_threads(previous)

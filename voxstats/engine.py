@@ -1,0 +1,263 @@
+"""The permutation engine: statistics of chunks of rearrangements, reduced to what inference needs.
+
+For one contrast, the data are residualised once against the nuisance space
+(Freedman-Lane). A rearrangement ``P`` (a permutation with optional sign flips)
+then needs only the projections of ``P @ W`` on an orthonormal basis ``B`` of
+the model space, and ``B.T @ P @ W = (P.T @ B).T @ W``: the rearrangement moves
+the small basis, not the data. Projections of several rearrangements come from
+one matrix product.
+
+A chunk of the schedule (rearrangements ``start`` to ``stop - 1``) is reduced
+to per-rearrangement maxima and per-voxel exceedance counts. Merging chunks is
+exact and order-independent. Products are computed in groups of ``GROUP``
+rearrangements aligned on the global index and in fixed voxel blocks, each by a
+single-threaded BLAS call, so every number is bit-identical whatever the chunk
+size or the number of threads.
+"""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _tfce_numba
+from .glm import f_to_z
+from .tfce import stepped_table
+
+logger = logging.getLogger(__name__)
+
+GROUP = 8  # rearrangements per matrix product
+VOXEL_BLOCK = 16384  # voxels per matrix product
+
+
+@dataclass(frozen=True)
+class ContrastJob:
+    """What any chunk of rearrangements needs to know about one contrast.
+
+    Attributes
+    ----------
+    name : str
+    kind : {'t', 'F'}
+    basis : (n_subjects, p) ndarray of float32
+        Orthonormal basis [tested, nuisance] of the model space.
+    q : int
+        Dimension of the tested space (rank of the contrast).
+    df : int
+    data : (n_subjects, n_voxels) ndarray of float32
+        Data residualised against the nuisance space.
+    sum_sq : (n_voxels,) ndarray of float64
+        Column sums of squares of ``data``.
+    graph : VoxelGraph or None
+    two_sided : bool
+        t contrasts only: test |t| (F is always one-sided).
+    tfce : bool
+    E, H : float
+    fsl : bool
+        FSL's stepped TFCE, with step ``dh``.
+    dh : float or None
+        Fixed TFCE step (FSL mode); None until the observed map sets it.
+    cluster_threshold : float or None
+    """
+
+    name: str
+    kind: str
+    basis: np.ndarray
+    q: int
+    df: int
+    data: np.ndarray
+    sum_sq: np.ndarray
+    graph: object
+    two_sided: bool
+    tfce: bool
+    E: float
+    H: float
+    fsl: bool
+    dh: float | None
+    cluster_threshold: float | None
+
+    @property
+    def n_voxels(self):
+        return self.data.shape[1]
+
+    @property
+    def tests_both_signs(self):
+        return self.kind == "t" and self.two_sided
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """The reduction of rearrangements ``start`` to ``stop - 1`` for one contrast."""
+
+    start: int
+    stop: int
+    null_max: np.ndarray
+    counts: np.ndarray
+    null_max_tfce: np.ndarray | None = None
+    tfce_counts: np.ndarray | None = None
+    null_max_extent: np.ndarray | None = None
+    null_max_mass: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The identity rearrangement's maps, as the kernels compute them (float32)."""
+
+    stat: np.ndarray
+    tfce: np.ndarray | None
+
+
+def _rearranged_basis(basis, permutation, signs):
+    """(P.T @ B).T for Y*_i = signs_i * W[permutation_i]: a (p, n) matrix."""
+    inverse = np.empty_like(permutation)
+    inverse[permutation] = np.arange(permutation.size)
+    return (basis[inverse] * signs[inverse, np.newaxis].astype(basis.dtype)).T
+
+
+def _projections(job, perms, signs, pool):
+    """Projections of one group of GROUP rearrangements: (GROUP * p, n_voxels) float32."""
+    p = job.basis.shape[1]
+    a = np.ascontiguousarray(np.vstack([_rearranged_basis(job.basis, perms[b], signs[b])
+                                        for b in range(GROUP)]), dtype=np.float32)
+    out = np.empty((GROUP * p, job.n_voxels), dtype=np.float32)
+
+    def block(start):
+        np.matmul(a, job.data[:, start:start + VOXEL_BLOCK], out=out[:, start:start + VOXEL_BLOCK])
+
+    starts = range(0, job.n_voxels, VOXEL_BLOCK)
+    if pool is None:
+        for s in starts:
+            block(s)
+    else:
+        list(pool.map(block, starts))
+    return out
+
+
+def statistics(job, schedule, start, stop, pool=None):
+    """Statistic maps of rearrangements ``start`` to ``stop - 1``: (k, n_voxels) float32."""
+    n = job.data.shape[0]
+    p = job.basis.shape[1]
+    out = np.empty((stop - start, job.n_voxels), dtype=np.float32)
+    group_stats = np.empty((GROUP, job.n_voxels), dtype=np.float32)
+    identity = np.arange(n)
+    ones = np.ones(n, dtype=np.int8)
+    for g in range(start // GROUP, (stop - 1) // GROUP + 1):
+        lo, hi = g * GROUP, (g + 1) * GROUP
+        perms = np.empty((GROUP, n), dtype=np.int64)
+        signs = np.empty((GROUP, n), dtype=np.int8)
+        for b, index in enumerate(range(lo, hi)):
+            if start <= index < stop:
+                perms[b], signs[b] = schedule.permutations[index], schedule.signs[index]
+            else:  # padding: its results are discarded
+                perms[b], signs[b] = identity, ones
+        proj = _projections(job, perms, signs, pool)
+        if job.kind == "t":
+            _tfce_numba.t_from_projection(proj, job.sum_sq, float(job.df), p, group_stats)
+        else:
+            _tfce_numba.f_from_projection(proj, job.sum_sq, float(job.df), p, job.q, group_stats)
+        first, last = max(lo, start), min(hi, stop)
+        out[first - start:last - start] = group_stats[first - lo:last - lo]
+    return out
+
+
+def _enhanceable(job, stats):
+    """The maps TFCE is applied to: t itself, or F converted to z."""
+    if job.kind == "t":
+        return stats
+    return f_to_z(stats, job.q, job.df).astype(np.float32)
+
+
+def tfce_maps(job, stats, n_threads):
+    """TFCE of a batch of statistic maps (float32, same shape)."""
+    enhanced = np.ascontiguousarray(_enhanceable(job, stats))
+    top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
+    if job.fsl:
+        table = stepped_table(job.dh, job.H, top)
+        dh = job.dh
+    else:
+        table, dh = np.zeros(1), 1.0
+    out = np.empty(enhanced.shape, dtype=np.float32)
+    _tfce_numba.tfce_batch(enhanced, job.graph.indptr, job.graph.indices, job.tests_both_signs,
+                           float(job.E), float(job.H), bool(job.fsl), float(dh), table, out, n_threads)
+    return out
+
+
+def observed_maps(job, schedule, n_threads, pool=None):
+    """Maps of the identity rearrangement (row 0 of the schedule)."""
+    stat = statistics(job, schedule, 0, 1, pool)
+    enhanced = tfce_maps(job, stat, n_threads)[0] if job.tfce else None
+    return Observed(stat=stat[0], tfce=enhanced)
+
+
+def fsl_step(job, observed):
+    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100."""
+    enhanced = _enhanceable(job, observed.stat[np.newaxis])[0]
+    top = float(np.abs(enhanced).max() if job.tests_both_signs else max(enhanced.max(), 0.0))
+    return top / 100.0 if top > 0 else 1.0
+
+
+def _magnitude(job, values):
+    return np.abs(values) if job.tests_both_signs else values
+
+
+def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
+    """Reduce rearrangements ``start`` to ``stop - 1`` to maxima and exceedance counts."""
+    stats = statistics(job, schedule, start, stop, pool)
+    mag = _magnitude(job, stats)
+    result = {
+        "null_max": mag.max(axis=1).astype(np.float64),
+        "counts": (mag >= _magnitude(job, observed.stat)).sum(axis=0, dtype=np.int64),
+    }
+    if job.tfce:
+        enhanced = _magnitude(job, tfce_maps(job, stats, n_threads))
+        result["null_max_tfce"] = enhanced.max(axis=1).astype(np.float64)
+        result["tfce_counts"] = (enhanced >= _magnitude(job, observed.tfce)).sum(axis=0, dtype=np.int64)
+    if job.cluster_threshold is not None:
+        extent = np.zeros(stop - start, dtype=np.int64)
+        mass = np.zeros(stop - start)
+        _tfce_numba.cluster_maxima_batch(stats, float(job.cluster_threshold), job.tests_both_signs,
+                                         job.graph.indptr, job.graph.indices, extent, mass, n_threads)
+        result["null_max_extent"] = extent.astype(np.float64)
+        result["null_max_mass"] = mass
+    return ChunkResult(start=start, stop=stop, **result)
+
+
+def merge_chunks(chunks, n_perm):
+    """Merge chunk results (any order) into one ChunkResult covering 0..n_perm-1."""
+    chunks = sorted(chunks, key=lambda c: c.start)
+    covered = [(c.start, c.stop) for c in chunks]
+    expected = 0
+    for lo, hi in covered:
+        if lo != expected:
+            raise ValueError(f"chunks do not tile the schedule: gap or overlap at rearrangement {expected}")
+        expected = hi
+    if expected != n_perm:
+        raise ValueError(f"chunks cover {expected} of {n_perm} rearrangements")
+
+    def cat(field):
+        parts = [getattr(c, field) for c in chunks]
+        return None if parts[0] is None else np.concatenate(parts)
+
+    def add(field):
+        parts = [getattr(c, field) for c in chunks]
+        return None if parts[0] is None else np.sum(parts, axis=0)
+
+    return ChunkResult(start=0, stop=n_perm, null_max=cat("null_max"), counts=add("counts"),
+                       null_max_tfce=cat("null_max_tfce"), tfce_counts=add("tfce_counts"),
+                       null_max_extent=cat("null_max_extent"), null_max_mass=cat("null_max_mass"))
+
+
+def chunk_bounds(n_perm, chunk_size):
+    """[(start, stop), ...] splitting 0..n_perm-1 into chunks of ``chunk_size``."""
+    return [(lo, min(lo + chunk_size, n_perm)) for lo in range(0, n_perm, chunk_size)]
+
+
+def default_chunk_size(n_voxels):
+    """Rearrangements per chunk: a multiple of GROUP, about 12 million values per batch."""
+    size = int(np.clip(12_000_000 // max(n_voxels, 1), GROUP, 256))
+    return max(GROUP, size - size % GROUP)
+
+
+def make_pool(n_threads):
+    """Threads for the blocks of the matrix products (None for one thread)."""
+    return ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None

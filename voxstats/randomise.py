@@ -1,0 +1,418 @@
+"""Permutation inference for a GLM on voxel data: the drivers and their results.
+
+:func:`permuted_glm` works on a data matrix; :func:`randomise` loads images,
+masks them, runs :func:`permuted_glm`'s machinery and keeps the mask so results
+go back into images.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from . import engine
+from ._numba import n_threads as _n_threads
+from .design import make_contrasts, make_design
+from .glm import contrast_statistic, effect_basis
+from .graph import graph_from_adjacency, grid_graph
+from .image import check_img, check_same_space
+from .inference import cluster_labels, fdr_bh, fwe_pvalues, pvalues_from_counts, tail_fwe_pvalues
+from .permutation import make_schedule
+from .tfce import _check_option, _check_params
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ContrastResult", "RandomiseResult", "permuted_glm", "randomise"]
+
+
+@dataclass(frozen=True)
+class ContrastResult:
+    """Observed maps and p-values of one contrast. Every map is (n_voxels,).
+
+    p-values count the unpermuted data in the null: ``p = #{null >= obs} / n_perm``.
+    Fields of an analysis not asked for (TFCE, clusters, tail approximation)
+    are None.
+    """
+
+    name: str
+    kind: str
+    weights: np.ndarray
+    stat: np.ndarray
+    p: np.ndarray
+    p_fwe: np.ndarray
+    p_fdr: np.ndarray
+    null_max: np.ndarray
+    tfce: np.ndarray | None = None
+    tfce_p: np.ndarray | None = None
+    tfce_p_fwe: np.ndarray | None = None
+    tfce_p_fdr: np.ndarray | None = None
+    null_max_tfce: np.ndarray | None = None
+    tfce_dh: float | None = None
+    cluster_threshold: float | None = None
+    cluster_labels: np.ndarray | None = None
+    cluster_extent_p_fwe: np.ndarray | None = None
+    cluster_mass_p_fwe: np.ndarray | None = None
+    null_max_extent: np.ndarray | None = None
+    null_max_mass: np.ndarray | None = None
+    p_fwe_tail: np.ndarray | None = None
+    tfce_p_fwe_tail: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RandomiseResult:
+    """The result of :func:`randomise` or :func:`permuted_glm`.
+
+    Attributes
+    ----------
+    contrasts : tuple of ContrastResult
+        t contrasts first, then F contrasts.
+    n_perm : int
+        Rearrangements used, the identity included.
+    exhaustive : bool
+        All distinct rearrangements were enumerated.
+    n_possible : int
+        Number of distinct rearrangements the scheme allows.
+    scheme : str
+        'freedman-lane', 'permutation', 'sign-flip' or 'freedman-lane+sign-flip'.
+    df : int
+        Residual degrees of freedom.
+    design_names : tuple of str
+    mask_img : nibabel image or None
+        The mask (randomise only); ``to_img`` puts maps back into it.
+    settings : dict
+        Every option, for the record.
+    """
+
+    contrasts: tuple
+    n_perm: int
+    exhaustive: bool
+    n_possible: int
+    scheme: str
+    df: int
+    design_names: tuple
+    mask_img: object = None
+    settings: dict = field(default_factory=dict)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.contrasts[key]
+        for c in self.contrasts:
+            if c.name == key:
+                return c
+        raise KeyError(f"no contrast named {key!r}; contrasts are {[c.name for c in self.contrasts]}")
+
+    def to_img(self, values):
+        """A (n_voxels,) map as a 3D image in the mask's space (0 outside the mask)."""
+        if self.mask_img is None:
+            raise ValueError("to_img needs a mask image; this result comes from a data matrix")
+        mask = np.asarray(self.mask_img.dataobj) != 0
+        values = np.asarray(values)
+        if values.shape != (int(mask.sum()),):
+            raise ValueError(f"values: expected shape ({int(mask.sum())},), got {values.shape}")
+        volume = np.zeros(mask.shape, dtype=np.float32)
+        volume[mask] = values
+        return nib.Nifti1Image(volume, self.mask_img.affine)
+
+
+def _resolve_scheme(design, permute, sign_flip):
+    constant = bool(np.all(design.matrix == design.matrix[0]))
+    if permute is None:
+        permute = not sign_flip
+        if constant and not sign_flip:
+            logger.info("The design is the same for every subject (a one-sample test): "
+                        "using sign flipping instead of permutations")
+            permute, sign_flip = False, True
+    if not permute and not sign_flip:
+        raise ValueError("permute=False needs sign_flip=True")
+    if permute and constant and not sign_flip:
+        raise ValueError("design: every subject has the same row, so permutations change nothing; "
+                         "use sign_flip=True for a one-sample test")
+    return bool(permute), bool(sign_flip)
+
+
+def _scheme_name(permute, sign_flip, has_nuisance):
+    if permute and sign_flip:
+        return "freedman-lane+sign-flip" if has_nuisance else "permutation+sign-flip"
+    if sign_flip:
+        return "sign-flip"
+    return "freedman-lane" if has_nuisance else "permutation"
+
+
+def _spatial_graph(n_voxels, mask, adjacency, connectivity, needed):
+    if adjacency is not None:
+        if mask is not None:
+            raise ValueError("Give either 'mask' or 'adjacency', not both")
+        return graph_from_adjacency(adjacency, n_voxels=n_voxels)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if int(mask.sum()) != n_voxels:
+            raise ValueError(f"mask: has {int(mask.sum())} voxels but the data have {n_voxels} columns")
+        return grid_graph(mask, connectivity)
+    if needed:
+        raise ValueError("TFCE and cluster inference need the voxels' neighbourhood: give 'mask' "
+                         "(3D boolean, columns of data in C order) or 'adjacency' (scipy.sparse)")
+    return None
+
+
+def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, adjacency=None,
+                 connectivity=6, n_perm=5000, tfce=False, tfce_E=0.5, tfce_H=2.0, tfce_mode="exact",
+                 tfce_dh=None, cluster_threshold=None, cluster_threshold_f=None, two_sided=True,
+                 demean=False, sign_flip=False, permute=None, exchangeability_blocks=None,
+                 whole_blocks=False, tail_approximation=False, rng=None, n_jobs=1, chunk_size=None,
+                 verbose=None):
+    """Permutation inference for a GLM fitted at every voxel of a data matrix.
+
+    Parameters
+    ----------
+    data : (n_subjects, n_voxels) array-like
+        One row per subject. Not modified.
+    design : (n_subjects, n_regressors) array-like or pandas.DataFrame
+    contrasts : array-like or dict, optional
+        t contrasts (see :func:`voxstats.design.make_contrasts`).
+    f_contrasts : dict or list, optional
+        F contrasts, each a (q, n_regressors) matrix.
+    mask : (x, y, z) ndarray of bool, optional
+        Where the data's columns sit on a grid (C order); needed for TFCE and
+        clusters unless ``adjacency`` is given.
+    adjacency : scipy.sparse matrix, optional
+        (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph).
+    connectivity : int
+        Grid neighbourhood for ``mask``: 6, 18 or 26 (3D), 4 or 8 (2D).
+    n_perm : int
+        Rearrangements, the identity included (fewer when exhaustive).
+    tfce : bool
+        Compute TFCE and its p-values.
+    tfce_E, tfce_H, tfce_mode, tfce_dh
+        TFCE options (see :func:`voxstats.tfce`). In 'fsl' mode the step is
+        ``tfce_dh`` or max(unpermuted map)/100, fixed across rearrangements.
+    cluster_threshold, cluster_threshold_f : float, optional
+        Cluster-forming thresholds on t (|t| when two-sided) and on F for
+        cluster extent and mass (sum of |statistic|) FWE p-values.
+    two_sided : bool
+        t contrasts: test both signs (|t|, max |t|). False gives FSL randomise's
+        one-sided positive test.
+    demean : bool
+        Demean the regressors (randomise -D).
+    sign_flip : bool
+        Flip signs (one-sample tests, symmetric errors). Used automatically
+        when every subject has the same design row.
+    permute : bool, optional
+        Shuffle subjects; default True unless ``sign_flip``. ``sign_flip=True,
+        permute=True`` shuffles and flips.
+    exchangeability_blocks : (n_subjects,) array-like, optional
+        Block labels; rearrangements stay within blocks.
+    whole_blocks : bool
+        Shuffle whole blocks as units instead.
+    tail_approximation : bool
+        Also give FWE p-values from a generalised Pareto fit to the null's tail
+        (``p_fwe_tail``, ``tfce_p_fwe_tail``), marked as approximations.
+    rng : int, numpy.random.Generator or None
+        Seed of the whole schedule (drawn before any work is split).
+    n_jobs : int
+        Threads (-1 for all).
+    chunk_size : int, optional
+        Rearrangements per chunk; does not change any result.
+    verbose : bool, optional
+        Show a progress bar (default: when logging is at INFO or below).
+
+    Returns
+    -------
+    RandomiseResult
+
+    Notes
+    -----
+    Freedman-Lane: for each contrast the data are residualised against the
+    nuisance space ``R_z Y`` (Winkler et al. 2014, doi:10.1016/j.neuroimage.2014.01.060);
+    a rearrangement ``P`` gives ``Y* = P R_z Y + H_z Y``, whose statistic equals
+    that of ``P R_z Y``. Observed ``stat`` maps are float64 OLS; the
+    comparisons with the null use the identity rearrangement computed by the
+    same float32 kernels as every other rearrangement.
+    """
+    design = make_design(design, demean=demean)
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[0] != design.n_subjects:
+        raise ValueError(f"data: expected shape (n_subjects={design.n_subjects}, n_voxels), got {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError("data: contains NaN or infinite values; mask them out first")
+    contrast_list = make_contrasts(contrasts, design, f_contrasts=f_contrasts)
+    _check_params(tfce_E, tfce_H, tfce_mode, tfce_dh)
+    _check_option("two_sided", two_sided, (True, False))
+    for name, value in (("cluster_threshold", cluster_threshold), ("cluster_threshold_f", cluster_threshold_f)):
+        if value is not None and (not np.isfinite(value) or value < 0):
+            raise ValueError(f"Invalid value for the '{name}' parameter: expected a number >= 0, got {value!r}")
+    needs_graph = tfce or cluster_threshold is not None or cluster_threshold_f is not None
+    graph = _spatial_graph(data.shape[1], mask, adjacency, connectivity, needs_graph)
+    permute, sign_flip = _resolve_scheme(design, permute, sign_flip)
+    schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
+                             exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
+                             rng=rng)
+    if schedule.exhaustive:
+        logger.info("Exhaustive: all %d distinct rearrangements used", schedule.n_perm)
+    chunk_size = engine.default_chunk_size(data.shape[1]) if chunk_size is None else int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"Invalid value for the 'chunk_size' parameter: expected >= 1, got {chunk_size}")
+    show = logger.getEffectiveLevel() <= logging.INFO if verbose is None else bool(verbose)
+    settings = dict(n_perm=n_perm, tfce=tfce, tfce_E=tfce_E, tfce_H=tfce_H, tfce_mode=tfce_mode,
+                    tfce_dh=tfce_dh, connectivity=connectivity, cluster_threshold=cluster_threshold,
+                    cluster_threshold_f=cluster_threshold_f, two_sided=two_sided, demean=demean,
+                    sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
+                    tail_approximation=tail_approximation, n_jobs=n_jobs)
+    results = []
+    with _n_threads(n_jobs) as threads:
+        pool = engine.make_pool(threads)
+        try:
+            bar = tqdm(total=schedule.n_perm * len(contrast_list), disable=not show,
+                       desc="permutations", unit="perm")
+            with bar:
+                for contrast in contrast_list:
+                    threshold = cluster_threshold if contrast.kind == "t" else cluster_threshold_f
+                    results.append(_run_contrast(data, design, contrast, schedule, graph, threshold,
+                                                 tfce, tfce_E, tfce_H, tfce_mode, tfce_dh, two_sided,
+                                                 tail_approximation, chunk_size, threads, pool, bar))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    has_nuisance = any(effect_basis(design, c).nuisance.shape[1] for c in contrast_list)
+    return RandomiseResult(contrasts=tuple(results), n_perm=schedule.n_perm,
+                           exhaustive=schedule.exhaustive, n_possible=schedule.n_possible,
+                           scheme=_scheme_name(permute, sign_flip, has_nuisance), df=design.df,
+                           design_names=design.names, settings=settings)
+
+
+def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
+             mode="exact", dh=None, two_sided=True):
+    """The engine's view of one contrast: residualised float32 data and its basis."""
+    basis = effect_basis(design, contrast)
+    residual = basis.residualize(data, out=np.empty(data.shape, dtype=np.float32))
+    sum_sq = np.einsum("ij,ij->j", residual, residual, dtype=np.float64)
+    return engine.ContrastJob(name=contrast.name, kind=contrast.kind,
+                              basis=np.ascontiguousarray(basis.basis, dtype=np.float32), q=basis.q,
+                              df=basis.df, data=residual, sum_sq=sum_sq, graph=graph,
+                              two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
+                              fsl=mode == "fsl", dh=dh, cluster_threshold=threshold)
+
+
+def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H, mode, dh,
+                  two_sided, tail_approximation, chunk_size, threads, pool, bar):
+    from dataclasses import replace
+
+    job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
+                   mode=mode, dh=dh, two_sided=two_sided)
+    if job.fsl and job.dh is None:
+        job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
+                                                                        schedule, threads, pool)))
+    observed = engine.observed_maps(job, schedule, threads, pool)
+    chunks = []
+    for start, stop in engine.chunk_bounds(schedule.n_perm, chunk_size):
+        chunks.append(engine.run_chunk(job, schedule, start, stop, observed, threads, pool))
+        bar.update(stop - start)
+    merged = engine.merge_chunks(chunks, schedule.n_perm)
+    return assemble(job, contrast, observed, merged, schedule.n_perm, data, design,
+                    tail_approximation=tail_approximation)
+
+
+def assemble(job, contrast, observed, merged, n_perm, data, design, *, tail_approximation=False):
+    """Turn the observed maps and the merged null into a ContrastResult."""
+    stat, _ = contrast_statistic(data, design, contrast)
+    magnitude = np.abs(observed.stat) if job.tests_both_signs else observed.stat
+    p = pvalues_from_counts(merged.counts, n_perm)
+    fields = dict(name=contrast.name, kind=contrast.kind, weights=contrast.weights, stat=stat, p=p,
+                  p_fwe=fwe_pvalues(magnitude, merged.null_max), p_fdr=fdr_bh(p),
+                  null_max=merged.null_max)
+    if tail_approximation:
+        fields["p_fwe_tail"] = tail_fwe_pvalues(magnitude, merged.null_max)
+    if job.tfce:
+        tfce_mag = np.abs(observed.tfce) if job.tests_both_signs else observed.tfce
+        tfce_p = pvalues_from_counts(merged.tfce_counts, n_perm)
+        fields.update(tfce=observed.tfce.astype(np.float64), tfce_p=tfce_p,
+                      tfce_p_fwe=fwe_pvalues(tfce_mag, merged.null_max_tfce), tfce_p_fdr=fdr_bh(tfce_p),
+                      null_max_tfce=merged.null_max_tfce, tfce_dh=job.dh if job.fsl else None)
+        if tail_approximation:
+            fields["tfce_p_fwe_tail"] = tail_fwe_pvalues(tfce_mag, merged.null_max_tfce)
+    if job.cluster_threshold is not None:
+        labels, extent, mass = cluster_labels(observed.stat, job.cluster_threshold, job.graph,
+                                              two_sided=job.tests_both_signs)
+        p_extent = np.ones(extent.size)
+        p_mass = np.ones(mass.size)
+        p_extent[1:] = fwe_pvalues(extent[1:], merged.null_max_extent)
+        p_mass[1:] = fwe_pvalues(mass[1:], merged.null_max_mass)
+        fields.update(cluster_threshold=float(job.cluster_threshold), cluster_labels=labels,
+                      cluster_extent_p_fwe=p_extent[labels], cluster_mass_p_fwe=p_mass[labels],
+                      null_max_extent=merged.null_max_extent, null_max_mass=merged.null_max_mass)
+    return ContrastResult(**fields)
+
+
+def _load_masked(imgs, mask_img):
+    """Subjects' values inside the mask as a (n_subjects, n_voxels) float32 matrix."""
+    if isinstance(imgs, (str, bytes)) or hasattr(imgs, "affine") or hasattr(imgs, "__fspath__"):
+        img4d = check_img(imgs, name="imgs", ndim=4)
+        volumes = [img4d.slicer[..., i] for i in range(img4d.shape[3])]
+        names = [f"{getattr(img4d, 'get_filename', lambda: None)() or 'imgs'}[{i}]"
+                 for i in range(len(volumes))]
+    else:
+        volumes = list(imgs)
+        names = [str(v) if not hasattr(v, "affine") else (v.get_filename() or f"imgs[{i}]")
+                 for i, v in enumerate(volumes)]
+    if len(volumes) < 2:
+        raise ValueError(f"imgs: expected at least 2 subjects, got {len(volumes)}")
+    first = check_img(volumes[0], name=names[0], ndim=3)
+    if mask_img is not None:
+        mask_img = check_img(mask_img, name="mask_img", ndim=3)
+        check_same_space(mask_img, first, "mask_img" if mask_img.get_filename() is None
+                         else mask_img.get_filename(), names[0])
+        mask = np.asarray(mask_img.dataobj) != 0
+    else:
+        mask = np.ones(first.shape, dtype=bool)
+        for i, vol in enumerate(volumes):
+            img = check_img(vol, name=names[i], ndim=3)
+            check_same_space(first, img, names[0], names[i])
+            values = np.asarray(img.dataobj, dtype=np.float32)
+            mask &= np.isfinite(values) & (values != 0)
+        mask_img = nib.Nifti1Image(mask.astype(np.uint8), first.affine)
+    if not mask.any():
+        raise ValueError("mask_img: the mask is empty (no voxel non-zero and finite in every subject)")
+    data = np.empty((len(volumes), int(mask.sum())), dtype=np.float32)
+    for i, vol in enumerate(volumes):
+        img = check_img(vol, name=names[i], ndim=3)
+        check_same_space(first, img, names[0], names[i])
+        data[i] = np.asarray(img.dataobj, dtype=np.float32)[mask]
+        if not np.all(np.isfinite(data[i])):
+            raise ValueError(f"{names[i]}: NaN or infinite values inside the mask")
+    return data, mask, mask_img
+
+
+def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
+    """Permutation inference on images, like FSL randomise.
+
+    Parameters
+    ----------
+    imgs : list of str or images, or a 4D image or its file name
+        One 3D map per subject (or a 4D image, subjects along the 4th axis). All
+        must share shape and affine; nothing is resampled.
+    design : (n_subjects, n_regressors) array-like or pandas.DataFrame
+    contrasts : array-like or dict, optional
+        t contrasts.
+    mask_img : str or image, optional
+        Analysis mask, in the images' space. Default: voxels finite and non-zero
+        in every subject.
+    **options
+        Every keyword option of :func:`permuted_glm` (``f_contrasts``,
+        ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
+        ``n_jobs``, ...).
+
+    Returns
+    -------
+    RandomiseResult
+        With ``mask_img`` set, so that ``result.to_img(result[0].tfce_p_fwe)``
+        gives an image.
+    """
+    for key in ("mask", "adjacency"):
+        if key in options:
+            raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
+    data, mask, mask_img = _load_masked(imgs, mask_img)
+    result = permuted_glm(data, design, contrasts, mask=mask, **options)
+    from dataclasses import replace
+    return replace(result, mask_img=mask_img)
