@@ -264,8 +264,9 @@ def _randomise_outputs(args, n_t, n_f, tfce):
 
 
 def _run_randomise(args):
-    if args.n_perm < 0:
-        raise CLIError(f"-n: expected a number of permutations >= 0, got {args.n_perm}.")
+    if args.n_perm < 1:
+        raise CLIError(f"-n: expected a number of permutations >= 1 (all rearrangements are enumerated "
+                       f"when there are no more than that), got {args.n_perm}.")
     tfce = _tfce_settings(args)
     thr_t = _one_threshold(args.cluster_e, args.cluster_m, "-c", "-C")
     thr_f = _one_threshold(args.cluster_e_f, args.cluster_m_f, "-F", "-S")
@@ -314,7 +315,7 @@ def _run_randomise(args):
     res = voxstats.randomise(imgs, design, tcons, **options)
 
     written = []
-    mask_data = np.asarray(res.mask_img.dataobj) > 0
+    mask_data = np.asarray(res.mask_img.dataobj) != 0
     mask_ijk = np.argwhere(mask_data)
     summary = []
     counts = {"t": 0, "f": 0}
@@ -348,6 +349,7 @@ def _run_randomise(args):
             "max_stat": peak,
             "max_voxel": list(ijk),
             "max_mm": [round(float(v), 3) for v in xyz],
+            "tfce_dh": contrast.tfce_dh,
         })
 
     inputs = [args.input] + ([] if _is_image_path(args.input) else imgs)
@@ -362,6 +364,7 @@ def _run_randomise(args):
         "n_perm_requested": args.n_perm,
         "n_perm": int(res.n_perm),
         "exhaustive": bool(res.exhaustive),
+        "n_possible": int(res.n_possible),
         "scheme": res.scheme,
         "df": res.df if isinstance(res.df, (int, float, type(None))) else np.asarray(res.df).tolist(),
         "n_subjects": n_subjects,
