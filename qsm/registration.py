@@ -151,12 +151,13 @@ class Registration:
             return tuple(reference[0]), np.asarray(reference[1], dtype=float)
         return reference.shape[:3], np.asarray(reference.affine, dtype=float)
 
-    def to_nitransforms(self, inverse=False):
+    def to_nitransforms(self, inverse=False, *, reference=None):
         """The mapping as a :class:`nitransforms.manip.TransformChain`.
 
         ``inverse=False``: resamples subject images onto the template
         (``[warp, affine]``); ``inverse=True``: template images onto a subject
-        grid (``[affine^-1, inverse warp]``).
+        grid (``[affine^-1, inverse warp]``), given as ``reference`` (an image;
+        default the template grid).
         """
         from nitransforms.linear import Affine
         from nitransforms.manip import TransformChain
@@ -164,11 +165,12 @@ class Registration:
 
         ref = nib.Nifti1Image(np.zeros(self.template_shape, np.uint8), self.template_affine)
         if not inverse:
-            chain = [Affine(self.affine)]
+            chain = [Affine(self.affine, reference=ref)]
             if self.forward_field is not None:
                 chain.insert(0, DenseFieldTransform(self.forward_field, reference=ref))
         else:
-            chain = [Affine(np.linalg.inv(self.affine))]
+            chain = [Affine(np.linalg.inv(self.affine),
+                            reference=ref if reference is None else reference)]
             if self.inverse_field is not None:
                 chain.append(DenseFieldTransform(self.inverse_field, reference=ref))
         return TransformChain(chain)

@@ -30,6 +30,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from voxstats.image import atomic_write_text, save_img_atomic  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 #: Interpolation names and the spline order they stand for.
@@ -44,32 +46,6 @@ def _tmp_path(path):
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     return path.with_name(f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def save_img_atomic(img, path):
-    """Save ``img`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_atomic(path, writer):
