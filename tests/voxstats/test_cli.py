@@ -342,3 +342,41 @@ def test_cluster_command(tmp_path, stat_map, capsys):
     assert "use --overwrite" in capsys.readouterr().err
     assert main(["cluster", str(path)]) == 1
     assert "Either 'threshold' or 'p_img' must be given" in capsys.readouterr().err
+
+
+def test_drawn_seed_is_recorded_and_reproduces(study, tmp_path, capsys):
+    root = study["root"]
+    base = ["randomise", "-i", str(root / "all.nii.gz"), "-d", str(root / "design.mat"),
+            "-t", str(root / "design.con"), "-x", "-n", "30", "--quiet"]
+    assert main(base + ["-o", str(tmp_path / "a")]) == 0
+    seed = json.loads((tmp_path / "a.json").read_text())["seed"]
+    assert isinstance(seed, int)
+    # the recorded seed reproduces the run, whatever the thread count
+    assert main(base + ["-o", str(tmp_path / "b"), "--seed", str(seed), "--n-jobs", "2"]) == 0
+    for i in (1, 2, 3):
+        np.testing.assert_array_equal(_load(tmp_path / f"a_vox_corrp_tstat{i}.nii.gz"),
+                                      _load(tmp_path / f"b_vox_corrp_tstat{i}.nii.gz"))
+
+
+def test_interrupted_write_leaves_no_finished_looking_file(study, tmp_path, monkeypatch, capsys):
+    root = study["root"]
+    real_save = nib.save
+    calls = []
+
+    def failing_save(img, filename):
+        calls.append(filename)
+        if len(calls) == 2:  # the second image: half written, then the disk fills up
+            with open(filename, "wb") as handle:
+                handle.write(b"\x1f\x8b partial")
+            raise OSError("No space left on device")
+        return real_save(img, filename)
+
+    monkeypatch.setattr(nib, "save", failing_save)
+    out = tmp_path / "cut"
+    assert main(["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-1", "-x", "-n", "20",
+                 "--seed", "1", "--quiet"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cut_tstat1.nii.gz"]  # the first file is complete; no temporary, no truncated output
+    assert np.isfinite(_load(out.with_name("cut_tstat1.nii.gz"))).all()
+    assert not str(calls[1]).endswith("cut_vox_corrp_tstat1.nii.gz")  # written under a temporary name
