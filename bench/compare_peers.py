@@ -137,8 +137,8 @@ class Peer:
 
     name = ""
     modules = ()
-    #: (k_lo, k_hi) = perm counts of the two timed runs, from --n-perm P
-    def ks(self, n_perm):
+    def ks(self, n_perm, threads):
+        """(k_lo, k_hi): permutations of the two timed runs, from --n-perm."""
         raise NotImplementedError
 
     def missing(self):
@@ -169,7 +169,7 @@ class VoxstatsPeer(Peer):
                     return f"voxstats.{fn} not available yet"
         return reason
 
-    def ks(self, n_perm):
+    def ks(self, n_perm, threads):
         return max(1, n_perm // 10), max(2, n_perm)
 
     def run(self, prob, k, threads):
@@ -195,7 +195,7 @@ class TfcePackagePeer(Peer):
     modules = ("tfce",)
     batch = 8
 
-    def ks(self, n_perm):
+    def ks(self, n_perm, threads):
         return 2, max(4, n_perm // 5)
 
     def prepare(self, prob):
@@ -242,8 +242,8 @@ class MnePeer(Peer):
     name = "mne"
     modules = ("mne",)
 
-    def ks(self, n_perm):
-        return 1, max(2, n_perm // 25)
+    def ks(self, n_perm, threads):  # k_lo >= n_jobs: both runs use the pool
+        return threads, threads + max(1, n_perm // 25)
 
     def prepare(self, prob):
         design, contrast = prob["design"], prob["contrast"]
@@ -290,8 +290,8 @@ class NilearnPeer(Peer):
     name = "nilearn"
     modules = ("nilearn",)
 
-    def ks(self, n_perm):
-        return 0, max(1, n_perm // 50)
+    def ks(self, n_perm, threads):  # k_lo >= n_jobs: both runs use the pool
+        return threads, threads + max(1, n_perm // 50)
 
     def prepare(self, prob):
         import nibabel as nib
@@ -329,16 +329,20 @@ PEER_CLASSES = {c.name: c for c in (VoxstatsPeer, TfcePackagePeer, MnePeer,
 # measurements
 
 
-def time_permutations(peers, states, *, n_perm, threads, repeats):
+def time_permutations(peers, states, *, n_perm, threads, repeats, warm=None):
     """Per-permutation seconds: slope between a k_lo and a k_hi run, alternating
-    the peers within each round (order rotated every round)."""
+    the peers within each round (order rotated every round). ``warm``: prepared
+    tiny problems, run untimed before each pair."""
     samples = {p.name: [] for p in peers}
     runs = {p.name: [] for p in peers}
     notes = {p.name: [] for p in peers}
     for rnd in range(repeats):
         rot = rnd % max(1, len(peers))
         for peer in peers[rot:] + peers[:rot]:
-            k_lo, k_hi = peer.ks(n_perm)
+            k_lo, k_hi = peer.ks(n_perm, threads)
+            if warm is not None:  # untimed: (re)start joblib pools, JIT
+                with limit_threads(threads), _quiet([]):
+                    peer.run(warm[peer.name], threads, threads)
             secs = []
             for k in (k_lo, k_hi):
                 with limit_threads(threads), _quiet(notes[peer.name]):
@@ -459,7 +463,7 @@ def _worker(name, workdir, n_perm, threads):
     prob = {k: np.load(Path(workdir) / f"{k}.npy")
             for k in ("data", "mask", "affine", "design", "contrast")}
     peer = PEER_CLASSES[name]()
-    k = peer.ks(n_perm)[1]
+    k = peer.ks(n_perm, threads)[1]
     rss_loaded = _rss_mb_now()
     notes = []
     with limit_threads(threads), _quiet(notes):
@@ -536,12 +540,16 @@ def format_report(report):
                      f" edge t {tp['t_at']['edge']:.3f} at {tp['voxels']['edge']};"
                      f" fsl/nilearn step {tp['delta']:.4f}, mne step {tp['mne_step']})")
         lines.append(f"{'tool':<16}{'s':>8}{'TFCE peak':>12}{'TFCE edge':>12}"
-                     f"{'peak vs exact':>15}{'edge vs exact':>15}")
+                     f"{'peak vs exact':>15}{'edge vs exact':>15}  (x step for fsl/nilearn)")
+        exact = tp["results"].get("voxstats exact")
         for label, rec in tp["results"].items():
-            dp = rec.get("peak_rel_diff_vs_exact")
-            de = rec.get("edge_rel_diff_vs_exact")
-            lines.append(f"{label:<16}{rec['seconds']:>8.3f}{rec['peak']:>12.1f}{rec['edge']:>12.1f}"
-                         + (f"{dp:>+14.2%} {de:>+14.2%}" if dp is not None else ""))
+            line = (f"{label:<16}{rec['seconds']:>8.3f}{rec['peak']:>12.1f}"
+                    f"{rec['edge']:>12.1f}")
+            if exact is not None and label != "voxstats exact":
+                scale = tp["delta"] if "peak_times_delta" in rec else 1.0
+                line += "".join(f"{rec[w] * scale / exact[w] - 1:>+15.2%}"
+                                for w in ("peak", "edge"))
+            lines.append(line)
         for t in prob.get("targets", []):
             lines.append(t["text"])
     for name, why in report["skipped"].items():
@@ -655,11 +663,9 @@ def main(argv=None):
                                 repeats=args.repeats, tiny=args.tiny, E=E, H=H,
                                 connectivity=6, two_sided=True),
                   skipped=skipped, problems=[])
-    # warm-up on a tiny problem: numba JIT, imports, joblib pools
-    warm = make_problem(8, box=3, rng=1)
-    for peer in peers:
-        with limit_threads(1), _quiet([]):
-            peer.run(peer.prepare(warm), 1, 1)
+    # warm-up problem: numba JIT, imports, joblib pools
+    warm_prob = make_problem(8, box=3, rng=1)
+    warm = {p.name: p.prepare(warm_prob) for p in peers}
 
     for n in sizes:
         t0 = time.perf_counter()
@@ -670,7 +676,8 @@ def main(argv=None):
                      memory={})
         for thr in args.threads:
             entry["timing"][str(thr)] = time_permutations(
-                peers, states, n_perm=args.n_perm, threads=thr, repeats=args.repeats)
+                peers, states, n_perm=args.n_perm, threads=thr, repeats=args.repeats,
+                warm=warm)
         del states
         t3d = np.zeros(prob["mask"].shape, dtype=np.float32)
         t3d[prob["mask"]] = glm_t(prob["data"].astype(np.float64), prob["design"],
