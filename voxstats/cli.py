@@ -156,7 +156,12 @@ def _read_image_list(path):
     """Paths listed in a text file, one per line; relative to the list's folder."""
     path = Path(path)
     imgs = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CLIError(f"-i {path}: expected a NIfTI image (.nii, .nii.gz) or a text file listing "
+                       "3D images one per line") from None
+    for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -279,7 +284,7 @@ def _run_randomise(args):
     if not Path(args.input).exists():
         raise CLIError(f"-i: file not found: {args.input}")
     imgs = str(args.input) if _is_image_path(args.input) else [str(p) for p in _read_image_list(args.input)]
-    n_subjects = check_img(imgs, name="-i").shape[3] if isinstance(imgs, str) else len(imgs)
+    n_subjects = check_img(imgs, name="-i", ndim=4).shape[3] if isinstance(imgs, str) else len(imgs)
     if design is None:  # -1
         design = np.ones((n_subjects, 1))
     if len(design) != n_subjects:

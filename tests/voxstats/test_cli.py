@@ -247,6 +247,12 @@ def test_file_errors(study, tmp_path, capsys):
     write_blocks(grp, [1, 2, 1])
     assert main(base + ["-i", str(root / "all.nii.gz"), "-1", "-e", str(grp)]) == 1
     assert f"{grp}: expected 12 block labels (one per input image), got 3." in capsys.readouterr().err
+    assert main(base + ["-i", str(root / "sub00.nii.gz"), "-1"]) == 1
+    assert "-i: expected a 4D image, got shape (7, 6, 5)" in capsys.readouterr().err
+    binary = tmp_path / "inputs.mgz"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    assert main(base + ["-i", str(binary), "-1"]) == 1
+    assert "expected a NIfTI image (.nii, .nii.gz) or a text file listing 3D images" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("x")] == []
 
 
@@ -342,6 +348,8 @@ def test_cluster_command(tmp_path, stat_map, capsys):
     assert "use --overwrite" in capsys.readouterr().err
     assert main(["cluster", str(path)]) == 1
     assert "Either 'threshold' or 'p_img' must be given" in capsys.readouterr().err
+    assert main(["cluster", str(path), "--threshold", "2", "--atlas-labels", str(tmp_path / "lut.tsv")]) == 1
+    assert "--atlas-labels needs --atlas." in capsys.readouterr().err
 
 
 def test_drawn_seed_is_recorded_and_reproduces(study, tmp_path, capsys):
