@@ -68,6 +68,8 @@ class Effects:
     duration_slope : float
         χ change per year of disease duration (patients) in the pulvinar and the
         left lateral group, around each patient group's mean duration.
+    thalamus_duration_slope : float
+        The same in the rest of the thalamus (so the whole thalamus declines too).
     age_slope : float
         χ change per year of age in the thalamus and deep grey matter (everyone),
         around age 45; a nuisance that the covariate age removes.
@@ -77,12 +79,13 @@ class Effects:
     spms_pulvinar_shift: float = -6.0
     spms_other_shift: float = -1.0
     duration_slope: float = -0.35
+    thalamus_duration_slope: float = -0.15
     age_slope: float = 0.1
 
     @classmethod
     def zero(cls) -> "Effects":
         """No disease effect (the age nuisance is kept)."""
-        return cls(0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,8 @@ def _effect_maps(masks, effects: Effects):
     rrms = np.where(rest, effects.rrms_shift, 0.0)
     spms = np.where(masks["pulvinar"], effects.spms_pulvinar_shift,
                     np.where(rest, effects.spms_other_shift, 0.0))
-    slope = np.where(masks["pulvinar"] | masks["lateral_left"], effects.duration_slope, 0.0)
+    slope = np.where(masks["pulvinar"] | masks["lateral_left"], effects.duration_slope,
+                     np.where(masks["thalamus"], effects.thalamus_duration_slope, 0.0))
     return {"CIS": np.zeros_like(rrms), "RRMS": rrms, "SPMS": spms, "duration_slope": slope}
 
 

@@ -61,8 +61,9 @@ def test_noise_free_maps_carry_exactly_the_planted_effects(cohort):
     base = ctrl.iloc[0]
     cis = means[means.group == "CIS"]
     # CIS: only the duration slope, centred on the group mean duration
-    assert np.allclose(cis["anterior_left"], base["anterior_left"], atol=1e-3)
     dd = cis.disease_duration - cis.disease_duration.mean()
+    assert np.allclose(cis["anterior_left"] - base["anterior_left"],
+                       eff.thalamus_duration_slope * dd, atol=1e-3)
     assert np.allclose(cis["pulvinar"] - base["pulvinar"], eff.duration_slope * dd, atol=1e-3)
     rrms = means[means.group == "RRMS"]
     assert np.allclose(rrms["medial"] - base["medial"], eff.rrms_shift, atol=1e-3)
@@ -79,7 +80,8 @@ def test_noise_free_maps_carry_exactly_the_planted_effects(cohort):
     assert truth["effect_map_volumes"] == ["CIS", "RRMS", "SPMS", "duration_slope"]
     table = pd.DataFrame(truth["expected_region_effects"]).set_index("region")
     assert table.loc["lateral_left", "duration_slope"] == pytest.approx(eff.duration_slope)
-    assert table.loc["lateral_right", "duration_slope"] == 0.0
+    assert table.loc["lateral_right", "duration_slope"] == pytest.approx(
+        eff.thalamus_duration_slope)
     assert table.loc["medial", "RRMS"] == pytest.approx(eff.rrms_shift)
 
 
