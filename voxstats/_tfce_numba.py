@@ -1,8 +1,9 @@
-"""numba kernels of TFCE and cluster labelling on a graph of voxels.
+"""numba kernels of TFCE, cluster labelling and statistics from projections.
 
-Voxels are the nodes of a graph given in CSR form (``indptr``, ``indices``),
-so one kernel serves 2D and 3D grids of any connectivity and surface meshes.
-The plain NumPy/SciPy twins used by the tests live in ``voxstats/_reference.py``.
+Voxels are the nodes of a graph given as a padded neighbour table
+``neighbours[v, :]`` (-1 pads the rows of voxels with fewer neighbours), so one
+kernel serves 2D and 3D grids of any connectivity and surface meshes. The
+plain NumPy/SciPy twins used by the tests live in ``voxstats/_reference.py``.
 
 The exact TFCE sweep
 --------------------
@@ -12,17 +13,23 @@ clusters do not change, so each cluster's contribution over a height interval
 ``[h_lo, h_hi]`` is ``size**E * (F(h_hi) - F(h_lo))``; it is added lazily, at the
 root of the cluster, only when the cluster changes. Every node stores an offset
 and the TFCE value of a voxel is the sum of the offsets on its path to the root
-(a weighted union-find), so no voxel is ever visited twice.
+(a weighted union-find), so no voxel is visited twice.
 
 ``F`` is ``h**(H+1)/(H+1)`` for the exact integral, or the cumulative sum of
 ``(k*dh)**H`` over the thresholds ``k*dh < h`` for FSL's stepped convention.
+
+Visiting by value jumps around memory, so the per-voxel union-find data live in
+one record per voxel (``node[v] = parent, size, offset, last F``) and the
+records of voxels a few steps ahead are prefetched.
 """
 
 import numpy as np
 
-from ._numba import JIT, njit, prange
+from ._numba import JIT, njit, prange, prefetch
 
 _MAX_DEPTH = 64  # union by size keeps trees shallower than log2(n_voxels) + 1
+_AHEAD = 16  # visits between a prefetch and the use of the data
+PARENT, SIZE, OFFSET, LAST = 0, 1, 2, 3
 
 
 @njit(**JIT)
@@ -42,20 +49,23 @@ def _height_term(h, H, fsl, dh, cumulative):
 
 
 @njit(**JIT)
-def _find(x, parent, offset, stack):
+def _find(x, node, stack):
     """Root of ``x``, compressing the path while keeping every offset sum."""
     depth = 0
     root = x
-    while parent[root] != root:
+    while True:
+        up = np.int64(node[root, PARENT])
+        if up == root:
+            break
         stack[depth] = root
         depth += 1
-        root = parent[root]
+        root = up
     acc = 0.0
     for j in range(depth - 1, -1, -1):
-        node = stack[j]
-        acc += offset[node]
-        offset[node] = acc
-        parent[node] = root
+        child = stack[j]
+        acc += node[child, OFFSET]
+        node[child, OFFSET] = acc
+        node[child, PARENT] = root
     return root
 
 
@@ -63,7 +73,8 @@ def _find(x, parent, offset, stack):
 def _radix_order_desc(keys, n, order, key_buf, key_tmp, idx_tmp, hist):
     """Stable LSD radix argsort of ``keys[:n]`` (uint32) in decreasing order.
 
-    ``order[:n]`` receives the positions 0..n-1 sorted.
+    ``order[:n]`` receives positions 0..n-1 sorted; ``key_buf[:n]`` the
+    complemented keys (``0xFFFFFFFF - key``) in the same order.
     """
     for i in range(n):
         key_buf[i] = np.uint32(0xFFFFFFFF) - keys[i]
@@ -86,78 +97,85 @@ def _radix_order_desc(keys, n, order, key_buf, key_tmp, idx_tmp, hist):
 
 
 @njit(**JIT)
-def _tfce_sweep(height, sign, visit, n_active, indptr, indices, E, H, fsl, dh, cumulative,
-                size_pow, out, parent, size, offset, last_term, stack):
-    """One TFCE pass over the voxels listed in ``visit[:n_active]``.
+def _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cumulative,
+                size_pow, out, node, stack, roots):
+    """One TFCE pass over the voxels ``visit[:n_active]`` (by decreasing height).
 
-    ``height`` holds |value| (float64 view or float32), ``sign`` +1/-1 (0 when the
-    voxel takes no part), ``visit`` the active voxels by decreasing height.
-    ``out`` receives sign * TFCE (and 0 elsewhere); the other arrays are work space.
+    ``visit_height[j]`` is |value| of ``visit[j]``; ``state[v]`` is the sign of an
+    active voxel (+1 or -1) and 0 for voxels that take no part. ``out`` receives
+    sign * TFCE, 0 elsewhere. ``node``, ``stack`` and ``roots`` are work space;
+    ``state`` is restored on return. A visited voxel's state is doubled (+2/-2),
+    so the test of a neighbour reads one byte (an array that stays in cache).
     """
-    n_vox = height.shape[0]
+    n_vox = out.shape[0]
+    degree = neighbours.shape[1]
     for i in range(n_vox):
-        parent[i] = -1
         out[i] = 0.0
     for j in range(n_active):
+        if j + 2 * _AHEAD < n_active:
+            prefetch(neighbours, visit[j + 2 * _AHEAD] * degree)
+        if j + _AHEAD < n_active:
+            ahead = visit[j + _AHEAD]
+            prefetch(node, ahead * 4)
+            for k in range(degree):
+                nb = neighbours[ahead, k]
+                if nb >= 0:
+                    prefetch(node, nb * 4)
         v = visit[j]
-        h = np.float64(height[v])
-        term = _height_term(h, H, fsl, dh, cumulative)
-        parent[v] = v
-        size[v] = 1
-        offset[v] = 0.0
-        last_term[v] = term
-        s = sign[v]
-        for k in range(indptr[v], indptr[v + 1]):
-            nb = indices[k]
-            if parent[nb] < 0 or sign[nb] != s:
+        term = _height_term(np.float64(visit_height[j]), H, fsl, dh, cumulative)
+        visited = 2 * state[v]
+        # distinct roots of the visited neighbours of the same sign
+        n_roots = 0
+        for k in range(degree):
+            nb = neighbours[v, k]
+            if nb < 0 or state[nb] != visited:
                 continue
-            r = _find(nb, parent, offset, stack)
-            rv = _find(v, parent, offset, stack)
-            if r == rv:
-                continue
-            # bring both clusters up to this height, then merge the smaller into the larger
-            offset[r] += size_pow[size[r]] * (last_term[r] - term)
-            last_term[r] = term
-            offset[rv] += size_pow[size[rv]] * (last_term[rv] - term)
-            last_term[rv] = term
-            if size[r] < size[rv]:
-                r, rv = rv, r
-            parent[rv] = r
-            offset[rv] -= offset[r]
-            size[r] += size[rv]
+            r = _find(nb, node, stack)
+            seen = False
+            for m in range(n_roots):
+                if roots[m] == r:
+                    seen = True
+                    break
+            if not seen:
+                roots[n_roots] = r
+                n_roots += 1
+        state[v] = visited
+        if n_roots == 0:  # a new cluster is born at this height
+            node[v, PARENT] = v
+            node[v, SIZE] = 1.0
+            node[v, OFFSET] = 0.0
+            node[v, LAST] = term
+            continue
+        # bring the clusters down to this height; the largest absorbs the others and v
+        big = roots[0]
+        for m in range(n_roots):
+            r = roots[m]
+            node[r, OFFSET] += size_pow[np.int64(node[r, SIZE])] * (node[r, LAST] - term)
+            node[r, LAST] = term
+            if node[r, SIZE] > node[big, SIZE]:
+                big = r
+        for m in range(n_roots):
+            r = roots[m]
+            if r != big:
+                node[r, PARENT] = big
+                node[r, OFFSET] -= node[big, OFFSET]
+                node[big, SIZE] += node[r, SIZE]
+        node[v, PARENT] = big
+        node[v, OFFSET] = -node[big, OFFSET]
+        node[big, SIZE] += 1.0
     base = _height_term(0.0, H, fsl, dh, cumulative)
-    for j in range(n_active):
-        v = visit[j]
-        if parent[v] == v:
-            offset[v] += size_pow[size[v]] * (last_term[v] - base)
-    for j in range(n_active):
-        v = visit[j]
-        r = _find(v, parent, offset, stack)
-        value = offset[v] if r == v else offset[v] + offset[r]
-        out[v] = sign[v] * value
-
-
-@njit(**JIT)
-def tfce_graph(values, order, indptr, indices, two_sided, E, H, fsl, dh, cumulative):
-    """TFCE of one float64 map on a graph; ``order`` sorts |values| decreasingly."""
-    n_vox = values.shape[0]
-    height = np.abs(values)
-    sign = np.zeros(n_vox, dtype=np.int8)
-    visit = np.empty(n_vox, dtype=np.int64)
-    n_active = 0
-    for j in range(n_vox):
-        v = order[j]
-        x = values[v]
-        if x > 0 or (two_sided and x < 0):
-            sign[v] = 1 if x > 0 else -1
-            visit[n_active] = v
-            n_active += 1
-    size_pow = _size_powers(n_vox, E)
-    out = np.zeros(n_vox)
-    _tfce_sweep(height, sign, visit, n_active, indptr, indices, E, H, fsl, dh, cumulative,
-                size_pow, out, np.empty(n_vox, np.int64), np.empty(n_vox, np.int64),
-                np.empty(n_vox), np.empty(n_vox), np.empty(_MAX_DEPTH, np.int64))
-    return out
+    for v in range(n_vox):
+        if state[v] != 0 and node[v, PARENT] == v:
+            node[v, OFFSET] += size_pow[np.int64(node[v, SIZE])] * (node[v, LAST] - base)
+    for v in range(n_vox):
+        s = state[v]
+        if s == 0:
+            continue
+        r = _find(v, node, stack)
+        value = node[v, OFFSET] if r == v else node[v, OFFSET] + node[r, OFFSET]
+        sign = 1 if s > 0 else -1
+        out[v] = sign * value
+        state[v] = sign
 
 
 @njit(**JIT)
@@ -173,8 +191,31 @@ def _size_powers(n, E):
     return table
 
 
+@njit(**JIT)
+def tfce_graph(values, order, neighbours, two_sided, E, H, fsl, dh, cumulative):
+    """TFCE of one float64 map; ``order`` sorts |values| decreasingly."""
+    n_vox = values.shape[0]
+    state = np.zeros(n_vox, dtype=np.int8)
+    visit = np.empty(n_vox, dtype=np.int64)
+    visit_height = np.empty(n_vox)
+    n_active = 0
+    for j in range(n_vox):
+        v = order[j]
+        x = values[v]
+        if x > 0 or (two_sided and x < 0):
+            state[v] = 1 if x > 0 else -1
+            visit[n_active] = v
+            visit_height[n_active] = abs(x)
+            n_active += 1
+    out = np.zeros(n_vox)
+    _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cumulative,
+                _size_powers(n_vox, E), out, np.empty((n_vox, 4)), np.empty(_MAX_DEPTH, np.int64),
+                np.empty(max(neighbours.shape[1], 1), np.int64))
+    return out
+
+
 @njit(parallel=True, **JIT)
-def tfce_batch(stats, indptr, indices, two_sided, E, H, fsl, dh, cumulative, out, n_threads):
+def tfce_batch(stats, neighbours, two_sided, E, H, fsl, dh, cumulative, out, n_threads):
     """TFCE of every row of ``stats`` (float32, (n_maps, n_voxels)) into ``out``.
 
     Rows are dealt to threads in a fixed pattern and each thread owns its work
@@ -183,9 +224,7 @@ def tfce_batch(stats, indptr, indices, two_sided, E, H, fsl, dh, cumulative, out
     n_maps, n_vox = stats.shape
     size_pow = _size_powers(n_vox, E)
     for t in prange(n_threads):
-        height = np.empty(n_vox, np.float32)
-        height_bits = height.view(np.uint32)
-        sign = np.empty(n_vox, np.int8)
+        state = np.empty(n_vox, np.int8)
         keys = np.empty(n_vox, np.uint32)
         active = np.empty(n_vox, np.int64)
         order = np.empty(n_vox, np.int64)
@@ -193,138 +232,173 @@ def tfce_batch(stats, indptr, indices, two_sided, E, H, fsl, dh, cumulative, out
         key_tmp = np.empty(n_vox, np.uint32)
         idx_tmp = np.empty(n_vox, np.int64)
         visit = np.empty(n_vox, np.int64)
-        hist = np.empty(2049, np.int64)
-        parent = np.empty(n_vox, np.int64)
-        size = np.empty(n_vox, np.int64)
-        offset = np.empty(n_vox)
-        last_term = np.empty(n_vox)
+        visit_height = np.empty(n_vox, np.float32)
+        visit_bits = visit_height.view(np.uint32)
+        node = np.empty((n_vox, 4))
         stack = np.empty(_MAX_DEPTH, np.int64)
+        roots = np.empty(max(neighbours.shape[1], 1), np.int64)
+        hist = np.empty(2049, np.int64)
         result = np.empty(n_vox)
         for b in range(t, n_maps, n_threads):
             row = stats[b]
+            row_bits = row.view(np.uint32)
             n_active = 0
             for v in range(n_vox):
                 x = row[v]
                 if x > 0:
-                    sign[v] = 1
+                    state[v] = 1
                 elif two_sided and x < 0:
-                    sign[v] = -1
+                    state[v] = -1
                 else:
-                    sign[v] = 0
-                height[v] = abs(x)
-                if sign[v] != 0:
-                    keys[n_active] = height_bits[v]
-                    active[n_active] = v
-                    n_active += 1
+                    state[v] = 0
+                    continue
+                keys[n_active] = row_bits[v] & np.uint32(0x7FFFFFFF)  # |x| as ordered bits
+                active[n_active] = v
+                n_active += 1
             _radix_order_desc(keys, n_active, order, key_buf, key_tmp, idx_tmp, hist)
             for j in range(n_active):
                 visit[j] = active[order[j]]
-            _tfce_sweep(height, sign, visit, n_active, indptr, indices, E, H, fsl, dh,
-                        cumulative, size_pow, result, parent, size, offset, last_term, stack)
+                visit_bits[j] = np.uint32(0xFFFFFFFF) - key_buf[j]
+            _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh,
+                        cumulative, size_pow, result, node, stack, roots)
             for v in range(n_vox):
                 out[b, v] = result[v]
 
 
 @njit(**JIT)
-def _label_one(row, threshold, two_sided, indptr, indices, parent, size, mass, stack, dummy):
-    """Union-find labelling of voxels with value > threshold (or < -threshold)."""
-    n_vox = row.shape[0]
-    for v in range(n_vox):
-        x = row[v]
-        if x > threshold or (two_sided and x < -threshold):
-            parent[v] = v
-            size[v] = 1
-            mass[v] = abs(x)
-        else:
-            parent[v] = -1
-    for v in range(n_vox):
-        if parent[v] < 0:
-            continue
-        positive = row[v] > 0
-        for k in range(indptr[v], indptr[v + 1]):
-            nb = indices[k]
-            if nb >= v or parent[nb] < 0 or (row[nb] > 0) != positive:
-                continue
-            r = _find(nb, parent, dummy, stack)
-            rv = _find(v, parent, dummy, stack)
-            if r == rv:
-                continue
-            if size[r] < size[rv]:
-                r, rv = rv, r
-            parent[rv] = r
-            size[r] += size[rv]
-            mass[r] += mass[rv]
+def _label_root(x, parent):
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]  # path halving
+        x = parent[x]
+    return x
 
 
 @njit(parallel=True, **JIT)
-def cluster_maxima_batch(stats, threshold, two_sided, indptr, indices, max_extent, max_mass, n_threads):
-    """Largest cluster extent and mass of every row of ``stats`` above ``threshold``.
+def cluster_maxima_batch(stats, threshold, two_sided, neighbours, max_extent, max_mass, n_threads):
+    """Largest cluster extent and mass of every row of ``stats`` beyond ``threshold``.
 
-    Mass is the sum of |statistic| over the cluster's voxels.
+    Clusters hold voxels > threshold (and, when two-sided, voxels < -threshold,
+    never mixed with positive ones). Mass is the sum of |statistic|.
     """
     n_maps, n_vox = stats.shape
+    degree = neighbours.shape[1]
     for t in prange(n_threads):
         parent = np.empty(n_vox, np.int64)
         size = np.empty(n_vox, np.int64)
         mass = np.empty(n_vox)
-        dummy = np.zeros(n_vox)
-        stack = np.empty(_MAX_DEPTH, np.int64)
         for b in range(t, n_maps, n_threads):
-            _label_one(stats[b], threshold, two_sided, indptr, indices, parent, size, mass, stack, dummy)
+            row = stats[b]
+            for v in range(n_vox):
+                x = row[v]
+                if x > threshold or (two_sided and x < -threshold):
+                    parent[v] = v
+                    size[v] = 1
+                    mass[v] = abs(x)
+                else:
+                    parent[v] = -1
+            for v in range(n_vox):
+                if parent[v] < 0:
+                    continue
+                positive = row[v] > 0
+                for k in range(degree):
+                    nb = neighbours[v, k]
+                    if nb < 0 or nb >= v or parent[nb] < 0 or (row[nb] > 0) != positive:
+                        continue
+                    r = _label_root(nb, parent)
+                    rv = _label_root(v, parent)
+                    if r == rv:
+                        continue
+                    if size[r] < size[rv]:
+                        r, rv = rv, r
+                    parent[rv] = r
+                    size[r] += size[rv]
+                    mass[r] += mass[rv]
             best_e = 0
             best_m = 0.0
             for v in range(n_vox):
                 if parent[v] == v:
-                    if size[v] > best_e:
-                        best_e = size[v]
-                    if mass[v] > best_m:
-                        best_m = mass[v]
+                    best_e = max(best_e, size[v])
+                    best_m = max(best_m, mass[v])
             max_extent[b] = best_e
             max_mass[b] = best_m
 
 
 @njit(parallel=True, **JIT)
 def t_from_projection(proj, sum_sq, df, p, out):
-    """t statistics of a batch from its projections on the model basis.
+    """t statistics of a group of rearrangements from their projections.
 
     ``proj`` is (n_maps * p, n_voxels): for map b, rows b*p .. b*p+p-1 hold the
-    data's coordinates on [tested, nuisance]; ``sum_sq`` is the voxels' total
-    sum of squares. t = g0 / sqrt((sum_sq - |g|^2) / df); 0 where the residual
-    sum of squares is not positive.
+    data's coordinates on the basis [tested, nuisance]; ``sum_sq`` is each
+    voxel's sum of squares. t = g0 / sqrt((sum_sq - |g|^2) / df), and 0 where
+    the residual sum of squares is not positive.
     """
-    n_maps = out.shape[0]
-    n_vox = out.shape[1]
-    for v in prange(n_vox):
-        ss = sum_sq[v]
+    n_maps, n_vox = out.shape
+    n_blocks = (n_vox + 1023) // 1024
+    for block in prange(n_blocks):
+        lo = block * 1024
+        hi = min(lo + 1024, n_vox)
         for b in range(n_maps):
-            fitted = 0.0
-            for k in range(p):
-                g = np.float64(proj[b * p + k, v])
-                fitted += g * g
-            rss = ss - fitted
-            if rss > 1e-12 * ss and ss > 0:
-                out[b, v] = proj[b * p, v] / np.sqrt(rss / df)
-            else:
-                out[b, v] = 0.0
+            for v in range(lo, hi):
+                ss = sum_sq[v]
+                fitted = 0.0
+                for k in range(p):
+                    g = np.float64(proj[b * p + k, v])
+                    fitted += g * g
+                rss = ss - fitted
+                if rss > 1e-12 * ss and ss > 0:
+                    out[b, v] = proj[b * p, v] / np.sqrt(rss / df)
+                else:
+                    out[b, v] = 0.0
 
 
 @njit(parallel=True, **JIT)
 def f_from_projection(proj, sum_sq, df, p, q, out):
-    """F statistics of a batch: (|g[:q]|^2 / q) / ((sum_sq - |g|^2) / df)."""
-    n_maps = out.shape[0]
-    n_vox = out.shape[1]
-    for v in prange(n_vox):
-        ss = sum_sq[v]
+    """F statistics of a group: (|g[:q]|^2 / q) / ((sum_sq - |g|^2) / df)."""
+    n_maps, n_vox = out.shape
+    n_blocks = (n_vox + 1023) // 1024
+    for block in prange(n_blocks):
+        lo = block * 1024
+        hi = min(lo + 1024, n_vox)
         for b in range(n_maps):
-            fitted = 0.0
-            effect = 0.0
-            for k in range(p):
-                g = np.float64(proj[b * p + k, v])
-                fitted += g * g
-                if k < q:
-                    effect += g * g
-            rss = ss - fitted
-            if rss > 1e-12 * ss and ss > 0:
-                out[b, v] = (effect / q) / (rss / df)
-            else:
-                out[b, v] = 0.0
+            for v in range(lo, hi):
+                ss = sum_sq[v]
+                fitted = 0.0
+                effect = 0.0
+                for k in range(p):
+                    g = np.float64(proj[b * p + k, v])
+                    fitted += g * g
+                    if k < q:
+                        effect += g * g
+                rss = ss - fitted
+                if rss > 1e-12 * ss and ss > 0:
+                    out[b, v] = (effect / q) / (rss / df)
+                else:
+                    out[b, v] = 0.0
+
+
+@njit(parallel=True, **JIT)
+def exceedances(values, observed, absolute, counts, maxima):
+    """Add #{rows with values >= observed} per voxel to ``counts``; row maxima.
+
+    With ``absolute`` both sides are compared in absolute value.
+    """
+    n_maps, n_vox = values.shape
+    n_blocks = (n_vox + 4095) // 4096
+    for block in prange(n_blocks):
+        lo = block * 4096
+        hi = min(lo + 4096, n_vox)
+        for v in range(lo, hi):
+            ref = abs(observed[v]) if absolute else observed[v]
+            c = 0
+            for b in range(n_maps):
+                x = abs(values[b, v]) if absolute else values[b, v]
+                if x >= ref:
+                    c += 1
+            counts[v] += c
+    for b in prange(n_maps):
+        best = -np.inf
+        for v in range(n_vox):
+            x = abs(values[b, v]) if absolute else values[b, v]
+            if x > best:
+                best = x
+        maxima[b] = best

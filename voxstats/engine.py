@@ -177,7 +177,7 @@ def tfce_maps(job, stats, n_threads):
     else:
         table, dh = np.zeros(1), 1.0
     out = np.empty(enhanced.shape, dtype=np.float32)
-    _tfce_numba.tfce_batch(enhanced, job.graph.indptr, job.graph.indices, job.tests_both_signs,
+    _tfce_numba.tfce_batch(enhanced, job.graph.neighbours, job.tests_both_signs,
                            float(job.E), float(job.H), bool(job.fsl), float(dh), table, out, n_threads)
     return out
 
@@ -196,27 +196,28 @@ def fsl_step(job, observed):
     return top / 100.0 if top > 0 else 1.0
 
 
-def _magnitude(job, values):
-    return np.abs(values) if job.tests_both_signs else values
+def _exceedances(job, maps, observed):
+    """Per-voxel counts of maps >= observed, and each map's maximum (|.| if two-sided)."""
+    counts = np.zeros(maps.shape[1], dtype=np.int64)
+    maxima = np.empty(maps.shape[0], dtype=np.float32)
+    _tfce_numba.exceedances(maps, np.ascontiguousarray(observed, dtype=np.float32),
+                            job.tests_both_signs, counts, maxima)
+    return counts, maxima.astype(np.float64)
 
 
 def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     """Reduce rearrangements ``start`` to ``stop - 1`` to maxima and exceedance counts."""
     stats = statistics(job, schedule, start, stop, pool)
-    mag = _magnitude(job, stats)
-    result = {
-        "null_max": mag.max(axis=1).astype(np.float64),
-        "counts": (mag >= _magnitude(job, observed.stat)).sum(axis=0, dtype=np.int64),
-    }
+    result = {}
+    result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat)
     if job.tfce:
-        enhanced = _magnitude(job, tfce_maps(job, stats, n_threads))
-        result["null_max_tfce"] = enhanced.max(axis=1).astype(np.float64)
-        result["tfce_counts"] = (enhanced >= _magnitude(job, observed.tfce)).sum(axis=0, dtype=np.int64)
+        result["tfce_counts"], result["null_max_tfce"] = _exceedances(
+            job, tfce_maps(job, stats, n_threads), observed.tfce)
     if job.cluster_threshold is not None:
         extent = np.zeros(stop - start, dtype=np.int64)
         mass = np.zeros(stop - start)
         _tfce_numba.cluster_maxima_batch(stats, float(job.cluster_threshold), job.tests_both_signs,
-                                         job.graph.indptr, job.graph.indices, extent, mass, n_threads)
+                                         job.graph.neighbours, extent, mass, n_threads)
         result["null_max_extent"] = extent.astype(np.float64)
         result["null_max_mass"] = mass
     return ChunkResult(start=start, stop=stop, **result)

@@ -21,9 +21,11 @@ class VoxelGraph:
 
     Attributes
     ----------
-    indptr : (n_voxels + 1,) ndarray of int64
-    indices : (n_edges * 2,) ndarray of int64
+    indptr : (n_voxels + 1,) ndarray of int32
+    indices : (n_edges * 2,) ndarray of int32
     n_voxels : int
+    neighbours : (n_voxels, max_degree) ndarray of int32
+        The same graph as a padded table (-1 pads), the form the kernels read.
     mask : ndarray of bool or None
         The grid mask the voxels come from (in C order), if any.
     connectivity : int or None
@@ -32,6 +34,7 @@ class VoxelGraph:
     indptr: np.ndarray
     indices: np.ndarray
     n_voxels: int
+    neighbours: np.ndarray
     mask: np.ndarray | None = None
     connectivity: int | None = None
 
@@ -81,7 +84,8 @@ def grid_graph(mask, connectivity=6):
     n = int(mask.sum())
     indptr, indices = _symmetric_csr(np.concatenate(rows) if rows else np.zeros(0, np.int64),
                                      np.concatenate(cols) if cols else np.zeros(0, np.int64), n)
-    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=n, mask=mask, connectivity=connectivity)
+    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=n, neighbours=_padded(indptr, indices),
+                      mask=mask, connectivity=connectivity)
 
 
 def _symmetric_csr(rows, cols, n):
@@ -90,7 +94,7 @@ def _symmetric_csr(rows, cols, n):
                                shape=(n, n))
     matrix.sum_duplicates()
     matrix.sort_indices()
-    return matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
+    return matrix.indptr.astype(np.int32), matrix.indices.astype(np.int32)
 
 
 def graph_from_adjacency(adjacency, n_voxels=None):
@@ -108,4 +112,23 @@ def graph_from_adjacency(adjacency, n_voxels=None):
     keep = (coo.row != coo.col) & (coo.data != 0)
     indptr, indices = _symmetric_csr(coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64),
                                      adjacency.shape[0])
-    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=adjacency.shape[0])
+    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=adjacency.shape[0],
+                      neighbours=_padded(indptr, indices))
+
+
+_MAX_TABLE = 200_000_000  # entries of the padded neighbour table
+
+
+def _padded(indptr, indices):
+    """CSR rows as a (n, max_degree) table padded with -1."""
+    n = indptr.size - 1
+    degree = np.diff(indptr)
+    width = int(degree.max()) if n else 0
+    if n * width > _MAX_TABLE:
+        raise ValueError(f"adjacency: a node has {width} neighbours; graphs whose largest degree times "
+                         f"the number of nodes exceeds {_MAX_TABLE:,} are not supported")
+    table = np.full((n, max(width, 1)), -1, dtype=np.int32)
+    rows = np.repeat(np.arange(n), degree)
+    cols = np.arange(indices.size) - np.repeat(indptr[:-1], degree)
+    table[rows, cols] = indices
+    return table

@@ -157,5 +157,5 @@ def tfce_values(values, graph, *, E=0.5, H=2.0, mode="exact", dh=None, two_sided
     else:
         dh, table = 1.0, np.zeros(1)
     order = np.argsort(-np.abs(values), kind="stable")
-    return _tfce_numba.tfce_graph(values, order, graph.indptr, graph.indices, bool(two_sided),
+    return _tfce_numba.tfce_graph(values, order, graph.neighbours, bool(two_sided),
                                   float(E), float(H), fsl, float(dh), table)
