@@ -51,6 +51,9 @@ def _height_term(h, H, fsl, dh, cumulative):
 @njit(**JIT)
 def _find(x, node, stack):
     """Root of ``x``, compressing the path while keeping every offset sum."""
+    up = np.int64(node[x, PARENT])
+    if up == x or np.int64(node[up, PARENT]) == up:  # x is a root or a root's child
+        return up
     depth = 0
     root = x
     while True:
@@ -97,8 +100,8 @@ def _radix_order_desc(keys, n, order, key_buf, key_tmp, idx_tmp, hist):
 
 
 @njit(**JIT)
-def _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cumulative,
-                size_pow, out, node, stack, roots):
+def _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh, cumulative,
+                out, node, stack, roots):
     """One TFCE pass over the voxels ``visit[:n_active]`` (by decreasing height).
 
     ``visit_height[j]`` is |value| of ``visit[j]``; ``state[v]`` is the sign of an
@@ -150,7 +153,7 @@ def _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cu
         big = roots[0]
         for m in range(n_roots):
             r = roots[m]
-            node[r, OFFSET] += size_pow[np.int64(node[r, SIZE])] * (node[r, LAST] - term)
+            node[r, OFFSET] += _size_pow(node[r, SIZE], E) * (node[r, LAST] - term)
             node[r, LAST] = term
             if node[r, SIZE] > node[big, SIZE]:
                 big = r
@@ -166,7 +169,7 @@ def _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cu
     base = _height_term(0.0, H, fsl, dh, cumulative)
     for v in range(n_vox):
         if state[v] != 0 and node[v, PARENT] == v:
-            node[v, OFFSET] += size_pow[np.int64(node[v, SIZE])] * (node[v, LAST] - base)
+            node[v, OFFSET] += _size_pow(node[v, SIZE], E) * (node[v, LAST] - base)
     for v in range(n_vox):
         s = state[v]
         if s == 0:
@@ -179,16 +182,13 @@ def _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cu
 
 
 @njit(**JIT)
-def _size_powers(n, E):
-    table = np.empty(n + 1)
-    for k in range(n + 1):
-        if E == 0.5:
-            table[k] = np.sqrt(k)
-        elif E == 1.0:
-            table[k] = k
-        else:
-            table[k] = k ** E
-    return table
+def _size_pow(size, E):
+    """size**E, with the common exponents computed without pow()."""
+    if E == 0.5:
+        return np.sqrt(size)
+    if E == 1.0:
+        return size
+    return size ** E
 
 
 @njit(**JIT)
@@ -208,8 +208,7 @@ def tfce_graph(values, order, neighbours, two_sided, E, H, fsl, dh, cumulative):
             visit_height[n_active] = abs(x)
             n_active += 1
     out = np.zeros(n_vox)
-    _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh, cumulative,
-                _size_powers(n_vox, E), out, np.empty((n_vox, 4)), np.empty(_MAX_DEPTH, np.int64),
+    _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh, cumulative, out, np.empty((n_vox, 4)), np.empty(_MAX_DEPTH, np.int64),
                 np.empty(max(neighbours.shape[1], 1), np.int64))
     return out
 
@@ -222,7 +221,6 @@ def tfce_batch(stats, neighbours, two_sided, E, H, fsl, dh, cumulative, out, n_t
     space, so the result does not depend on the number of threads.
     """
     n_maps, n_vox = stats.shape
-    size_pow = _size_powers(n_vox, E)
     for t in prange(n_threads):
         state = np.empty(n_vox, np.int8)
         keys = np.empty(n_vox, np.uint32)
@@ -259,8 +257,8 @@ def tfce_batch(stats, neighbours, two_sided, E, H, fsl, dh, cumulative, out, n_t
             for j in range(n_active):
                 visit[j] = active[order[j]]
                 visit_bits[j] = np.uint32(0xFFFFFFFF) - key_buf[j]
-            _tfce_sweep(visit, visit_height, n_active, state, neighbours, H, fsl, dh,
-                        cumulative, size_pow, result, node, stack, roots)
+            _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh,
+                        cumulative, result, node, stack, roots)
             for v in range(n_vox):
                 out[b, v] = result[v]
 
