@@ -1,0 +1,259 @@
+"""voxstats.tfce against the label-at-every-threshold reference and hand computations."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import sparse
+
+from voxstats import _tfce_numba, tfce
+from voxstats._reference import tfce_reference
+from voxstats.graph import graph_from_adjacency, grid_graph
+from voxstats.tfce import stepped_table, tfce_values
+
+GRIDS = [((6, 5, 4), 6), ((6, 5, 4), 18), ((6, 5, 4), 26), ((9, 8), 4), ((9, 8), 8)]
+
+
+def _field(rng, shape):
+    """Random map with zeros, positive and negative blobs (distinct values)."""
+    x = rng.standard_normal(shape) * 2
+    x[rng.random(shape) < 0.15] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("two_sided", [True, False])
+@pytest.mark.parametrize("shape,connectivity", GRIDS)
+def test_exact_matches_reference(shape, connectivity, two_sided, seed):
+    stat = _field(np.random.default_rng(seed), shape)
+    got = tfce(stat, connectivity=connectivity, two_sided=two_sided)
+    want = tfce_reference(stat, connectivity=connectivity, two_sided=two_sided)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert np.count_nonzero(got) > 0
+
+
+@pytest.mark.parametrize("E,H", [(1.0, 2.0), (0.5, 1.5), (2.0 / 3.0, 2.5)])
+def test_exact_other_exponents(rng, E, H):
+    stat = _field(rng, (6, 6, 4))
+    np.testing.assert_allclose(tfce(stat, connectivity=26, E=E, H=H),
+                               tfce_reference(stat, connectivity=26, E=E, H=H), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dh", [None, 0.05, 0.37])
+@pytest.mark.parametrize("shape,connectivity", GRIDS)
+def test_fsl_matches_stepwise_reference(shape, connectivity, dh):
+    stat = _field(np.random.default_rng(3), shape)
+    got = tfce(stat, connectivity=connectivity, mode="fsl", dh=dh)
+    want = tfce_reference(stat, connectivity=connectivity, mode="fsl", dh=dh)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_fsl_one_sided_and_other_exponents(rng):
+    stat = _field(rng, (7, 6, 3))
+    for kwargs in (dict(two_sided=False), dict(E=1.0, H=2.0), dict(E=0.5, H=1.0, dh=0.2)):
+        np.testing.assert_allclose(tfce(stat, mode="fsl", **kwargs),
+                                   tfce_reference(stat, mode="fsl", **kwargs), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+def test_sparse_graph_matches_reference(mode, random_graph):
+    rng = np.random.default_rng(7)
+    adjacency = random_graph(rng, 60, n_edges=90)
+    values = rng.standard_normal(60)
+    got = tfce(values, connectivity=adjacency, mode=mode)
+    want = tfce_reference(values, connectivity=adjacency, mode=mode)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # csr, csc and a dense-equivalent lil adjacency give the same answer
+    for fmt in (adjacency.tocsr(), adjacency.tocsc(), sparse.lil_matrix(adjacency)):
+        np.testing.assert_array_equal(tfce(values, connectivity=fmt, mode=mode), got)
+
+
+def _two_clusters(heights=(2.0, 3.0)):
+    """10^3 volume, two separated flat 10-voxel clusters (a 2x5 and a 10x1 patch)."""
+    stat = np.zeros((10, 10, 10))
+    stat[1:3, 1:6, 2] = heights[0]
+    stat[0:10, 8, 7] = heights[1]
+    return stat
+
+
+def test_zero_exponents_give_the_map_itself(rng):
+    # E = H = 0: the integrand is 1, so TFCE(v) = s(v) whatever the clusters
+    stat = _field(rng, (6, 6, 4))
+    np.testing.assert_allclose(tfce(stat, E=0.0, H=0.0), stat, rtol=1e-12, atol=1e-15)
+
+
+def test_hand_computed_exact():
+    stat = _two_clusters()
+    out = tfce(stat)  # E=0.5, H=2
+    # a flat cluster of size n and height h: integral_0^h n**E h'**H dh' = sqrt(n) h**3 / 3
+    assert np.allclose(out[1:3, 1:6, 2], np.sqrt(10) * 2.0 ** 3 / 3, rtol=1e-12)
+    assert np.allclose(out[:, 8, 7], np.sqrt(10) * 3.0 ** 3 / 3, rtol=1e-12)
+    assert out.max() == pytest.approx(np.sqrt(10) * 9.0)
+    assert np.count_nonzero(out) == 20
+    # other exponents
+    out = tfce(stat, E=1.0, H=1.0)
+    assert out.max() == pytest.approx(10 * 3.0 ** 2 / 2)
+
+
+def test_hand_computed_fsl():
+    stat = _two_clusters()
+    dh = 3.0 / 100  # default step: max / 100
+    out = tfce(stat, mode="fsl")
+    for h, where in ((2.0, (slice(1, 3), slice(1, 6), 2)), (3.0, (slice(None), 8, 7))):
+        steps = [k * dh for k in range(200) if k * dh < h]
+        expected = np.sqrt(10) * sum(s ** 2 for s in steps)
+        np.testing.assert_allclose(out[where], expected, rtol=1e-12)
+    # a given step: h = 2 -> thresholds 0, 0.5, 1, 1.5 ; h = 3 -> up to 2.5
+    out = tfce(stat, mode="fsl", dh=0.5)
+    assert out[1, 1, 2] == pytest.approx(np.sqrt(10) * (0.25 + 1 + 2.25))
+    assert out[0, 8, 7] == pytest.approx(np.sqrt(10) * (0.25 + 1 + 2.25 + 4 + 6.25))
+
+
+def test_hand_computed_merging_cluster():
+    # 1D chain on a 2D grid: values 3, 1 next to each other -> the 3 voxel sees
+    # size 1 above height 1 and size 2 below.
+    stat = np.zeros((1, 5))
+    stat[0, 1], stat[0, 2] = 3.0, 1.0
+    out = tfce(stat, connectivity=4, E=1.0, H=2.0)
+    assert out[0, 1] == pytest.approx(2 * 1 / 3 + 1 * (27 - 1) / 3)
+    assert out[0, 2] == pytest.approx(2 * 1 / 3)
+    # 8-connectivity links diagonal neighbours, 4-connectivity does not
+    diag = np.zeros((3, 3))
+    diag[0, 0], diag[1, 1] = 2.0, 2.0
+    assert tfce(diag, connectivity=4, E=1.0)[0, 0] == pytest.approx(8 / 3)
+    assert tfce(diag, connectivity=8, E=1.0)[0, 0] == pytest.approx(2 * 8 / 3)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+def test_sign_flip_invariance(rng, mode):
+    stat = _field(rng, (7, 6, 5))
+    np.testing.assert_allclose(tfce(-stat, mode=mode), -tfce(stat, mode=mode), rtol=1e-12, atol=0)
+
+
+def test_one_sided_zero_on_negative_and_equal_on_positive(rng):
+    stat = _field(rng, (7, 6, 5))
+    one = tfce(stat, two_sided=False)
+    two = tfce(stat, two_sided=True)
+    assert np.all(one[stat <= 0] == 0)
+    assert np.all(two[stat < 0] < 0)
+    # clusters never mix signs, so positive voxels are unchanged
+    np.testing.assert_allclose(one[stat > 0], two[stat > 0], rtol=1e-12)
+
+
+def test_nan_treated_as_zero(rng):
+    stat = _field(rng, (6, 6, 4))
+    with_nan = stat.copy()
+    holes = rng.random(stat.shape) < 0.1
+    with_nan[holes] = np.nan
+    zeroed = np.where(holes, 0.0, stat)
+    np.testing.assert_array_equal(tfce(with_nan), tfce(zeroed))
+    assert np.all(np.isfinite(tfce(with_nan)))
+
+
+def test_mask_excludes_voxels(rng):
+    stat = _field(rng, (6, 6, 4))
+    mask = rng.random(stat.shape) < 0.7
+    out = tfce(stat, mask=mask)
+    assert np.all(out[~mask] == 0)
+    np.testing.assert_allclose(out, tfce_reference(np.where(mask, stat, 0.0)), rtol=1e-10, atol=1e-12)
+    # a mask image is accepted as well
+    mask_img = nib.Nifti1Image(mask.astype(np.uint8), np.eye(4))
+    np.testing.assert_array_equal(tfce(stat, mask=mask_img), out)
+
+
+def test_input_not_modified(rng):
+    stat = _field(rng, (5, 5, 5))
+    stat[0, 0, 0] = np.nan
+    copy = stat.copy()
+    tfce(stat)
+    np.testing.assert_array_equal(stat, copy)
+
+
+def test_image_in_image_out(rng):
+    stat = _field(rng, (6, 5, 4))
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    affine[:3, 3] = [-90, -126, -72]
+    img = nib.Nifti1Image(stat.astype(np.float32), affine)
+    out = tfce(img)
+    assert isinstance(out, nib.Nifti1Image)
+    np.testing.assert_array_equal(out.affine, affine)
+    np.testing.assert_allclose(out.get_fdata(), tfce(stat.astype(np.float32)), rtol=1e-6)
+
+
+def test_empty_and_single_voxel():
+    assert np.all(tfce(np.zeros((4, 4, 4))) == 0)
+    one = np.zeros((4, 4, 4))
+    one[1, 2, 3] = -2.0
+    out = tfce(one)
+    assert out[1, 2, 3] == pytest.approx(-(2.0 ** 3) / 3)
+    assert np.count_nonzero(out) == 1
+    assert np.all(tfce(one, two_sided=False) == 0)
+
+
+@pytest.mark.parametrize("mode,dh", [("exact", None), ("fsl", 0.1)])
+@pytest.mark.parametrize("two_sided", [True, False])
+def test_float32_batch_kernel_matches_public(rng, mode, dh, two_sided):
+    shape = (7, 6, 5)
+    mask = rng.random(shape) < 0.8
+    graph = grid_graph(mask, 6)
+    maps32 = np.stack([_field(rng, shape)[mask] for _ in range(5)]).astype(np.float32)
+    fsl = mode == "fsl"
+    top = float(np.abs(maps32).max())
+    table = stepped_table(dh, 2.0, top) if fsl else np.zeros(1)
+    out = np.empty(maps32.shape, dtype=np.float32)
+    _tfce_numba.tfce_batch(maps32, graph.neighbours, two_sided, 0.5, 2.0, fsl, dh if fsl else 1.0,
+                           table, out, 2)
+    for row, got in zip(maps32, out):
+        want = tfce_values(row.astype(np.float64), graph, mode=mode, dh=dh, two_sided=two_sided)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
+
+
+def test_exact_is_limit_of_stepped_sum(rng):
+    stat = _field(rng, (6, 6, 4))
+    exact = tfce(stat)
+    big = np.abs(exact) > 1e-3 * np.abs(exact).max()
+    errors = []
+    for dh in (0.1, 0.01, 0.001):
+        stepped = tfce(stat, mode="fsl", dh=dh) * dh
+        errors.append(np.max(np.abs(stepped[big] - exact[big]) / np.abs(exact[big])))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.01
+
+
+def test_graph_api_agrees_with_grid(rng):
+    # the same grid given as a sparse adjacency gives the same TFCE
+    stat = _field(rng, (5, 4, 3))
+    graph = grid_graph(np.ones(stat.shape, bool), 18)
+    adjacency = sparse.csr_matrix((np.ones(graph.indices.size), graph.indices, graph.indptr))
+    via_graph = tfce(stat.ravel(), connectivity=adjacency)
+    np.testing.assert_allclose(via_graph.reshape(stat.shape), tfce(stat, connectivity=18), rtol=1e-12)
+    assert graph_from_adjacency(adjacency).n_voxels == stat.size
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(connectivity=7), r"Invalid value for the 'connectivity' parameter in 3D\. Allowed values are "
+                           r"6, 18, 26, but got 7 instead\."),
+    (dict(mode="tfce"), r"Invalid value for the 'mode' parameter\. Allowed values are 'exact', 'fsl', "
+                        r"but got 'tfce' instead\."),
+    (dict(E=-1.0), r"'E' parameter: expected a finite number >= 0, got -1\.0"),
+    (dict(H=np.nan), r"'H' parameter: expected a finite number >= 0"),
+    (dict(mode="fsl", dh=0.0), r"'dh' parameter: expected a step > 0, got 0\.0"),
+    (dict(mode="fsl", dh=-1.0), r"'dh' parameter: expected a step > 0"),
+    (dict(dh=0.1), r"'dh' parameter \(fixed step\) only applies to mode='fsl'"),
+    (dict(mask=np.ones((3, 3, 3), bool)), r"mask: shape \(3, 3, 3\) does not match the map's shape \(4, 4, 4\)"),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfce(np.ones((4, 4, 4)), **kwargs)
+
+
+def test_bad_shapes_and_connectivity():
+    with pytest.raises(ValueError, match=r"in 2D\. Allowed values are 4, 8, but got 6 instead"):
+        tfce(np.ones((4, 4)), connectivity=6)
+    with pytest.raises(ValueError, match=r"stat: expected a 2D or 3D map .*got shape \(2, 2, 2, 2\)"):
+        tfce(np.ones((2, 2, 2, 2)))
+    with pytest.raises(ValueError, match=r"adjacency: has 5 nodes but the data have 4 voxels"):
+        tfce(np.ones(4), connectivity=sparse.eye(5, format="csr"))
+    with pytest.raises(ValueError, match=r"adjacency: expected a square matrix"):
+        tfce(np.ones(4), connectivity=sparse.csr_matrix((4, 5)))
+    with pytest.raises(ValueError, match=r"mask: not used with a sparse adjacency"):
+        tfce(np.ones(4), connectivity=sparse.eye(4, format="csr"), mask=np.ones(4, bool))
