@@ -58,6 +58,11 @@ class ContrastJob:
     dh : float or None
         Fixed TFCE step (FSL mode); None until the observed map sets it.
     cluster_threshold : float or None
+    reduced_basis : (n_subjects, p - 1) ndarray of float32 or None
+        The basis without the constant vector, when the nuisance space holds it.
+        The residualised data then sum to zero over subjects, and so does any
+        permutation of them (not a sign flip): their projection on the constant
+        is 0 and need not be computed.
     """
 
     name: str
@@ -75,6 +80,7 @@ class ContrastJob:
     fsl: bool
     dh: float | None
     cluster_threshold: float | None
+    reduced_basis: np.ndarray | None = None
 
     @property
     def n_voxels(self):
@@ -114,10 +120,22 @@ def _rearranged_basis(basis, permutation, signs):
     return (basis[inverse] * signs[inverse, np.newaxis].astype(basis.dtype)).T
 
 
-def _projections(job, perms, signs, pool):
+def reduced_basis(tested, nuisance):
+    """[tested, nuisance without the constant vector], or None if the constant is not nuisance."""
+    n = tested.shape[0]
+    constant = np.full(n, 1 / np.sqrt(n))
+    if nuisance.shape[1] == 0 or np.linalg.norm(constant - nuisance @ (nuisance.T @ constant)) > 1e-8:
+        return None
+    rest = nuisance - np.outer(constant, constant @ nuisance)
+    u, s, _ = np.linalg.svd(rest, full_matrices=False)
+    rest = u[:, s > 1e-8 * max(s.max(), 1e-300)] if s.size else rest[:, :0]
+    return np.ascontiguousarray(np.hstack([tested, rest]), dtype=np.float32)
+
+
+def _projections(basis, job, perms, signs, pool):
     """Projections of one group of GROUP rearrangements: (GROUP * p, n_voxels) float32."""
-    p = job.basis.shape[1]
-    a = np.ascontiguousarray(np.vstack([_rearranged_basis(job.basis, perms[b], signs[b])
+    p = basis.shape[1]
+    a = np.ascontiguousarray(np.vstack([_rearranged_basis(basis, perms[b], signs[b])
                                         for b in range(GROUP)]), dtype=np.float32)
     out = np.empty((GROUP * p, job.n_voxels), dtype=np.float32)
 
@@ -136,7 +154,6 @@ def _projections(job, perms, signs, pool):
 def statistics(job, schedule, start, stop, pool=None):
     """Statistic maps of rearrangements ``start`` to ``stop - 1``: (k, n_voxels) float32."""
     n = job.data.shape[0]
-    p = job.basis.shape[1]
     out = np.empty((stop - start, job.n_voxels), dtype=np.float32)
     group_stats = np.empty((GROUP, job.n_voxels), dtype=np.float32)
     identity = np.arange(n)
@@ -150,7 +167,11 @@ def statistics(job, schedule, start, stop, pool=None):
                 perms[b], signs[b] = schedule.permutations[index], schedule.signs[index]
             else:  # padding: its results are discarded
                 perms[b], signs[b] = identity, ones
-        proj = _projections(job, perms, signs, pool)
+        # the basis depends on the schedule's whole group, never on the chunk's bounds
+        flips = bool(np.any(schedule.signs[lo:hi] < 0))
+        basis = job.basis if flips or job.reduced_basis is None else job.reduced_basis
+        p = basis.shape[1]
+        proj = _projections(basis, job, perms, signs, pool)
         if job.kind == "t":
             _tfce_numba.t_from_projection(proj, job.sum_sq, float(job.df), p, group_stats)
         else:

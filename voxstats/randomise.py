@@ -14,8 +14,10 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from . import engine
+from .checkpoint import handle_signals, open_checkpoint
 from ._numba import n_threads as _n_threads
 from .design import make_contrasts, make_design
+from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
 from .graph import graph_from_adjacency, grid_graph
 from .image import check_img, check_same_space
@@ -162,7 +164,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  tfce_dh=None, cluster_threshold=None, cluster_threshold_f=None, two_sided=True,
                  demean=False, sign_flip=False, permute=None, exchangeability_blocks=None,
                  whole_blocks=False, tail_approximation=False, rng=None, n_jobs=1, chunk_size=None,
-                 verbose=None):
+                 checkpoint_dir=None, resume=False, executor="local", scheduler=None, verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
 
     Parameters
@@ -215,6 +217,21 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         Threads (-1 for all).
     chunk_size : int, optional
         Rearrangements per chunk; does not change any result.
+    checkpoint_dir : str or path-like, optional
+        Write each finished chunk there (atomically, with a checksum and the
+        run's fingerprint: data, design, contrasts, options, schedule). While
+        checkpointing, SIGINT/SIGTERM stop the run after the current chunk with
+        :class:`voxstats.checkpoint.RunInterrupted`, keeping what is done.
+    resume : bool
+        Continue the checkpoint in ``checkpoint_dir``, skipping finished chunks;
+        the result is bit-identical to an uninterrupted run. A checkpoint of
+        other inputs or options is refused; a corrupt chunk is recomputed.
+    executor : {'local', 'dask'}
+        Run chunks in this process (``n_jobs`` threads) or as tasks on a
+        ``dask.distributed`` cluster (needs the ``distributed`` extra).
+    scheduler : str or distributed.Client, optional
+        Dask only: the scheduler's address or a client. None starts a
+        LocalCluster of ``n_jobs`` worker processes for the run.
     verbose : bool, optional
         Show a progress bar (default: when logging is at INFO or below).
 
@@ -260,18 +277,24 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     cluster_threshold_f=cluster_threshold_f, two_sided=two_sided, demean=demean,
                     sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
                     tail_approximation=tail_approximation, n_jobs=n_jobs)
+    store = open_checkpoint(checkpoint_dir, resume=resume, data=data, design=design,
+                            contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
+                            chunk_size=chunk_size, rng=rng)
+    chunk_size = chunk_size if store is None else store.chunk_size
     results = []
     with _n_threads(n_jobs) as threads:
         pool = engine.make_pool(threads)
         try:
             bar = tqdm(total=schedule.n_perm * len(contrast_list), disable=not show,
                        desc="permutations", unit="perm")
-            with bar:
+            with bar, open_executor(executor, scheduler, threads=threads, pool=pool) as runner, \
+                    handle_signals(store) as flag:
                 for contrast in contrast_list:
                     threshold = cluster_threshold if contrast.kind == "t" else cluster_threshold_f
                     results.append(_run_contrast(data, design, contrast, schedule, graph, threshold,
                                                  tfce, tfce_E, tfce_H, tfce_mode, tfce_dh, two_sided,
-                                                 tail_approximation, chunk_size, threads, pool, bar))
+                                                 tail_approximation, chunk_size, threads, pool, bar,
+                                                 runner=runner, store=store, flag=flag))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -292,11 +315,13 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
                               basis=np.ascontiguousarray(basis.basis, dtype=np.float32), q=basis.q,
                               df=basis.df, data=residual, sum_sq=sum_sq, graph=graph,
                               two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
-                              fsl=mode == "fsl", dh=dh, cluster_threshold=threshold)
+                              fsl=mode == "fsl", dh=dh, cluster_threshold=threshold,
+                              reduced_basis=engine.reduced_basis(basis.tested, basis.nuisance))
 
 
 def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H, mode, dh,
-                  two_sided, tail_approximation, chunk_size, threads, pool, bar):
+                  two_sided, tail_approximation, chunk_size, threads, pool, bar, *, runner=None,
+                  store=None, flag=None):
     from dataclasses import replace
 
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
@@ -305,11 +330,11 @@ def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
     observed = engine.observed_maps(job, schedule, threads, pool)
-    chunks = []
-    for start, stop in engine.chunk_bounds(schedule.n_perm, chunk_size):
-        chunks.append(engine.run_chunk(job, schedule, start, stop, observed, threads, pool))
-        bar.update(stop - start)
-    merged = engine.merge_chunks(chunks, schedule.n_perm)
+    runner = runner if runner is not None else LocalExecutor(threads, pool)
+    merged = run_chunks(runner, job, schedule, observed,
+                        engine.chunk_bounds(schedule.n_perm, chunk_size),
+                        store=None if store is None else store.contrast(job, contrast.weights),
+                        flag=flag, bar=bar)
     return assemble(job, contrast, observed, merged, schedule.n_perm, data, design,
                     tail_approximation=tail_approximation)
 
