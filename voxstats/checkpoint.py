@@ -1,0 +1,349 @@
+"""Checkpoints of long permutation runs: chunk files that survive a kill, and clean interruption.
+
+A checkpoint directory holds one ``manifest.json`` with the run's fingerprint
+and one folder per contrast with one file per finished chunk of the schedule::
+
+    DIR/manifest.json
+    DIR/t-A_B-1f2e3d4c/chunk-0000000-0000064.npz
+    DIR/t-A_B-1f2e3d4c/chunk-0000064-0000128.npz
+
+The fingerprint hashes everything a chunk's numbers depend on: the data matrix
+(so the input images and the mask), the design, the contrasts, the options,
+the voxels' neighbourhood graph and the whole permutation schedule (so the
+seed). Threads, executor and chunk size are not part of it: they change no
+number. A chunk file is written to a temporary name in the same folder,
+flushed to disk, then renamed, so a run killed at any moment leaves either a
+complete file or none. Each file carries a checksum of its content and the
+fingerprint of its contrast: a file whose checksum fails is reported and
+recomputed; a file or manifest from another run is refused, never mixed in.
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import tempfile
+import threading
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from . import engine
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Checkpoint", "RunInterrupted", "handle_signals", "open_checkpoint", "recorded_seed"]
+
+FORMAT = "voxstats-checkpoint-1"
+MANIFEST = "manifest.json"
+_CHUNK_RE = re.compile(r"^chunk-(\d+)-(\d+)\.npz$")
+_TMP_PREFIX = ".tmp-"
+_ARRAYS = [f.name for f in fields(engine.ChunkResult) if f.name not in ("start", "stop")]
+# Options that change no number, left out of the fingerprint.
+_NOT_FINGERPRINTED = ("n_jobs", "tail_approximation")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a checkpointed run; finished chunks are kept.
+
+    A KeyboardInterrupt, so that ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+def _digest(*parts):
+    """blake2b of strings, bytes and arrays (dtype and shape included)."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.dtype.str}{part.shape}".encode())
+            h.update(np.ascontiguousarray(part).view(np.uint8).reshape(-1).data)
+        elif isinstance(part, bytes):
+            h.update(part)
+        else:
+            h.update(str(part).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def run_fingerprint(data, design, contrasts, schedule, graph, settings):
+    """The run's fingerprint, component by component: {component: hex digest}.
+
+    Parameters
+    ----------
+    data : (n_subjects, n_voxels) ndarray
+    design : voxstats.design.Design
+    contrasts : list of voxstats.design.Contrast
+    schedule : voxstats.permutation.PermutationSchedule
+    graph : voxstats.graph.VoxelGraph or None
+    settings : dict
+        The options of :func:`voxstats.permuted_glm`.
+    """
+    options = {k: _jsonable(v) for k, v in sorted(settings.items()) if k not in _NOT_FINGERPRINTED}
+    return {
+        "data": _digest(np.asarray(data)),
+        "design": _digest(np.asarray(design.matrix, dtype=np.float64), json.dumps(list(design.names))),
+        "contrasts": _digest(*[p for c in contrasts
+                               for p in (c.name, c.kind, np.asarray(c.weights, dtype=np.float64))]),
+        "options": _digest(json.dumps(options, sort_keys=True, default=str)),
+        "schedule": _digest(schedule.permutations, schedule.signs),
+        "neighbourhood": "none" if graph is None else _digest(graph.indptr, graph.indices),
+    }
+
+
+def _write_atomic(path, write):
+    """Call ``write(handle)`` on a temporary file in ``path``'s folder, fsync, rename to ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _ContrastStore:
+    """The chunk files of one contrast."""
+
+    def __init__(self, folder, fingerprint, n_voxels):
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self.n_voxels = n_voxels
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, start, stop):
+        return self.folder / f"chunk-{start:07d}-{stop:07d}.npz"
+
+    @staticmethod
+    def _checksum(meta, arrays):
+        return _digest(meta, *[p for name in sorted(arrays) for p in (name, arrays[name])])
+
+    def save(self, chunk):
+        """Write one ChunkResult atomically, with its checksum."""
+        arrays = {name: getattr(chunk, name) for name in _ARRAYS if getattr(chunk, name) is not None}
+        meta = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint,
+                           "start": chunk.start, "stop": chunk.stop}, sort_keys=True)
+        checksum = self._checksum(meta, arrays)
+        _write_atomic(self.path(chunk.start, chunk.stop),
+                      lambda handle: np.savez(handle, meta=np.array(meta), checksum=np.array(checksum),
+                                              **arrays))
+
+    def _read(self, path, start, stop):
+        """A valid ChunkResult, or raise ValueError saying what is wrong."""
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                content = {key: npz[key] for key in npz.files}
+        except Exception as exc:  # zip, header and truncation errors come in many types
+            raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+        if "meta" not in content or "checksum" not in content:
+            raise ValueError("no metadata or checksum")
+        meta = str(content.pop("meta"))
+        checksum = str(content.pop("checksum"))
+        if self._checksum(meta, content) != checksum:
+            raise ValueError("checksum mismatch")
+        info = json.loads(meta)
+        if info.get("fingerprint") != self.fingerprint:
+            raise _ForeignChunk(f"{path} belongs to another run (its fingerprint differs from this "
+                                "run's); refusing to mix it in. Use an empty checkpoint directory.")
+        if (info.get("start"), info.get("stop")) != (start, stop):
+            raise ValueError(f"it covers {info.get('start')}..{info.get('stop')}, not {start}..{stop}")
+        k = stop - start
+        if content["null_max"].shape != (k,) or content["counts"].shape != (self.n_voxels,):
+            raise ValueError("arrays of the wrong shape")
+        return engine.ChunkResult(start=start, stop=stop, **content)
+
+    def load(self, bounds):
+        """Split ``bounds`` into valid stored chunks and the (start, stop) pairs still to run."""
+        for stale in self.folder.glob(_TMP_PREFIX + "*"):
+            logger.debug("Removing %s, left by an interrupted write", stale)
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        done, todo = [], []
+        for start, stop in bounds:
+            path = self.path(start, stop)
+            if not path.exists():
+                todo.append((start, stop))
+                continue
+            try:
+                done.append(self._read(path, start, stop))
+            except _ForeignChunk as exc:
+                raise ValueError(str(exc)) from None
+            except ValueError as exc:
+                logger.warning("Checkpoint chunk %s is corrupt (%s); recomputing it", path, exc)
+                path.unlink()
+                todo.append((start, stop))
+        return done, todo
+
+
+class _ForeignChunk(ValueError):
+    pass
+
+
+class Checkpoint:
+    """An open checkpoint directory (see :func:`open_checkpoint`).
+
+    Attributes
+    ----------
+    directory : pathlib.Path
+    chunk_size : int
+        Rearrangements per chunk; a resumed run keeps the recorded one.
+    fingerprint : dict
+        {component: hex digest} of the run.
+    """
+
+    def __init__(self, directory, chunk_size, fingerprint):
+        self.directory = directory
+        self.chunk_size = chunk_size
+        self.fingerprint = fingerprint
+
+    def contrast(self, job, weights):
+        """The chunk store of one contrast (by kind and name; its options in its fingerprint)."""
+        key = _digest(json.dumps(self.fingerprint, sort_keys=True), job.kind, job.name,
+                      np.asarray(weights, dtype=np.float64), job.tfce, job.E, job.H, job.fsl,
+                      repr(job.dh), repr(job.cluster_threshold), job.two_sided)
+        safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", job.name)[:40]
+        folder = self.directory / f"{job.kind}-{safe}-{_digest(job.kind, job.name)[:8]}"
+        return _ContrastStore(folder, key, job.n_voxels)
+
+
+def _describe(directory, theirs, ours):
+    differ = [k for k in ours if theirs.get(k) != ours[k]]
+    return (f"checkpoint_dir {directory} holds a checkpoint of a different run ({', '.join(differ)} "
+            "differ); refusing to mix it in. Use another (or an empty) directory, or delete this one.")
+
+
+def open_checkpoint(directory, *, resume, data, design, contrasts, schedule, graph, settings,
+                    chunk_size, rng=None):
+    """Open (or start) a checkpoint directory for one run; None when ``directory`` is None.
+
+    Parameters
+    ----------
+    directory : str, path-like or None
+    resume : bool
+        Continue the checkpoint found there. Without it, a directory that
+        already holds a checkpoint is an error (nothing is overwritten).
+    data, design, contrasts, schedule, graph, settings
+        What the run's numbers depend on (see :func:`run_fingerprint`).
+    chunk_size : int
+        Used when starting; a resumed run keeps the recorded chunk size.
+    rng : optional
+        Recorded when it is an int seed, so that a command line can reuse it.
+
+    Returns
+    -------
+    Checkpoint or None
+    """
+    if directory is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        return None
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    fingerprint = run_fingerprint(data, design, contrasts, schedule, graph, settings)
+    manifest_path = directory / MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if manifest.get("format") != FORMAT:
+                raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
+        except ValueError as exc:
+            raise ValueError(f"checkpoint_dir: {manifest_path} is not a voxstats checkpoint manifest "
+                             f"({exc}); use another directory") from None
+        if manifest.get("fingerprint") != fingerprint:
+            raise ValueError(_describe(directory, manifest.get("fingerprint") or {}, fingerprint))
+        if not resume:
+            raise ValueError(f"checkpoint_dir {directory} already holds a checkpoint of this run; pass "
+                             "resume=True (--resume) to continue it, or use an empty directory")
+        recorded = int(manifest["chunk_size"])
+        if recorded != chunk_size:
+            logger.info("Resuming with the recorded chunk size %d (not %d); results are the same",
+                        recorded, chunk_size)
+        logger.info("Resuming the checkpoint in %s", directory)
+        return Checkpoint(directory, recorded, fingerprint)
+    if any(directory.iterdir()):
+        raise ValueError(f"checkpoint_dir {directory} is not empty and holds no voxstats checkpoint; "
+                         "use an empty or new directory")
+    if resume:
+        logger.info("No checkpoint in %s yet; starting from the beginning", directory)
+    seed = int(rng) if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) else None
+    manifest = {"format": FORMAT, "fingerprint": fingerprint, "chunk_size": int(chunk_size),
+                "n_perm": int(schedule.n_perm), "seed": seed,
+                "contrasts": [{"name": c.name, "kind": c.kind} for c in contrasts]}
+    text = json.dumps(manifest, indent=2) + "\n"
+    _write_atomic(manifest_path, lambda handle: handle.write(text.encode("utf-8")))
+    return Checkpoint(directory, int(chunk_size), fingerprint)
+
+
+def recorded_seed(directory):
+    """The int seed recorded in a checkpoint directory's manifest, or None."""
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("seed")
+    except (OSError, ValueError):
+        return None
+
+
+class _Flag:
+    def __init__(self, directory):
+        self.directory = directory
+        self.signum = None
+
+    def check(self, done, total):
+        """Raise RunInterrupted if a signal came; ``done`` of ``total`` chunks are kept."""
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise RunInterrupted(f"interrupted by {name} with {done} of {total} chunks of this contrast "
+                                 f"done and kept in {self.directory}; run again with resume=True "
+                                 "(--resume) and the same inputs and options to continue", self.signum)
+
+
+@contextlib.contextmanager
+def handle_signals(checkpoint):
+    """Turn SIGINT and SIGTERM into a clean stop between chunks while checkpointing.
+
+    Yields an object whose ``check(done, total)`` raises :class:`RunInterrupted`
+    once a signal has arrived. A second signal abandons the current chunk at
+    once. Outside the main thread, or without a checkpoint, nothing is installed
+    and ``check`` never raises.
+    """
+    flag = _Flag(None if checkpoint is None else checkpoint.directory)
+    if checkpoint is None or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.signum is not None:
+            raise RunInterrupted(f"interrupted again by {signal.Signals(signum).name}; finished chunks "
+                                 f"are kept in {flag.directory}; run again with resume=True "
+                                 "(--resume) to continue", signum)
+        flag.signum = signum
+        logger.warning("%s received: stopping after the current chunk (send it again to stop now)",
+                       signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
