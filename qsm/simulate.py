@@ -78,8 +78,8 @@ class Effects:
     rrms_shift: float = -5.0
     spms_pulvinar_shift: float = -6.0
     spms_other_shift: float = -1.0
-    duration_slope: float = -0.35
-    thalamus_duration_slope: float = -0.15
+    duration_slope: float = -0.5
+    thalamus_duration_slope: float = -0.25
     age_slope: float = 0.1
 
     @classmethod
