@@ -57,6 +57,11 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
 
+    @property
+    def signal_name(self):
+        """'SIGINT' or 'SIGTERM'."""
+        return signal.Signals(self.signum).name
+
 
 def _digest(*parts):
     """blake2b of strings, bytes and arrays (dtype and shape included)."""

@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 import voxstats
+from voxstats.checkpoint import RunInterrupted, recorded_seed
 from voxstats.cluster_table import cluster_table
 from voxstats.design_files import read_blocks, read_contrasts, read_design, read_f_contrasts
 from voxstats.image import atomic_write_text, check_img, check_same_space, save_img_atomic
@@ -84,7 +86,16 @@ def _get_parser():
     r.add_argument("--tfce_C", type=int, choices=(6, 18, 26), help="TFCE connectivity (default 6, 26 with --T2)")
     r.add_argument("--tfce_D", type=float, metavar="DH", help="TFCE fixed step; implies --tfce-mode fsl")
     r.add_argument("--tfce-mode", choices=("exact", "fsl"), default=None, help="TFCE integral (default exact)")
-    r.add_argument("--n-jobs", type=int, default=1, help="parallel jobs (default 1)")
+    r.add_argument("--n-jobs", type=int, default=1,
+                   help="threads; with --executor dask and no --scheduler, worker processes (default 1)")
+    r.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="write each finished chunk of permutations to DIR, so that a killed run can resume")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run checkpointed in --checkpoint-dir (same inputs and options)")
+    r.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="run chunks here (local, default) or on a Dask cluster (needs voxstats[distributed])")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster")
     r.add_argument("--logp", action="store_true", help="write -log10 p instead of 1 - p")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -277,6 +288,10 @@ def _run_randomise(args):
     thr_f = _one_threshold(args.cluster_e_f, args.cluster_m_f, "-F", "-S")
     if args.whole_blocks and not args.blocks:
         raise CLIError("--permuteBlocks needs -e BLOCKS.")
+    if args.resume and not args.checkpoint_dir:
+        raise CLIError("--resume needs --checkpoint-dir DIR.")
+    if args.scheduler and args.executor != "dask":
+        raise CLIError("--scheduler needs --executor dask.")
     design, tcons, fcons = _load_model(args)
     if (args.cluster_e_f is not None or args.cluster_m_f is not None) and not fcons:
         raise CLIError("-F and -S need F contrasts (-f).")
@@ -298,7 +313,11 @@ def _run_randomise(args):
     _check_outputs([p for names in outputs.values() for p in names.values()] + [json_path], args.overwrite)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
 
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % (2**32))
+    seed = args.seed
+    if seed is None and args.resume:
+        seed = recorded_seed(args.checkpoint_dir)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
     options = dict(
         f_contrasts=fcons,
         mask_img=args.mask,
@@ -313,11 +332,22 @@ def _run_randomise(args):
         whole_blocks=args.whole_blocks,
         rng=seed,
         n_jobs=args.n_jobs,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        executor=args.executor,
+        scheduler=args.scheduler,
         verbose=not args.quiet,
     )
     if tfce is not None:
         options.update(tfce)
-    res = voxstats.randomise(imgs, design, tcons, **options)
+    try:
+        res = voxstats.randomise(imgs, design, tcons, **options)
+    except RunInterrupted as stop:
+        again = list(args.argv) + ([] if args.resume else ["--resume"])
+        again += [] if args.seed is not None else ["--seed", str(seed)]
+        print(f"voxstats randomise: stopped by {stop.signal_name}; finished chunks are kept in "
+              f"{args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}", file=sys.stderr)
+        return 128 + stop.signum
 
     written = []
     mask_data = np.asarray(res.mask_img.dataobj) != 0
