@@ -155,7 +155,7 @@ class _ContrastStore:
     def _read(self, path, start, stop):
         """A valid ChunkResult, or raise ValueError saying what is wrong."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 content = {key: npz[key] for key in npz.files}
         except Exception as exc:  # zip, header and truncation errors come in many types
             raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
