@@ -184,7 +184,7 @@ def test_option_errors(bids, small_template, tmp_path):
 
 
 @pytest.mark.slow
-def test_command_line(bids, tmp_path, capsys):
+def test_command_line(bids, small_template, tmp_path, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -195,12 +195,16 @@ def test_command_line(bids, tmp_path, capsys):
     code = _cli_normalize.main([str(bids / "nope"), str(tmp_path / "out")])
     assert code == 1
     assert "Cohort source" in capsys.readouterr().err
+    paths = small_template.save(tmp_path / "tpl")
     code = _cli_normalize.main([str(bids), str(tmp_path / "out"), "--affine-only", "--quiet",
-                                "--template-resolution", "2", "--resolution", "4",
+                                "--template", str(paths["img"]), "--template-mask",
+                                str(paths["mask_img"]), "--space", "small", "--resolution", "4",
                                 "--reference", "csf"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
     assert "3 subject(s): 3 normalized" in out
     meta = json.loads((tmp_path / "out" / "sub-03" / "anat" /
-                       "sub-03_space-MNI152NLin2009aAsym_Chimap.json").read_text())
+                       "sub-03_space-small_Chimap.json").read_text())
     assert meta["ReferenceRegion"] == "csf" and meta["OutputResolution"] == 4.0
+    assert meta["RegistrationParameters"]["nonlinear"] is False
