@@ -95,7 +95,7 @@ class DaskExecutor:
         if scheduler is None:
             logger.info("Starting a Dask LocalCluster with %d worker processes", n_workers)
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                                                     processes=True, dashboard_address=None)
+                                                     processes=True, dashboard_address=":0")
             self.client = distributed.Client(self._cluster)
         elif isinstance(scheduler, str):
             try:
