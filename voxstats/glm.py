@@ -53,13 +53,22 @@ class EffectBasis:
         return self.tested.shape[1]
 
     def residualize(self, data, *, out=None):
-        """Return ``R_z @ data``: data with the nuisance space projected out (chunked)."""
+        """Return ``R_z @ data``: data with the nuisance space projected out (chunked).
+
+        Voxels whose data lie in the nuisance space up to rounding (constant
+        voxels when the constant is nuisance) get exactly 0, so that no
+        rearrangement of their rounding noise yields a statistic; the same
+        criterion as :func:`contrast_statistic`'s degenerate voxels.
+        """
         out = np.empty(data.shape, dtype=data.dtype) if out is None else out
         z = self.nuisance
         for start in range(0, data.shape[1], _CHUNK):
             block = np.asarray(data[:, start:start + _CHUNK], dtype=np.float64)
             if z.shape[1]:
+                scale = np.einsum("ij,ij->j", block, block)
                 block = block - z @ (z.T @ block)
+                rss = np.einsum("ij,ij->j", block, block)
+                block[:, ~(rss > 1e-20 * np.maximum(scale, 1e-300))] = 0.0
             out[:, start:start + _CHUNK] = block
         return out
 

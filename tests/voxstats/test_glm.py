@@ -223,3 +223,25 @@ def test_statistics_of_a_sub_range_equal_the_whole():
     whole = engine.statistics(job, schedule, 0, 50)
     for start, stop in ((0, 1), (3, 11), (17, 50), (49, 50)):
         np.testing.assert_array_equal(engine.statistics(job, schedule, start, stop), whole[start:stop])
+
+
+@pytest.mark.parametrize("sign_flip", [False, True])
+def test_constant_voxels_give_zero_in_every_rearrangement(sign_flip):
+    # the constant is nuisance: residualising a constant voxel leaves rounding noise,
+    # which must not turn into statistics in the permuted maps
+    rng = np.random.default_rng(13)
+    n = 11
+    x = np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n)])
+    y = rng.standard_normal((n, 6))
+    y[:, 0] = 2.0
+    y[:, 1] = -123.456
+    y[:, 2] = 0.0
+    design = make_design(x)
+    t_con, f_con = make_contrasts([0, 1, 0], design, f_contrasts=[[[0, 1, 0], [0, 0, 1]]])
+    schedule = make_schedule(n, 30, sign_flip=sign_flip, permute=True, rng=0)
+    for con in (t_con, f_con):
+        job = make_job(y, design, con, None)
+        np.testing.assert_array_equal(job.data[:, :3], 0.0)
+        maps = engine.statistics(job, schedule, 0, 30)
+        np.testing.assert_array_equal(maps[:, :3], 0.0)
+        assert np.all(maps[:, 3:] != 0)
