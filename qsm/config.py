@@ -1,7 +1,8 @@
 """Study configuration (TOML) and the checks that run before any long work.
 
 A study config has the sections ``study``, ``groups``, ``atlas``,
-``referencing``, ``voxelwise``, ``roi``, ``regression`` and ``simulation``;
+``referencing``, ``normalization``, ``voxelwise``, ``roi``, ``regression`` and
+``simulation``;
 see ``qsm/data/demo_study.toml`` for every key with its default.  Unknown
 sections or keys, wrong types, an atlas without a label table, missing
 participant columns and too small groups are errors with a one-line message.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +27,9 @@ __all__ = ["StudyConfig", "load_config", "demo_config_path", "read_participants"
            "check_participants"]
 
 _REFERENCING = ("none", "brain", "wm")
+_ENGINES = ("dipy", "ants")
+_DRIVES = ("structural", "chi", "hybrid")
+_INTERPOLATIONS = ("linear", "cubic", "quintic")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,36 @@ class Atlas:
 @dataclass(frozen=True)
 class Referencing:
     region: str = "brain"
+    statistic: str = "mean"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``[normalization]``: how ``space = "native"`` cohorts reach template space.
+
+    Used only when ``[study] space = "native"`` (see :func:`qsm.normalize.normalize_cohort`).
+    ``template = ""`` is nilearn's bundled MNI152 2009a at ``template_resolution`` mm;
+    ``resolution = 0`` keeps the template grid; ``dipy_params`` overrides
+    :data:`qsm.registration.DIPY_DEFAULTS` (e.g. fewer iterations for tests).
+    """
+
+    engine: str = "dipy"
+    nonlinear: bool = True
+    drive: str = "structural"
+    hybrid_weight: float = 0.5
+    template: str = ""
+    template_mask: str = ""
+    template_space: str = ""
+    template_resolution: int = 2
+    resolution: float = 0.0
+    interpolation: str = "linear"
+    dipy_params: dict = field(default_factory=dict)
+    outlier_z: float = 3.5
+    n_jobs: int = 1
+    seed: int = 0
+    skip_bad: bool = False
+    overwrite: bool = False
+    out_subdir: str = "normalized"
 
 
 @dataclass(frozen=True)
@@ -92,7 +126,8 @@ class Simulation:
 
 
 _SECTIONS = {"study": Study, "atlas": Atlas, "referencing": Referencing,
-             "voxelwise": Voxelwise, "roi": Roi, "regression": Regression,
+             "normalization": Normalization, "voxelwise": Voxelwise, "roi": Roi,
+             "regression": Regression,
              "simulation": Simulation}
 
 
@@ -114,6 +149,7 @@ class StudyConfig:
     groups: MappingProxyType
     atlas: Atlas
     referencing: Referencing
+    normalization: Normalization
     voxelwise: Voxelwise
     roi: Roi
     regression: Regression
@@ -152,6 +188,10 @@ def _coerce(source: str, section: str, key: str, value: Any, default: Any):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {value!r}.")
         return float(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a table (e.g. {{ key = value }}), got {value!r}.")
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()}
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [value]
@@ -214,7 +254,8 @@ def load_config(source=None, *, base_dir=None, overrides: dict | None = None) ->
         values = raw.get(sec, {})
         if not isinstance(values, dict):
             raise ValueError(f"{name}: [{sec}] must be a table.")
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        defaults = {f.name: (f.default_factory() if f.default is MISSING else f.default)
+                    for f in dataclasses.fields(cls)}
         bad = sorted(set(values) - set(defaults))
         if bad:
             raise ValueError(f"{name}: unknown key(s) {bad} in [{sec}]; allowed keys are "
@@ -255,6 +296,14 @@ def _check_values(c: StudyConfig) -> None:
         raise ValueError(f"{src}: invalid value for [referencing] region. Allowed values are "
                          f"{', '.join(map(repr, _REFERENCING))} or a mask image path, but got "
                          f"{ref!r} instead.")
+    if c.referencing.statistic not in ("mean", "median"):
+        raise ValueError(f"{src}: invalid value for [referencing] statistic. Allowed values are "
+                         f"'mean', 'median', but got {c.referencing.statistic!r} instead.")
+    if c.study.space == "native" and ref == "none":
+        raise ValueError(f"{src}: [referencing] region = 'none' is not possible with [study] "
+                         "space = 'native' (qsm.normalize always re-references); choose "
+                         f"{', '.join(map(repr, _REFERENCING[1:]))} or a mask image path.")
+    _check_normalization(c)
     v = c.voxelwise
     if v.n_perm < 1:
         raise ValueError(f"{src}: [voxelwise] n_perm must be >= 1, got {v.n_perm}.")
@@ -275,6 +324,62 @@ def _check_values(c: StudyConfig) -> None:
                          f"got {c.regression.clinical_formula!r}.")
     if c.study.min_subjects_per_group < 2:
         raise ValueError(f"{src}: [study] min_subjects_per_group must be >= 2.")
+
+
+def _allowed(src, key, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{src}: invalid value for [normalization] {key}. Allowed values are "
+                         f"{', '.join(map(repr, allowed))}, but got {value!r} instead.")
+
+
+def _check_normalization(c: StudyConfig) -> None:
+    src, n = c.source, c.normalization
+    _allowed(src, "engine", n.engine, _ENGINES)
+    _allowed(src, "drive", n.drive, _DRIVES)
+    _allowed(src, "interpolation", n.interpolation, _INTERPOLATIONS)
+    _allowed(src, "template_resolution", n.template_resolution, (1, 2))
+    if not 0 <= n.hybrid_weight <= 1:
+        raise ValueError(f"{src}: [normalization] hybrid_weight must be in [0, 1], got "
+                         f"{n.hybrid_weight}.")
+    if n.resolution < 0:
+        raise ValueError(f"{src}: [normalization] resolution must be > 0 (mm), or 0 for the "
+                         f"template grid, got {n.resolution}.")
+    if n.n_jobs == 0 or n.n_jobs < -1:
+        raise ValueError(f"{src}: [normalization] n_jobs must be >= 1 or -1 (all cores), got "
+                         f"{n.n_jobs}.")
+    if n.outlier_z <= 0:
+        raise ValueError(f"{src}: [normalization] outlier_z must be > 0, got {n.outlier_z}.")
+    if not n.out_subdir or Path(n.out_subdir).is_absolute() or ".." in Path(n.out_subdir).parts:
+        raise ValueError(f"{src}: [normalization] out_subdir must be a relative folder name "
+                         f"inside the output folder, got {n.out_subdir!r}.")
+    if n.dipy_params:
+        from qsm.registration import DIPY_DEFAULTS
+
+        bad = sorted(set(n.dipy_params) - set(DIPY_DEFAULTS))
+        if bad:
+            raise ValueError(f"{src}: unknown key(s) {bad} in [normalization] dipy_params; "
+                             f"allowed keys are {sorted(DIPY_DEFAULTS)}.")
+        for key, value in n.dipy_params.items():
+            default = DIPY_DEFAULTS[key]
+            ok = (isinstance(value, tuple) and len(value) == len(default)
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+                  if isinstance(default, tuple) else
+                  isinstance(value, (int, float)) and not isinstance(value, bool))
+            if not ok:
+                shown = list(default) if isinstance(default, tuple) else default
+                raise ValueError(f"{src}: [normalization] dipy_params.{key} must be like the "
+                                 f"default {shown!r}, got {value!r}.")
+    if n.template:
+        if not (n.template_mask and n.template_space):
+            raise ValueError(f"{src}: [normalization] template {n.template} needs "
+                             "template_mask (its brain mask) and template_space (its space name).")
+        for key in ("template", "template_mask"):
+            if not c.path(getattr(n, key)).is_file():
+                raise FileNotFoundError(f"{src}: [normalization] {key} "
+                                        f"{c.path(getattr(n, key))} does not exist.")
+    elif n.template_mask or n.template_space:
+        raise ValueError(f"{src}: [normalization] template_mask/template_space are only used "
+                         "with a user template; set template too (or remove them).")
 
 
 def read_participants(config: StudyConfig) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from qsm.atlas import (
     save_atlas,
 )
 from qsm.config import StudyConfig, check_participants, load_config, read_participants
+from qsm.reference import rereference, wm_mask
 from qsm.regression import clinical_regressions, group_comparisons, regional_values
 from qsm.roi import region_stats, write_stats_table
 
@@ -49,7 +50,11 @@ class StudyResult:
     ----------
     out_dir : Path
     participants : DataFrame
-        The analysed participants (with ``reference_ppb``, the subtracted reference).
+        The analysed participants, with ``reference_region``, ``reference_statistic``,
+        ``reference_ppb`` (the offset subtracted by :func:`qsm.reference.rereference`)
+        and ``reference_voxels``; for a native-space study also ``native_chi_path``,
+        ``normalization_offset_ppb`` and the registration quality (``chi_path`` then
+        points to the normalized map).
     roi_table : DataFrame
         ``subject, roi, num_voxels, min, max, median, mean, std``.
     group_table, clinical_table : DataFrame
@@ -82,32 +87,77 @@ def _load_study_atlas(config: StudyConfig) -> Atlas:
     return demo_thalamus_atlas()
 
 
-def _reference_mask(config: StudyConfig, img) -> np.ndarray | None:
+def _nilearn_mask(kind: str, img, resample: bool) -> np.ndarray:
+    """nilearn's bundled MNI152 brain or white-matter mask on the grid of ``img``.
+
+    On nilearn's own 1 or 2 mm grids nothing is resampled (the white-matter
+    mask is :func:`qsm.reference.wm_mask`, eroded once); on another grid the
+    2 mm mask is resampled (nearest neighbour) only when ``resample``.
+    """
+    from nilearn import datasets
+
+    if kind == "wm":
+        try:
+            return np.asarray(wm_mask(img).dataobj) > 0
+        except ValueError:
+            pass
+        mask_img = datasets.load_mni152_wm_mask(resolution=2)
+    else:
+        for resolution in (2, 1):
+            mask_img = datasets.load_mni152_brain_mask(resolution=resolution)
+            if _same_grid(mask_img, img):
+                return np.asarray(mask_img.dataobj) > 0
+    return _resampled_mask(mask_img, img, resample, f"nilearn MNI152 {kind} mask",
+                           erode=kind == "wm")
+
+
+def _same_grid(a, b) -> bool:
+    return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=1e-4)
+
+
+def _resampled_mask(mask_img, img, resample: bool, name: str, *, erode=False) -> np.ndarray:
+    if _same_grid(mask_img, img):
+        return np.asarray(mask_img.dataobj) > 0
+    if not resample:
+        raise ValueError(f"The reference mask ({name}) and the χ maps are not on the same "
+                         "grid; set [atlas] resample = true to allow nearest-neighbour "
+                         "resampling.")
+    from nilearn.image import resample_to_img
+    from scipy import ndimage
+
+    logger.info("Resampling the reference mask (%s) to the χ maps' grid (nearest neighbour)",
+                name)
+    out = resample_to_img(mask_img, img, interpolation="nearest", force_resample=True,
+                          copy_header=True)
+    data = np.asarray(out.dataobj) > 0
+    return ndimage.binary_erosion(data) if erode else data
+
+
+def _reference_region(config: StudyConfig, img) -> tuple[np.ndarray | None, str]:
+    """The configured reference region on ``img``'s grid and a description of it."""
     region = config.referencing.region
     if region == "none":
-        return None
-    if region in ("brain", "wm"):
-        from nilearn import datasets
+        return None, "none"
+    if region == "brain":
+        return _nilearn_mask("brain", img, config.atlas.resample), "nilearn MNI152 brain mask"
+    if region == "wm":
+        return (_nilearn_mask("wm", img, config.atlas.resample),
+                "nilearn MNI152 white-matter mask, eroded once")
+    path = config.path(region)
+    return _resampled_mask(nib.load(str(path)), img, config.atlas.resample, str(path)), str(path)
 
-        loader = (datasets.load_mni152_brain_mask if region == "brain"
-                  else datasets.load_mni152_wm_mask)
-        mask_img = loader(resolution=2)
-        name = f"nilearn MNI152 {region} mask"
-    else:
-        mask_img = nib.load(str(config.path(region)))
-        name = str(config.path(region))
-    same = (mask_img.shape[:3] == img.shape[:3]
-            and np.allclose(mask_img.affine, img.affine, atol=1e-4))
-    if not same:
-        if not config.atlas.resample:
-            raise ValueError(f"The reference mask ({name}) and the χ maps are not on the same "
-                             "grid; set [atlas] resample = true to allow nearest-neighbour "
-                             "resampling.")
-        from nilearn.image import resample_to_img
 
-        mask_img = resample_to_img(mask_img, img, interpolation="nearest",
-                                   force_resample=True, copy_header=True)
-    return np.asarray(mask_img.dataobj) > 0
+def _rereference(data, affine, region_mask, statistic, path):
+    """χ minus its reference offset (qsm.reference, on the map's non-zero finite voxels)."""
+    support = np.isfinite(data) & (data != 0)
+    try:
+        res = rereference(nib.Nifti1Image(data, affine),
+                          mask_img=nib.Nifti1Image(support.astype(np.uint8), affine),
+                          region="mask", statistic=statistic,
+                          region_mask_img=nib.Nifti1Image(region_mask.astype(np.uint8), affine))
+    except ValueError as exc:
+        raise ValueError(f"χ map {path}: cannot re-reference ({exc})") from None
+    return np.asarray(res.img.dataobj, dtype=np.float32), res.offset, res.n_voxels
 
 
 def voxelwise_design(rows: pd.DataFrame, patient: str, covariates, *,
@@ -164,25 +214,150 @@ def _check_before_work(config: StudyConfig):
         raise ValueError(f"{config.source}: invalid value for [voxelwise] region. Allowed "
                          f"values are {', '.join(map(repr, atlas.region_names))}, but got "
                          f"{config.voxelwise.region!r} instead.")
-    if config.study.space == "native":
+    native = _native_inputs(config, rows) if config.study.space == "native" else None
+    return rows, atlas, native
+
+
+def _subject_key(participant_id) -> str:
+    label = str(participant_id).strip()
+    return label[4:] if label.startswith("sub-") else label
+
+
+@dataclass(frozen=True)
+class _NativeInputs:
+    cohort: object          # qsm.cohort.Cohort of the analysed rows
+    template: object        # qsm.template.Template
+    reference: str          # qsm.reference region for qsm.normalize
+    reference_mask_img: object
+
+
+def _native_inputs(config: StudyConfig, rows: pd.DataFrame) -> _NativeInputs:
+    """Cohort (analysed subjects), template and reference of a native-space study.
+
+    Everything that can fail is checked here, before any registration: the
+    registration engine, every subject's files (:func:`qsm.cohort.load_cohort`),
+    the template and the reference region on the output grid.
+    """
+    from qsm.cohort import Cohort, load_cohort
+    from qsm.template import load_template, output_grid
+
+    s, n = config.study, config.normalization
+    if n.engine == "ants":
         try:
-            from qsm import normalize  # noqa: F401
+            import ants  # noqa: F401
         except ImportError:
-            raise ValueError(f"{config.source}: [study] space = 'native' needs qsm.normalize, "
-                             "which is not available in this installation.") from None
-    return rows, atlas
+            raise ValueError(f"{config.source}: [normalization] engine = 'ants' needs the "
+                             "optional antspyx package (pip install antspyx); or use engine = "
+                             "'dipy'.") from None
+    cohort = load_cohort(config.path(s.participants), subject_column=s.id_column,
+                         chi_column=s.chi_column, structural_column="structural_path",
+                         skip_bad=n.skip_bad)
+    wanted = {_subject_key(x) for x in rows[s.id_column]}
+    keep = cohort.table["subject"].isin(wanted).to_numpy()
+    cohort = Cohort(table=cohort.table[keep].reset_index(drop=True), source=cohort.source,
+                    skipped=tuple(k for k in cohort.skipped if k.subject in wanted))
+    if n.template:
+        template = load_template(config.path(n.template), config.path(n.template_mask),
+                                 space=n.template_space)
+    else:
+        template = load_template(resolution=n.template_resolution)
+    shape, affine = output_grid(template, n.resolution or None)
+    grid = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
+    region, mask_img = config.referencing.region, None
+    if region == "brain":
+        reference = "whole_brain"
+    elif region == "wm":
+        reference = "wm"
+        try:
+            wm_mask(grid)
+        except ValueError as exc:
+            raise ValueError(f"{config.source}: [referencing] region = 'wm' with this "
+                             f"[normalization] output grid: {exc}") from None
+    else:
+        reference = "mask"
+        path = config.path(region)
+        mask = _resampled_mask(nib.load(str(path)), grid, config.atlas.resample, str(path))
+        mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
+    return _NativeInputs(cohort, template, reference, mask_img)
 
 
-def _normalize(config: StudyConfig, rows: pd.DataFrame, out: Path, verbose) -> pd.DataFrame:
+def _normalize(config: StudyConfig, rows: pd.DataFrame, native: _NativeInputs, out: Path,
+               verbose) -> tuple[pd.DataFrame, object]:
+    """Run :func:`qsm.normalize.normalize_cohort`; rows then point to the normalized χ maps.
+
+    Adds ``native_chi_path``, ``normalization_offset_ppb`` (the reference
+    offset removed by qsm.normalize), ``registration_nmi``,
+    ``registration_correlation`` and ``registration_outlier``.
+    """
     from qsm.normalize import normalize_cohort
 
-    logger.info("Normalizing %d subjects to the template", len(rows))
-    result = normalize_cohort(config.path(config.study.participants), out / "normalized",
-                              verbose=verbose)
-    table = result if isinstance(result, pd.DataFrame) else getattr(result, "participants")
-    rows = rows.drop(columns=[config.study.chi_column]).merge(
-        table[[config.study.id_column, config.study.chi_column]], on=config.study.id_column)
-    return rows
+    s, n = config.study, config.normalization
+    logger.info("Normalizing %d subjects to %s (%s, nonlinear=%s, n_jobs=%d)",
+                len(native.cohort), native.template.space, n.engine, n.nonlinear, n.n_jobs)
+    result = normalize_cohort(
+        native.cohort, out / n.out_subdir, template=native.template, engine=n.engine,
+        drive=n.drive, nonlinear=n.nonlinear, resolution=n.resolution or None,
+        reference=native.reference, reference_mask_img=native.reference_mask_img,
+        reference_statistic=config.referencing.statistic, interpolation=n.interpolation,
+        hybrid_weight=n.hybrid_weight, params=dict(n.dipy_params) or None,
+        outlier_z=n.outlier_z, n_jobs=n.n_jobs, rng=n.seed, verbose=verbose,
+        overwrite=n.overwrite)
+    table = result.table
+    index = {sub: i for i, sub in enumerate(table["subject"])}
+    keep = np.array([_subject_key(x) in index for x in rows[s.id_column]])
+    if not keep.all():
+        logger.warning("Not normalized (skipped as invalid): %s",
+                       ", ".join(map(str, rows.loc[~keep, s.id_column])))
+    rows = rows[keep].reset_index(drop=True)
+    idx = [index[_subject_key(x)] for x in rows[s.id_column]]
+    rows = rows.assign(**{
+        "native_chi_path": rows[s.chi_column].to_numpy(),
+        s.chi_column: [str(table["chi_template_path"][i]) for i in idx],
+        "normalization_offset_ppb": table["offset"].to_numpy()[idx],
+        "registration_nmi": table["nmi"].to_numpy()[idx],
+        "registration_correlation": table["correlation"].to_numpy()[idx],
+        "registration_outlier": table["outlier"].to_numpy()[idx],
+    })
+    check_participants(config, rows)  # group sizes after skipped subjects
+    return rows, result
+
+
+_REFERENCING_COLUMNS = ("native_chi_path", "normalization_offset_ppb", "registration_nmi",
+                        "registration_correlation", "registration_outlier", "reference_region",
+                        "reference_statistic", "reference_ppb", "reference_voxels")
+
+
+def _write_referencing(rows: pd.DataFrame, config: StudyConfig, path: Path) -> None:
+    """Per subject: the reference offsets removed (and, when native, registration quality)."""
+    s = config.study
+    cols = [s.id_column, s.group_column, s.chi_column] + [c for c in _REFERENCING_COLUMNS
+                                                          if c in rows.columns]
+    write_stats_table(rows[cols], path)
+
+
+def _referencing_summary(rows: pd.DataFrame, config: StudyConfig, description: str) -> dict:
+    out = {"region": config.referencing.region, "statistic": config.referencing.statistic,
+           "mask": description, "table": "referencing.tsv",
+           "offset_ppb_mean": float(np.mean(rows["reference_ppb"])),
+           "offset_ppb_sd": float(np.std(rows["reference_ppb"]))}
+    if "normalization_offset_ppb" in rows.columns:
+        out["normalization_offset_ppb_mean"] = float(np.mean(rows["normalization_offset_ppb"]))
+        out["note"] = ("qsm.normalize re-referenced each map in template space first "
+                       "(normalization_offset_ppb, also in its sidecars); reference_ppb is the "
+                       "pipeline's second, residual offset on the same region.")
+    return out
+
+
+def _normalization_summary(result, native, out: Path) -> dict | None:
+    if result is None:
+        return None
+    table = result.table
+    return {"space": result.template.space, "n_subjects": int(len(table)),
+            "n_normalized": int((table["status"] == "normalized").sum()),
+            "n_existing": int((table["status"] == "existing").sum()),
+            "outliers": [str(x) for x in table.loc[table["outlier"], "subject"]],
+            "quality_tsv": str(Path(result.quality_path).relative_to(out)),
+            "skipped": [k.reason for k in native.cohort.skipped]}
 
 
 def _write_img(values_full, affine, path):
@@ -197,7 +372,10 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     config : StudyConfig, str, Path or dict
         A validated config or something :func:`qsm.config.load_config` reads.
     out_dir : str or Path
-        Output folder (created). Receives ``atlas/``, ``cohort_qsmstats.tsv``,
+        Output folder (created). Receives (for ``[study] space = "native"``) the
+        normalized BIDS derivatives of :func:`qsm.normalize.normalize_cohort` in
+        ``normalized/`` (``[normalization] out_subdir``), ``atlas/``,
+        ``referencing.tsv`` (reference offsets per subject), ``cohort_qsmstats.tsv``,
         ``regression_groups.tsv``, ``regression_clinical.tsv``, ``voxelwise/``
         (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space,
         and ``voxelwise_regions.tsv``), ``figures/``, ``report.md`` and
@@ -218,11 +396,12 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     timings = {}
     t0 = time.perf_counter()
     s = config.study
-    rows, atlas = _check_before_work(config)
+    rows, atlas, native = _check_before_work(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if s.space == "native":
-        rows = _normalize(config, rows, out, verbose)
+    normalization = None
+    if native is not None:
+        rows, normalization = _normalize(config, rows, native, out, verbose)
         timings["normalization"] = time.perf_counter() - t0
     save_atlas(atlas, out / "atlas", prefix=f"space-{atlas.space}_atlas-thalamus")
 
@@ -234,10 +413,10 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     labels = atlas_labels_in_space(atlas, first, resample=config.atlas.resample,
                                    img_name=str(paths[0]))
     masks = region_masks(atlas, labels_data=labels)
-    ref_mask = _reference_mask(config, first)
+    ref_mask, ref_description = _reference_region(config, first)
     vox_mask = masks.get(config.voxelwise.region) if config.voxelwise.enabled else None
     box = _bbox(vox_mask, _MARGIN) if vox_mask is not None else None
-    crops, refs, tables = [], [], []
+    crops, refs, ref_voxels, tables = [], [], [], []
     for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
                           desc="loading χ maps"):
         img = nib.load(str(path))
@@ -245,20 +424,22 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
         data = np.asarray(img.dataobj, dtype=np.float32)
         if data.ndim != 3:
             raise ValueError(f"χ map {path} must be 3D, got shape {data.shape}.")
-        ref = 0.0
+        ref, n_ref = 0.0, 0
         if ref_mask is not None:
-            inside = data[ref_mask]
-            inside = inside[np.isfinite(inside) & (inside != 0)]
-            ref = float(inside.mean()) if inside.size else 0.0
-            data = np.where(data != 0, data - np.float32(ref), np.float32(0))
+            data, ref, n_ref = _rereference(data, first.affine, ref_mask,
+                                            config.referencing.statistic, path)
         refs.append(ref)
+        ref_voxels.append(n_ref)
         table = region_stats(data, masks, ignore_zeros=config.roi.ignore_zeros,
                              trim_percentile=config.roi.trim_percentile or None)
         table.insert(0, "subject", sub)
         tables.append(table)
         if box is not None:
             crops.append(data[box].copy())
-    rows = rows.assign(reference_ppb=refs)
+    rows = rows.assign(reference_region=config.referencing.region,
+                       reference_statistic=config.referencing.statistic,
+                       reference_ppb=refs, reference_voxels=ref_voxels)
+    _write_referencing(rows, config, out / "referencing.tsv")
     roi_table = pd.concat(tables, ignore_index=True)
     write_stats_table(roi_table, out / "cohort_qsmstats.tsv")
     timings["load_reference_roi"] = time.perf_counter() - t1
@@ -298,6 +479,8 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     timings["total"] = time.perf_counter() - t0
     provenance = {"config": config.to_dict(), "config_source": config.source,
                   "n_subjects": int(len(rows)), "timings_s": timings,
+                  "referencing": _referencing_summary(rows, config, ref_description),
+                  "normalization": _normalization_summary(normalization, native, out),
                   "versions": report.versions()}
     _atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
     report_path = report.write_report(out / "report.md", config=config, participants=rows,
