@@ -244,3 +244,12 @@ def test_constant_voxels_give_zero_in_every_rearrangement(sign_flip):
         maps = engine.statistics(job, schedule, 0, 30)
         np.testing.assert_array_equal(maps[:, :3], 0.0)
         assert np.all(maps[:, 3:] != 0)
+
+
+def test_demeaning_covariates_keeps_t_with_an_intercept():
+    x, y, _, _ = _problem(4, n=16)
+    plain, demeaned = make_design(x), make_design(x, demean=True)
+    for weights in ([0, 1, 0, 0], [0, 1, -1, 0.5]):
+        t_plain = contrast_statistic(y, plain, make_contrasts(weights, plain)[0])[0]
+        t_demeaned = contrast_statistic(y, demeaned, make_contrasts(weights, demeaned)[0])[0]
+        np.testing.assert_allclose(t_demeaned, t_plain, rtol=1e-10)

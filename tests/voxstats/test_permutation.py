@@ -215,3 +215,25 @@ def test_exhaustive_within_blocks_p_is_exact():
     p, p_fwe = _brute_force_p(_freedman_lane_stats(y, design, con, rows), len(rows))
     np.testing.assert_array_equal(res[0].p, p)
     np.testing.assert_array_equal(res[0].p_fwe, p_fwe)
+
+
+def test_exhaustive_whole_blocks_with_sign_flips_p_is_exact():
+    rng = np.random.default_rng(0)
+    n = 8
+    blocks = np.repeat([0, 1, 2, 3], 2)
+    x = np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n)])
+    y = rng.standard_normal((n, 5))
+    res = permuted_glm(y, x, [0, 1, 0], n_perm=10_000, exchangeability_blocks=blocks, whole_blocks=True,
+                       sign_flip=True, permute=True, rng=0)
+    assert res.exhaustive and res.n_perm == math.factorial(4) * 2 ** 4
+    assert res.scheme == "freedman-lane+sign-flip"
+    design = make_design(x)
+    (con,) = make_contrasts([0, 1, 0], design)
+    rows = []
+    for order in itertools.permutations(range(4)):
+        perm = np.concatenate([np.arange(2 * o, 2 * o + 2) for o in order])
+        for bits in itertools.product((1, -1), repeat=4):
+            rows.append((perm, np.repeat(bits, 2).astype(float)))
+    p, p_fwe = _brute_force_p(_freedman_lane_stats(y, design, con, rows), len(rows))
+    np.testing.assert_array_equal(res[0].p, p)
+    np.testing.assert_array_equal(res[0].p_fwe, p_fwe)

@@ -160,11 +160,12 @@ def test_same_null_for_any_threads_and_chunks(problem, extra):
     assert other[0].null_max[0] == runs[0][0].null_max[0]
 
 
-@pytest.mark.parametrize("mode", ["exact", "fsl"])
-def test_tfce_null_maxima_match_reference(problem, mode):
+@pytest.mark.parametrize("mode,connectivity", [("exact", 6), ("fsl", 6), ("exact", 26)])
+def test_tfce_null_maxima_match_reference(problem, mode, connectivity):
     volumes, x, mask = problem
     data = np.moveaxis(volumes, -1, 0)[:, mask]
-    res = permuted_glm(data, x, [0, 1, 0, 0], mask=mask, n_perm=12, tfce=True, tfce_mode=mode, rng=5)
+    res = permuted_glm(data, x, [0, 1, 0, 0], mask=mask, n_perm=12, tfce=True, tfce_mode=mode,
+                       connectivity=connectivity, rng=5)
     c = res[0]
     design = make_design(x)
     (con,) = make_contrasts([0, 1, 0, 0], design)
@@ -178,7 +179,7 @@ def test_tfce_null_maxima_match_reference(problem, mode):
     for i in range(12):
         volume = np.zeros(SHAPE)
         volume[mask] = maps[i]
-        ref = tfce_reference(volume, mode=mode, dh=dh)
+        ref = tfce_reference(volume, connectivity=connectivity, mode=mode, dh=dh)
         assert c.null_max_tfce[i] == pytest.approx(np.abs(ref).max(), rel=1e-5)
         if i == 0:
             np.testing.assert_allclose(c.tfce, ref[mask], rtol=1e-5, atol=1e-6 * np.abs(ref).max())
