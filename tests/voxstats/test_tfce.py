@@ -257,3 +257,20 @@ def test_bad_shapes_and_connectivity():
         tfce(np.ones(4), connectivity=sparse.csr_matrix((4, 5)))
     with pytest.raises(ValueError, match=r"mask: not used with a sparse adjacency"):
         tfce(np.ones(4), connectivity=sparse.eye(4, format="csr"), mask=np.ones(4, bool))
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+@pytest.mark.parametrize("shape,connectivity", GRIDS)
+def test_ties_and_plateaus(shape, connectivity, mode):
+    # integer-valued maps: many voxels share each value, clusters merge at equal heights
+    stat = np.random.default_rng(9).integers(-3, 4, size=shape).astype(float)
+    want = tfce_reference(stat, connectivity=connectivity, mode=mode, dh=0.5 if mode == "fsl" else None)
+    got = tfce(stat, connectivity=connectivity, mode=mode, dh=0.5 if mode == "fsl" else None)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    graph = grid_graph(np.ones(shape, bool), connectivity)
+    fsl = mode == "fsl"
+    table = stepped_table(0.5, 2.0, 3.0) if fsl else np.zeros(1)
+    out = np.empty((1, stat.size), dtype=np.float32)
+    _tfce_numba.tfce_batch(stat.reshape(1, -1).astype(np.float32), graph.neighbours, True, 0.5, 2.0, fsl,
+                           0.5, table, out, 1)
+    np.testing.assert_allclose(out[0], want.ravel(), rtol=1e-6, atol=1e-6)
