@@ -241,8 +241,9 @@ print(f"95 % CIs covering the planted shift: {gt.covered.sum()} of {len(gt)} ({c
 #
 # Within the pooled patients, the paper's model `chi ~ disease_duration + age +
 # C(sex)` in the pulvinar, the left lateral nuclear region and the whole thalamus.
-# The simulation plants a slope of −0.35 ppb/year in the pulvinar and the left
-# lateral group and −0.15 ppb/year elsewhere in the thalamus, *around each group's
+# The simulation plants one slope in the pulvinar and the left lateral group
+# (`duration_slope`) and a smaller one elsewhere in the thalamus
+# (`thalamus_duration_slope`; values printed in section 1), *around each group's
 # mean duration*. Pooling the groups mixes this within-group slope with the
 # differences between groups (SPMS patients have both longer durations and the
 # planted pulvinar shift), so the pooled slope need not equal the planted one. A

@@ -28,7 +28,7 @@
 # 4. **Speed.** `bench/bench_randomise.py` on nilearn's MNI152 2 mm brain mask.
 #
 # `VOXSTATS_NOTEBOOK_SMALL=1` runs fewer datasets and permutations and a tiny
-# benchmark (what CI runs); the default is the full size (about 30 minutes on 2
+# benchmark (what CI runs); the default is the full size (about 15 minutes on 2
 # cores).
 
 # %%
@@ -50,8 +50,8 @@ from scipy import ndimage, stats
 import voxstats
 
 SMALL = os.environ.get("VOXSTATS_NOTEBOOK_SMALL", "0") == "1"
-N_DATASETS = 200 if SMALL else 2000     # null datasets for the FWE rate
-N_PERM_NULL = 100 if SMALL else 1000    # permutations per null dataset
+N_DATASETS = 200 if SMALL else 1000     # null datasets for the FWE rate
+N_PERM_NULL = 100 if SMALL else 500     # permutations per null dataset
 N_PERM_GLM = 2000 if SMALL else 10000   # permutations for the p-value comparison
 BENCH_ARGS = ["--n", "24", "--n-perm", "20"] if SMALL else ["--n", "240", "--n-perm", "200"]
 SEED = 2009
