@@ -119,12 +119,20 @@ def grid_adjacency(mask):
     return sparse.coo_array((np.ones(rows.size), (rows, cols)), shape=(n, n))
 
 
-def _rss_mb_now():
+def _proc_status_mb(field):
+    """VmRSS (now) or VmHWM (peak) of this process from /proc, in MB.
+
+    VmHWM belongs to the process's own address space, so unlike ``ru_maxrss``
+    (which Linux carries across fork + exec) it does not inherit the parent's peak.
+    """
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
     except (OSError, ValueError):  # pragma: no cover - not Linux
-        return None
+        pass
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -329,11 +337,38 @@ PEER_CLASSES = {c.name: c for c in (VoxstatsPeer, TfcePackagePeer, MnePeer,
 # measurements
 
 
+def _cpu_seconds():
+    """CPU seconds (user + sys) of this process and of each child (joblib
+    workers), by pid."""
+    try:
+        import psutil
+    except ImportError:
+        return {os.getpid(): time.process_time()}
+    me = psutil.Process()
+    out = {}
+    for proc in [me] + me.children(recursive=True):
+        try:
+            cpu = proc.cpu_times()
+            out[proc.pid] = cpu.user + cpu.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def _cpu_delta(before, after):
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
 def time_permutations(peers, states, *, n_perm, threads, repeats, warm=None):
-    """Per-permutation seconds: slope between a k_lo and a k_hi run, alternating
-    the peers within each round (order rotated every round). ``warm``: prepared
-    tiny problems, run untimed before each pair."""
-    samples = {p.name: [] for p in peers}
+    """Seconds per permutation, from a k_lo and a k_hi run of each peer.
+
+    The peers alternate within each round (order rotated every round);
+    ``warm`` holds prepared tiny problems, run untimed before each pair. The
+    headline ``per_perm_s`` is ``(min t_hi - min t_lo) / (k_hi - k_lo)`` over
+    the rounds (the minimum is the least disturbed run on a shared machine);
+    ``cpu_per_perm_s`` is the same slope in CPU seconds of the process and its
+    workers, which other users' load barely changes.
+    """
     runs = {p.name: [] for p in peers}
     notes = {p.name: [] for p in peers}
     for rnd in range(repeats):
@@ -343,22 +378,29 @@ def time_permutations(peers, states, *, n_perm, threads, repeats, warm=None):
             if warm is not None:  # untimed: (re)start joblib pools, JIT
                 with limit_threads(threads), _quiet([]):
                     peer.run(warm[peer.name], threads, threads)
-            secs = []
-            for k in (k_lo, k_hi):
+            rec = dict(k_lo=k_lo, k_hi=k_hi)
+            for tag, k in (("lo", k_lo), ("hi", k_hi)):
                 with limit_threads(threads), _quiet(notes[peer.name]):
-                    t0 = time.perf_counter()
+                    cpu0, t0 = _cpu_seconds(), time.perf_counter()
                     peer.run(states[peer.name], k, threads)
-                    secs.append(time.perf_counter() - t0)
-            slope = (secs[1] - secs[0]) / (k_hi - k_lo)
-            samples[peer.name].append(slope)
-            runs[peer.name].append(dict(k_lo=k_lo, k_hi=k_hi, s_lo=secs[0],
-                                        s_hi=secs[1]))
-            logger.info("%s, %d thread(s): %.4f s/perm", peer.name, threads, slope)
-    return {
-        name: dict(per_perm_s=float(np.median(s)), samples_s=s, runs=runs[name],
-                   notes=notes[name])
-        for name, s in samples.items()
-    }
+                    rec["s_" + tag] = time.perf_counter() - t0
+                    rec["cpu_" + tag] = _cpu_delta(cpu0, _cpu_seconds())
+            runs[peer.name].append(rec)
+            logger.info("%s, %d thread(s): %.4f s/perm (this round)", peer.name,
+                        threads, (rec["s_hi"] - rec["s_lo"]) / (k_hi - k_lo))
+    out = {}
+    for name, recs in runs.items():
+        dk = recs[0]["k_hi"] - recs[0]["k_lo"]
+
+        def slope(key, recs=recs, dk=dk):
+            return (min(r[key + "_hi"] for r in recs)
+                    - min(r[key + "_lo"] for r in recs)) / dk
+
+        out[name] = dict(
+            per_perm_s=slope("s"), cpu_per_perm_s=slope("cpu"),
+            samples_s=[(r["s_hi"] - r["s_lo"]) / dk for r in recs],
+            runs=recs, notes=notes[name])
+    return out
 
 
 def pick_voxels(t3d, prob):
@@ -414,7 +456,9 @@ def tfce_pass(peers, t3d, prob, *, threads):
 
 
 def measure_memory(peer_names, prob, *, n_perm, threads, workdir):
-    """Peak RSS of each peer in its own subprocess (process tree, psutil)."""
+    """Peak RSS of each peer in its own subprocess: the process tree sampled
+    every 50 ms with psutil (joblib workers included), and the subprocess's own
+    VmHWM."""
     for key in ("data", "mask", "affine", "design", "contrast"):
         np.save(Path(workdir) / f"{key}.npy", prob[key])
     try:
@@ -458,22 +502,17 @@ def measure_memory(peer_names, prob, *, n_perm, threads, workdir):
 
 def _worker(name, workdir, n_perm, threads):
     """Subprocess body of measure_memory: load, prepare, run, report RSS."""
-    import resource
-
     prob = {k: np.load(Path(workdir) / f"{k}.npy")
             for k in ("data", "mask", "affine", "design", "contrast")}
     peer = PEER_CLASSES[name]()
     k = peer.ks(n_perm, threads)[1]
-    rss_loaded = _rss_mb_now()
+    rss_loaded = _proc_status_mb("VmRSS")
     notes = []
     with limit_threads(threads), _quiet(notes):
         state = peer.prepare(prob)
         peer.run(state, k, threads)
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps(dict(n_perm=k, rss_after_load_mb=rss_loaded,
-                          ru_maxrss_self_mb=self_kb / 1024,
-                          ru_maxrss_children_mb=child_kb / 1024)))
+                          peak_self_mb=_proc_status_mb("VmHWM"))))
     return 0
 
 
@@ -523,18 +562,22 @@ def format_report(report):
     lines = []
     for prob in report["problems"]:
         lines.append(f"\n== n = {prob['n_subjects']}, {prob['n_voxels']} voxels ==")
-        lines.append(f"{'tool':<10}{'threads':>8}{'s/perm':>11}{'vox/peer':>10}"
-                     f"{'speed-up':>10}{'peak MB':>10}")
+        lines.append(f"{'tool':<10}{'threads':>8}{'s/perm':>10}{'vox/peer':>10}"
+                     f"{'speed-up':>10}{'CPU s/perm':>12}{'speed-up':>10}{'peak MB':>9}")
         for thr, timing in prob["timing"].items():
-            vox = timing.get("voxstats", {}).get("per_perm_s")
+            vox = timing.get("voxstats", {})
             for name, rec in timing.items():
-                mem = prob["memory"].get(thr, {}).get(name, {})
-                peak = _peak_mb(mem)
-                ratio = vox / rec["per_perm_s"] if vox else None
-                lines.append(
-                    f"{name:<10}{thr:>8}{rec['per_perm_s']:>11.4f}"
-                    + (f"{ratio:>10.4f}{1 / ratio:>9.1f}x" if ratio else f"{'-':>10}{'-':>10}")
-                    + (f"{peak:>10.0f}" if peak else f"{'-':>10}"))
+                peak = _peak_mb(prob["memory"].get(thr, {}).get(name, {}))
+                line = f"{name:<10}{thr:>8}{rec['per_perm_s']:>10.4f}"
+                ratio = (vox["per_perm_s"] / rec["per_perm_s"]
+                         if vox and rec["per_perm_s"] else 0)
+                line += (f"{ratio:>10.4f}{1 / ratio:>9.1f}x" if ratio > 0
+                         else f"{'-':>10}{'-':>10}")
+                cpu = (vox["cpu_per_perm_s"] / rec["cpu_per_perm_s"]
+                       if vox and rec["cpu_per_perm_s"] else 0)
+                line += f"{rec['cpu_per_perm_s']:>12.4f}" + (
+                    f"{1 / cpu:>9.1f}x" if cpu > 0 else f"{'-':>10}")
+                lines.append(line + (f"{peak:>9.0f}" if peak else f"{'-':>9}"))
         tp = prob["tfce_pass"]
         lines.append(f"\nOne TFCE pass (t peak {tp['t_at']['peak']:.3f} at {tp['voxels']['peak']},"
                      f" edge t {tp['t_at']['edge']:.3f} at {tp['voxels']['edge']};"
@@ -558,7 +601,7 @@ def format_report(report):
 
 
 def _peak_mb(mem):
-    return mem.get("peak_tree_rss_mb") or mem.get("ru_maxrss_self_mb")
+    return mem.get("peak_tree_rss_mb") or mem.get("peak_self_mb")
 
 
 def check_targets(prob, threads=2):

@@ -96,9 +96,12 @@ def test_tiny_run_reports_every_installed_peer(tiny_report):
         assert np.isfinite(rec["per_perm_s"])
         assert rec["per_perm_s"] == pytest.approx(
             (run["s_hi"] - run["s_lo"]) / (run["k_hi"] - run["k_lo"]))
+        assert rec["samples_s"] == [pytest.approx(rec["per_perm_s"])]
+        assert run["cpu_hi"] >= 0 and run["cpu_lo"] >= 0
+        assert np.isfinite(rec["cpu_per_perm_s"])
     for name, mem in prob["memory"]["1"].items():
         assert "error" not in mem, (name, mem)
-        assert mem["ru_maxrss_self_mb"] >= mem["rss_after_load_mb"] > 10
+        assert mem["peak_self_mb"] >= mem["rss_after_load_mb"] > 10
         assert mem["peak_tree_rss_mb"] is None or mem["peak_tree_rss_mb"] > 10
 
 
@@ -175,7 +178,7 @@ def test_targets_are_checked_and_misses_quantified():
     prob["memory"] = {"2": {"voxstats": {"peak_tree_rss_mb": 600.0},
                             "tfce": {"peak_tree_rss_mb": 500.0},
                             "nilearn": {"peak_tree_rss_mb": None,
-                                        "ru_maxrss_self_mb": 1200.0}}}
+                                        "peak_self_mb": 1200.0}}}
     tfce_t, nilearn_t = cp.check_targets(prob, threads=2)
     assert tfce_t["speedup"] == pytest.approx(5.0) and not tfce_t["met"]
     assert "MISSED by 1.40x" in tfce_t["text"] and "(HIGHER)" in tfce_t["text"]
