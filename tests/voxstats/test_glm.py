@@ -136,10 +136,6 @@ def _rearranged(y, basis, perm, signs):
     return (y - fitted)[perm] * signs[:, np.newaxis] + fitted
 
 
-_REDUCED_BASIS_BUG = ("engine.reduced_basis keeps an SVD noise column when the nuisance space is only the "
-                      "constant (threshold 1e-8 * s.max() relative to an all-zero matrix), so with pure "
-                      "permutations every t and F statistic is biased")
-
 
 def _fl_problem(nuisance):
     """Data, design and contrasts; the t contrast's nuisance space is the constant or more."""
@@ -155,21 +151,11 @@ def _fl_problem(nuisance):
     return y, design, t_con, f_con
 
 
-def _hit_by_bug(nuisance, sign_flip, permute, kind):
-    # F over every non-constant regressor has the constant alone as nuisance too
-    return (not sign_flip) and (nuisance == "constant" or kind == "F")
-
-
 CASES = [(nuisance, sign_flip, permute) for nuisance in ("constant", "constant+covariate")
          for sign_flip, permute in ((False, True), (True, False), (True, True))]
 
 
-def _cases(kind):
-    return [pytest.param(*case, marks=pytest.mark.xfail(reason=_REDUCED_BASIS_BUG, strict=True))
-            if _hit_by_bug(*case, kind) else case for case in CASES]
-
-
-@pytest.mark.parametrize("nuisance,sign_flip,permute", _cases("t"))
+@pytest.mark.parametrize("nuisance,sign_flip,permute", CASES)
 def test_freedman_lane_t_matches_explicit_refit(nuisance, sign_flip, permute):
     y, design, t_con, _ = _fl_problem(nuisance)
     n = y.shape[0]
@@ -184,7 +170,7 @@ def test_freedman_lane_t_matches_explicit_refit(nuisance, sign_flip, permute):
     np.testing.assert_allclose(got[0], contrast_statistic(y, design, t_con)[0], rtol=1e-4)
 
 
-@pytest.mark.parametrize("nuisance,sign_flip,permute", _cases("F"))
+@pytest.mark.parametrize("nuisance,sign_flip,permute", CASES)
 def test_freedman_lane_f_matches_explicit_refit(nuisance, sign_flip, permute):
     y, design, _, f_con = _fl_problem(nuisance)
     n = y.shape[0]

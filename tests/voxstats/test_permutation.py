@@ -10,9 +10,6 @@ from voxstats import make_schedule, permuted_glm
 from voxstats.design import make_contrasts, make_design
 from voxstats.glm import contrast_statistic
 
-_REDUCED_BASIS_BUG = ("engine.reduced_basis keeps an SVD noise column when the nuisance space is only the "
-                      "constant, so pure-permutation statistics of a [1, x] design are biased")
-
 
 def _rows(schedule):
     return {(p.tobytes(), s.tobytes()) for p, s in zip(schedule.permutations, schedule.signs)}
@@ -155,7 +152,6 @@ def test_exhaustive_permutation_p_is_exact_with_nuisance():
     assert res[0].p[0] < 0.05
 
 
-@pytest.mark.xfail(reason=_REDUCED_BASIS_BUG, strict=True)
 def test_exhaustive_permutation_p_is_exact_simple_regression():
     # nuisance = the constant only: Freedman-Lane is plain permutation of the data
     rng = np.random.default_rng(3)
