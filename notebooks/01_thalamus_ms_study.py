@@ -37,7 +37,7 @@
 #
 # Set `VOXSTATS_NOTEBOOK_SMALL=1` to run a small version (10 subjects per group,
 # 200 permutations; what CI runs). The default is the paper's size: 40 subjects
-# per group and 5000 permutations (about 10 minutes on 2 cores).
+# per group and 5000 permutations (a minute or two on 2 cores).
 
 # %%
 import json
