@@ -126,3 +126,83 @@ def test_bad_config_fails_before_work(tmp_path):
     with pytest.raises(ValueError, match="lacks the column"):
         run_study(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_reference_offsets_written(study):
+    _, res = study
+    table = pd.read_csv(res.out_dir / "referencing.tsv", sep="\t")
+    assert list(table.participant_id) == list(res.participants.participant_id)
+    np.testing.assert_allclose(table.reference_ppb, res.participants.reference_ppb, rtol=1e-5)
+    assert set(table.reference_region) == {"brain"} and set(table.reference_statistic) == {"mean"}
+    assert (table.reference_voxels > 200000).all()
+    prov = json.loads((res.out_dir / "provenance.json").read_text())
+    assert prov["referencing"]["region"] == "brain" and prov["normalization"] is None
+    assert prov["referencing"]["offset_ppb_mean"] == pytest.approx(table.reference_ppb.mean())
+
+
+def _chi_on_mni_grid(seed=0):
+    from nilearn import datasets
+
+    brain_img = datasets.load_mni152_brain_mask(resolution=2)
+    brain = np.asarray(brain_img.dataobj) > 0
+    data = np.random.default_rng(seed).normal(10.0, 5.0, brain.shape).astype(np.float32)
+    data[~brain] = 0
+    data[brain & (np.arange(data.size).reshape(data.shape) % 97 == 0)] = 0  # holes
+    return nib.Nifti1Image(data, brain_img.affine), brain
+
+
+@pytest.mark.parametrize("region, statistic", [("wm", "median"), ("brain", "mean")])
+def test_reference_region_vs_direct_computation(tmp_path, region, statistic):
+    from nilearn import datasets
+    from scipy import ndimage
+
+    from qsm.pipeline import _reference_region, _rereference
+
+    img, brain = _chi_on_mni_grid()
+    data = np.asarray(img.dataobj)
+    config = load_config({"groups": {"A": "B"},
+                          "referencing": {"region": region, "statistic": statistic}})
+    mask, description = _reference_region(config, img)
+    if region == "wm":  # nilearn's white-matter mask eroded once (qsm.reference)
+        wm = np.asarray(datasets.load_mni152_wm_mask(resolution=2).dataobj) > 0
+        expected_mask = ndimage.binary_erosion(wm)
+        assert "eroded" in description
+    else:
+        expected_mask = brain
+    np.testing.assert_array_equal(mask, expected_mask)
+    values = data[expected_mask & (data != 0)]
+    expected = np.median(values) if statistic == "median" else values.mean(dtype=np.float64)
+    out, offset, n = _rereference(data, img.affine, mask, statistic, "chi.nii.gz")
+    assert offset == pytest.approx(expected, rel=1e-5) and n == values.size
+    inside = data != 0
+    np.testing.assert_allclose(out[inside], data[inside] - offset, rtol=1e-6, atol=1e-5)
+    assert (out[~inside] == 0).all()  # zeros (outside the map) stay zero
+
+
+def test_reference_mask_on_another_grid(tmp_path):
+    from qsm.pipeline import _reference_region
+
+    img, _ = _chi_on_mni_grid()
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[5:15, 5:15, 5:15] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([8.0, 8.0, 8.0, 1.0])), tmp_path / "ref.nii.gz")
+    raw = {"groups": {"A": "B"}, "referencing": {"region": "ref.nii.gz"}}
+    with pytest.raises(ValueError, match=r"reference mask \(.*ref.nii.gz\) and the χ maps are "
+                                         r"not on the same grid; set \[atlas\] resample"):
+        _reference_region(load_config(raw, base_dir=tmp_path), img)
+    raw["atlas"] = {"resample": True}
+    region, name = _reference_region(load_config(raw, base_dir=tmp_path), img)
+    assert region.shape == img.shape and name.endswith("ref.nii.gz")
+    # nearest neighbour: the 8 mm cube [40, 120) mm in voxel-world units of the mask grid
+    world = img.affine[:3, :3] @ np.argwhere(region).T + img.affine[:3, 3:]
+    assert world.min() >= 36 and world.max() <= 124 and region.sum() > 1000
+
+
+def test_reference_region_without_voxels_names_the_map():
+    from qsm.pipeline import _rereference
+
+    img, _ = _chi_on_mni_grid()
+    empty = np.zeros(img.shape, bool)
+    with pytest.raises(ValueError, match=r"χ map chi.nii.gz: cannot re-reference"):
+        _rereference(np.asarray(img.dataobj), img.affine, empty, "mean", "chi.nii.gz")
