@@ -28,7 +28,7 @@
 # 4. **Speed.** `bench/bench_randomise.py` on nilearn's MNI152 2 mm brain mask.
 #
 # `VOXSTATS_NOTEBOOK_SMALL=1` runs fewer datasets and permutations and a tiny
-# benchmark (what CI runs); the default is the full size (about 15 minutes on 2
+# benchmark (what CI runs); the default is the full size (about 5 minutes on 2
 # cores).
 
 # %%
