@@ -191,7 +191,11 @@ def make_contrasts(contrasts, design, *, f_contrasts=None):
     """
     result = []
     if contrasts is not None:
-        if isinstance(contrasts, dict) and not all(k in design.names for k in contrasts):
+        # a dict of scalars keyed by column names is one contrast {column: weight};
+        # any other dict maps contrast names to contrasts
+        single = isinstance(contrasts, dict) and all(
+            k in design.names and np.ndim(v) == 0 for k, v in contrasts.items())
+        if isinstance(contrasts, dict) and not single:
             items = list(contrasts.items())
         else:
             weights = _as_weights(contrasts, design, "contrasts")

@@ -139,3 +139,15 @@ def test_non_estimable_contrast(frame):
     assert estimable[0].kind == "t"
     with pytest.raises(ValueError, match=r"F contrast 'f': not estimable"):
         make_contrasts(None, design, f_contrasts={"f": [[0, 1, 0, 0, 0], [0, 0, 1, 0, 0]]})
+
+
+def test_dict_of_named_vectors_whose_names_are_columns_is_several_contrasts():
+    import pandas as pd
+
+    design = make_design(pd.DataFrame({"a": [1.0] * 6, "b": [0, 1, 0, 1, 0, 1.0], "c": [1, 2, 3, 5, 4, 6.0]}))
+    named = make_contrasts({"b": [0, 1, 0], "c": [0, 0, 1]}, design)
+    assert [c.name for c in named] == ["b", "c"]
+    np.testing.assert_array_equal(named[1].weights, [[0, 0, 1]])
+    single = make_contrasts({"b": 1, "c": -1}, design)
+    assert len(single) == 1
+    np.testing.assert_array_equal(single[0].weights, [[0, 1, -1]])
