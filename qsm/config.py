@@ -50,6 +50,7 @@ class Atlas:
     label_table: str = ""
     space: str = ""
     structure: str = "thalamus"
+    unions: dict = field(default_factory=dict)
     resample: bool = False
 
 
@@ -288,6 +289,14 @@ def _check_values(c: StudyConfig) -> None:
             if not c.path(getattr(a, key)).is_file():
                 raise FileNotFoundError(f"{src}: [atlas] {key} {c.path(getattr(a, key))} "
                                         "does not exist.")
+        for name, members in a.unions.items():
+            if not (isinstance(members, tuple) and members
+                    and all(isinstance(m, int) and not isinstance(m, bool) for m in members)):
+                raise ValueError(f"{src}: [atlas] unions.{name} must be a list of label "
+                                 f"indices (integers), got {members!r}.")
+    elif a.unions:
+        raise ValueError(f"{src}: [atlas] unions are for a user atlas (labels_img); the demo "
+                         "atlas has its own.")
     elif a.builtin != "demo_thalamus":
         raise ValueError(f"{src}: invalid value for [atlas] builtin. Allowed values are "
                          f"'demo_thalamus', but got {a.builtin!r} instead (or set labels_img).")

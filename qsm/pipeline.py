@@ -83,7 +83,7 @@ def _load_study_atlas(config: StudyConfig) -> Atlas:
     a = config.atlas
     if a.labels_img:
         return load_atlas(config.path(a.labels_img), config.path(a.label_table), space=a.space,
-                          structure=a.structure or None)
+                          structure=a.structure or None, unions=dict(a.unions))
     return demo_thalamus_atlas()
 
 

@@ -206,3 +206,25 @@ def test_reference_region_without_voxels_names_the_map():
     empty = np.zeros(img.shape, bool)
     with pytest.raises(ValueError, match=r"χ map chi.nii.gz: cannot re-reference"):
         _rereference(np.asarray(img.dataobj), img.affine, empty, "mean", "chi.nii.gz")
+
+
+def test_user_atlas_with_unions(tmp_path):
+    from qsm.atlas import region_masks, save_atlas
+    from qsm.pipeline import _load_study_atlas
+
+    img_path, tsv_path = save_atlas(demo_thalamus_atlas(), tmp_path, prefix="user")
+    raw = {"groups": {"A": "B"},
+           "atlas": {"labels_img": img_path.name, "label_table": tsv_path.name,
+                     "space": "MNI152NLin2009aAsym", "unions": {"posterior": [4, 8]}}}
+    atlas = _load_study_atlas(load_config(raw, base_dir=tmp_path))
+    assert atlas.space == "MNI152NLin2009aAsym"
+    assert {"posterior", "thalamus", "thalamus_left"} <= set(atlas.region_names)
+    masks = region_masks(atlas)
+    labels = np.asarray(atlas.labels_img.dataobj)
+    np.testing.assert_array_equal(masks["posterior"], np.isin(labels, [4, 8]))
+    raw["atlas"]["unions"] = {"posterior": ["pulvinar_left"]}
+    with pytest.raises(ValueError, match=r"\[atlas\] unions.posterior must be a list of label "
+                                         "indices"):
+        load_config(raw, base_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"\[atlas\] unions are for a user atlas"):
+        load_config({"groups": {"A": "B"}, "atlas": {"unions": {"x": [1]}}})
