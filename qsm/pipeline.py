@@ -214,8 +214,30 @@ def _check_before_work(config: StudyConfig):
         raise ValueError(f"{config.source}: invalid value for [voxelwise] region. Allowed "
                          f"values are {', '.join(map(repr, atlas.region_names))}, but got "
                          f"{config.voxelwise.region!r} instead.")
-    native = _native_inputs(config, rows) if config.study.space == "native" else None
+    native = _native_inputs(config, rows, atlas) if config.study.space == "native" else None
+    _check_atlas_space(config, atlas, native)
     return rows, atlas, native
+
+
+def _check_atlas_space(config: StudyConfig, atlas: Atlas, native) -> None:
+    """A user atlas must be tagged with the space the χ maps are analysed in.
+
+    "MNI" spaces (ICBM152 2009a/b/c, the 6th generation of FSL) differ by
+    millimetres, so a different name is an error, never silently resampled. The
+    demo atlas is built on nilearn's bundled template grid (checked by grid).
+    """
+    if not config.atlas.labels_img:
+        return
+    if native is not None:
+        data_space, where = native.template.space, "the [normalization] template"
+    else:
+        data_space, where = config.study.space, "[study] space"
+    if atlas.space != data_space:
+        raise ValueError(
+            f"{config.source}: the atlas {config.atlas.labels_img} is in space {atlas.space!r} "
+            f"but the χ maps are in {data_space!r} ({where}). Template spaces differ by "
+            f"millimetres; use an atlas made in {data_space!r} (or correct [atlas] space / "
+            "[study] space if a tag is wrong).")
 
 
 def _subject_key(participant_id) -> str:
@@ -231,7 +253,7 @@ class _NativeInputs:
     reference_mask_img: object
 
 
-def _native_inputs(config: StudyConfig, rows: pd.DataFrame) -> _NativeInputs:
+def _native_inputs(config: StudyConfig, rows: pd.DataFrame, atlas: Atlas) -> _NativeInputs:
     """Cohort (analysed subjects), template and reference of a native-space study.
 
     Everything that can fail is checked here, before any registration: the
@@ -263,6 +285,11 @@ def _native_inputs(config: StudyConfig, rows: pd.DataFrame) -> _NativeInputs:
         template = load_template(resolution=n.template_resolution)
     shape, affine = output_grid(template, n.resolution or None)
     grid = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
+    if not config.atlas.resample and not _same_grid(atlas.labels_img, grid):
+        raise ValueError(f"{config.source}: the atlas (shape {atlas.labels_img.shape}) is not on "
+                         f"the normalization output grid (shape {tuple(shape)}); set "
+                         "[normalization] resolution/template to the atlas grid, or [atlas] "
+                         "resample = true for nearest-neighbour resampling of the atlas.")
     region, mask_img = config.referencing.region, None
     if region == "brain":
         reference = "whole_brain"

@@ -187,7 +187,7 @@ def test_skip_bad_skips_with_a_warning(tmp_path):
 def test_wm_reference_needs_a_bundled_grid(tmp_path):
     _tiny_cohort(tmp_path)
     config = _native_config(tmp_path, referencing={"region": "wm"},
-                            normalization={"resolution": 3.0})
+                            normalization={"resolution": 3.0}, atlas={"resample": True})
     with pytest.raises(ValueError, match=r"\[referencing\] region = 'wm'.*3 mm grid"):
         run_study(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -227,3 +227,49 @@ def test_bad_normalization_configs(section, message):
     raw = {"groups": {"A": "B"}, "study": {"space": "native"}, **section}
     with pytest.raises(ValueError, match=message):
         load_config(raw)
+
+
+def _user_atlas(folder, space):
+    from qsm.atlas import save_atlas
+
+    img, tsv = save_atlas(demo_thalamus_atlas(), folder, prefix="user")
+    return {"labels_img": img.name, "label_table": tsv.name, "space": space}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_atlas_in_another_space_is_refused(tmp_path, native):
+    _tiny_cohort(tmp_path)
+    atlas = _user_atlas(tmp_path, "MNI152NLin2009cAsym")
+    if native:
+        config = _native_config(tmp_path, atlas=atlas)
+        where = rf"'{MNI_SPACE}' \(the \[normalization\] template\)"
+    else:
+        config = load_config({"groups": {"RRMS": "HC_RRMS"}, "atlas": atlas,
+                              "study": {"min_subjects_per_group": 2},
+                              "regression": {"clinical": ["disease_duration"]}},
+                             base_dir=tmp_path)
+        where = r"'MNI152NLin2009aSym' \(\[study\] space\)"
+    with pytest.raises(ValueError, match=r"the atlas user_dseg.nii.gz is in space "
+                                         rf"'MNI152NLin2009cAsym' but the χ maps are in {where}"):
+        run_study(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # the same atlas tagged with the template's space passes the checks
+    from qsm import pipeline
+
+    ok = _native_config(tmp_path, atlas=_user_atlas(tmp_path, MNI_SPACE))
+    _, user_atlas, inputs = pipeline._check_before_work(ok)
+    assert user_atlas.space == inputs.template.space == MNI_SPACE
+
+
+def test_atlas_off_the_output_grid_needs_resample(tmp_path):
+    _tiny_cohort(tmp_path)
+    config = _native_config(tmp_path, normalization={"resolution": 3.0})
+    with pytest.raises(ValueError, match=r"the atlas \(shape \(99, 117, 95\)\) is not on the "
+                                         r"normalization output grid \(shape \(66, 78, 63\)\)"):
+        run_study(config, tmp_path / "out")
+    from qsm import pipeline
+
+    config = _native_config(tmp_path, normalization={"resolution": 3.0},
+                            atlas={"resample": True})
+    _, _, inputs = pipeline._check_before_work(config)
+    assert inputs.reference == "whole_brain"
