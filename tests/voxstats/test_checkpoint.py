@@ -428,3 +428,30 @@ def test_cli_refuses_a_foreign_checkpoint(study, capsys):
     assert main(_argv(study, "a", "--seed", "1", "--checkpoint-dir", ckpt)) == 0
     assert main(_argv(study, "b", "--seed", "2", "--checkpoint-dir", ckpt, "--resume")) == 1
     assert "different run (schedule differ)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_signal_finishes_the_current_chunk_then_stops(problem, reference, tmp_path, monkeypatch):
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    original = engine.run_chunk
+    calls = []
+
+    def signalling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the signal arrives during the third chunk
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_chunk", signalling)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(checkpoint.RunInterrupted, match=r"interrupted by SIGTERM with 3 of 7 chunks of "
+                                                        r"this contrast done and kept in .*resume=True") as info:
+        _run(problem, checkpoint_dir=tmp_path)
+    assert info.value.signum == signal.SIGTERM and info.value.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
+    assert len(_chunk_files(tmp_path)) == 3
+    monkeypatch.setattr(engine, "run_chunk", original)
+    assert_same(_run(problem, checkpoint_dir=tmp_path, resume=True), reference)
