@@ -314,7 +314,7 @@ _CHILD = textwrap.dedent("""
     engine.default_chunk_size = lambda n_voxels: 8
     _run_chunk = engine.run_chunk
     def slow(*args, **kwargs):
-        time.sleep(0.05)
+        time.sleep(0.1)
         return _run_chunk(*args, **kwargs)
     engine.run_chunk = slow
     from voxstats.cli import main
