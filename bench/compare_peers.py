@@ -364,10 +364,10 @@ def time_permutations(peers, states, *, n_perm, threads, repeats, warm=None):
 
     The peers alternate within each round (order rotated every round);
     ``warm`` holds prepared tiny problems, run untimed before each pair. The
-    headline ``per_perm_s`` is ``(min t_hi - min t_lo) / (k_hi - k_lo)`` over
-    the rounds (the minimum is the least disturbed run on a shared machine);
-    ``cpu_per_perm_s`` is the same slope in CPU seconds of the process and its
-    workers, which other users' load barely changes.
+    headline ``per_perm_s`` is the median over rounds of
+    ``(t_hi - t_lo) / (k_hi - k_lo)``; ``cpu_per_perm_s`` is the same slope in
+    CPU seconds of the process and its workers, which other users' load
+    changes less than wall time.
     """
     runs = {p.name: [] for p in peers}
     notes = {p.name: [] for p in peers}
@@ -391,15 +391,11 @@ def time_permutations(peers, states, *, n_perm, threads, repeats, warm=None):
     out = {}
     for name, recs in runs.items():
         dk = recs[0]["k_hi"] - recs[0]["k_lo"]
-
-        def slope(key, recs=recs, dk=dk):
-            return (min(r[key + "_hi"] for r in recs)
-                    - min(r[key + "_lo"] for r in recs)) / dk
-
-        out[name] = dict(
-            per_perm_s=slope("s"), cpu_per_perm_s=slope("cpu"),
-            samples_s=[(r["s_hi"] - r["s_lo"]) / dk for r in recs],
-            runs=recs, notes=notes[name])
+        wall = [(r["s_hi"] - r["s_lo"]) / dk for r in recs]
+        cpu = [(r["cpu_hi"] - r["cpu_lo"]) / dk for r in recs]
+        out[name] = dict(per_perm_s=float(np.median(wall)),
+                         cpu_per_perm_s=float(np.median(cpu)), samples_s=wall,
+                         cpu_samples_s=cpu, runs=recs, notes=notes[name])
     return out
 
 
@@ -665,7 +661,7 @@ def _get_parser():
                    help=f"comma-separated subset of {','.join(PEERS)}")
     p.add_argument("--threads", type=_int_list, default=[1, 2],
                    help="thread counts, comma-separated (default 1,2)")
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--repeats", type=int, default=3,
                    help="alternating timing rounds; the median is reported")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory subprocesses")
