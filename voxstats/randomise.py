@@ -164,7 +164,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  tfce_dh=None, cluster_threshold=None, cluster_threshold_f=None, two_sided=True,
                  demean=False, sign_flip=False, permute=None, exchangeability_blocks=None,
                  whole_blocks=False, tail_approximation=False, rng=None, n_jobs=1, chunk_size=None,
-                 checkpoint_dir=None, resume=False, executor="local", scheduler=None, verbose=None):
+                 checkpoint_dir=None, resume=False, executor="local", scheduler=None, copy=True,
+                 verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
 
     Parameters
@@ -232,6 +233,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     scheduler : str or distributed.Client, optional
         Dask only: the scheduler's address or a client. None starts a
         LocalCluster of ``n_jobs`` worker processes for the run.
+    copy : bool
+        If False and ``data`` is a writeable C-contiguous float32 matrix, the
+        last contrast residualises it in place instead of working on a copy,
+        which halves the peak memory; ``data`` then holds residuals afterwards.
     verbose : bool, optional
         Show a progress bar (default: when logging is at INFO or below).
 
@@ -281,6 +286,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
                             chunk_size=chunk_size, rng=rng)
     chunk_size = chunk_size if store is None else store.chunk_size
+    overwritable = (not copy and data.dtype == np.float32 and data.flags.c_contiguous
+                    and data.flags.writeable)
     results = []
     with _n_threads(n_jobs) as threads:
         pool = engine.make_pool(threads)
@@ -289,12 +296,15 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                        desc="permutations", unit="perm")
             with bar, open_executor(executor, scheduler, threads=threads, pool=pool) as runner, \
                     handle_signals(store) as flag:
-                for contrast in contrast_list:
+                for i, contrast in enumerate(contrast_list):
                     threshold = cluster_threshold if contrast.kind == "t" else cluster_threshold_f
+                    # the last contrast may residualise the caller's own float32 matrix in place
+                    in_place = overwritable and i == len(contrast_list) - 1
                     results.append(_run_contrast(data, design, contrast, schedule, graph, threshold,
                                                  tfce, tfce_E, tfce_H, tfce_mode, tfce_dh, two_sided,
                                                  tail_approximation, chunk_size, threads, pool, bar,
-                                                 runner=runner, store=store, flag=flag))
+                                                 runner=runner, store=store, flag=flag,
+                                                 in_place=in_place))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -306,10 +316,17 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
 
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
-             mode="exact", dh=None, two_sided=True):
-    """The engine's view of one contrast: residualised float32 data and its basis."""
+             mode="exact", dh=None, two_sided=True, in_place=False):
+    """The engine's view of one contrast: residualised float32 data and its basis.
+
+    With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
+    overwritten by their residuals instead of copied, which halves the memory.
+    """
     basis = effect_basis(design, contrast)
-    residual = basis.residualize(data, out=np.empty(data.shape, dtype=np.float32))
+    if in_place and not (data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable):
+        raise ValueError("in_place residualisation needs a writeable C-contiguous float32 matrix")
+    out = data if in_place else np.empty(data.shape, dtype=np.float32)
+    residual = basis.residualize(data, out=out)
     sum_sq = np.einsum("ij,ij->j", residual, residual, dtype=np.float64)
     return engine.ContrastJob(name=contrast.name, kind=contrast.kind,
                               basis=np.ascontiguousarray(basis.basis, dtype=np.float32), q=basis.q,
@@ -321,11 +338,12 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
 
 def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H, mode, dh,
                   two_sided, tail_approximation, chunk_size, threads, pool, bar, *, runner=None,
-                  store=None, flag=None):
+                  store=None, flag=None, in_place=False):
     from dataclasses import replace
 
+    stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
-                   mode=mode, dh=dh, two_sided=two_sided)
+                   mode=mode, dh=dh, two_sided=two_sided, in_place=in_place)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
@@ -335,13 +353,15 @@ def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H
                         engine.chunk_bounds(schedule.n_perm, chunk_size),
                         store=None if store is None else store.contrast(job, contrast.weights),
                         flag=flag, bar=bar)
-    return assemble(job, contrast, observed, merged, schedule.n_perm, data, design,
+    return assemble(job, contrast, observed, merged, schedule.n_perm, stat,
                     tail_approximation=tail_approximation)
 
 
-def assemble(job, contrast, observed, merged, n_perm, data, design, *, tail_approximation=False):
-    """Turn the observed maps and the merged null into a ContrastResult."""
-    stat, _ = contrast_statistic(data, design, contrast)
+def assemble(job, contrast, observed, merged, n_perm, stat, *, tail_approximation=False):
+    """Turn the observed maps and the merged null into a ContrastResult.
+
+    ``stat`` is the float64 OLS statistic map reported to the user.
+    """
     magnitude = np.abs(observed.stat) if job.tests_both_signs else observed.stat
     p = pvalues_from_counts(merged.counts, n_perm)
     fields = dict(name=contrast.name, kind=contrast.kind, weights=contrast.weights, stat=stat, p=p,
@@ -438,6 +458,7 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
     data, mask, mask_img = _load_masked(imgs, mask_img)
-    result = permuted_glm(data, design, contrasts, mask=mask, **options)
+    # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
+    result = permuted_glm(data, design, contrasts, mask=mask, copy=False, **options)
     from dataclasses import replace
     return replace(result, mask_img=mask_img)

@@ -321,3 +321,27 @@ def test_bad_data(problem):
         permuted_glm(data, x_nan, [0, 1, 0, 0])
     with pytest.raises(ValueError, match=r"design: rank-deficient design"):
         permuted_glm(data, np.column_stack([x, x[:, 1] * 2]), [0, 1, 0, 0, 0])
+
+
+def test_copy_false_overwrites_float32_data_with_identical_results():
+    rng = np.random.default_rng(11)
+    mask = np.ones((6, 5, 4), dtype=bool)
+    n = 12
+    design = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2), rng.normal(size=n)])
+    data = (rng.normal(size=(n, mask.sum())) + 10).astype(np.float32)
+    original = data.copy()
+    kwargs = dict(f_contrasts=[[[0, 1, 0], [0, 0, 1]]], mask=mask, n_perm=50, tfce=True, rng=3)
+    reference = permuted_glm(original.copy(), design, [0, 1, 0], **kwargs)
+    result = permuted_glm(data, design, [0, 1, 0], copy=False, **kwargs)
+    for a, b in zip(reference.contrasts, result.contrasts):
+        np.testing.assert_array_equal(a.null_max_tfce, b.null_max_tfce)
+        np.testing.assert_array_equal(a.tfce_p, b.tfce_p)
+        np.testing.assert_allclose(a.stat, b.stat, rtol=1e-12)
+    # the last (F) contrast residualised the matrix in place: the group and covariate
+    # effects are still there, the intercept's mean is gone
+    assert not np.array_equal(data, original)
+    np.testing.assert_allclose(data.mean(axis=0), 0, atol=1e-4)
+    # float64 input is never overwritten
+    data64 = original.astype(np.float64)
+    permuted_glm(data64, design, [0, 1, 0], copy=False, mask=mask, n_perm=10, rng=0)
+    np.testing.assert_array_equal(data64, original.astype(np.float64))
