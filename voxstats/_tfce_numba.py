@@ -74,14 +74,14 @@ def _find(x, node, stack):
 
 @njit(**JIT)
 def _radix_order_desc(keys, n, order, key_buf, key_tmp, idx_tmp, hist):
-    """Stable LSD radix argsort of ``keys[:n]`` (uint32) in decreasing order.
+    """Stable LSD radix sort of ``keys[:n]`` (uint32) in decreasing order.
 
-    ``order[:n]`` receives positions 0..n-1 sorted; ``key_buf[:n]`` the
-    complemented keys (``0xFFFFFFFF - key``) in the same order.
+    ``order[:n]`` holds a payload per key (e.g. voxel indices) and is permuted
+    with the keys; ``key_buf[:n]`` receives the complemented keys
+    (``0xFFFFFFFF - key``) in the sorted order.
     """
     for i in range(n):
         key_buf[i] = np.uint32(0xFFFFFFFF) - keys[i]
-        order[i] = i
     for shift in (0, 11, 22):
         hist[:] = 0
         for i in range(n):
@@ -124,6 +124,7 @@ def _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh,
                 nb = neighbours[ahead, k]
                 if nb >= 0:
                     prefetch(node, nb * 4)
+                    prefetch(state, nb)
         v = visit[j]
         term = _height_term(np.float64(visit_height[j]), H, fsl, dh, cumulative)
         visited = 2 * state[v]
@@ -224,19 +225,16 @@ def tfce_batch(stats, neighbours, two_sided, E, H, fsl, dh, cumulative, out, n_t
     for t in prange(n_threads):
         state = np.empty(n_vox, np.int8)
         keys = np.empty(n_vox, np.uint32)
-        active = np.empty(n_vox, np.int64)
-        order = np.empty(n_vox, np.int64)
+        visit = np.empty(n_vox, np.int64)
         key_buf = np.empty(n_vox, np.uint32)
         key_tmp = np.empty(n_vox, np.uint32)
         idx_tmp = np.empty(n_vox, np.int64)
-        visit = np.empty(n_vox, np.int64)
         visit_height = np.empty(n_vox, np.float32)
         visit_bits = visit_height.view(np.uint32)
         node = np.empty((n_vox, 4))
         stack = np.empty(_MAX_DEPTH, np.int64)
         roots = np.empty(max(neighbours.shape[1], 1), np.int64)
         hist = np.empty(2049, np.int64)
-        result = np.empty(n_vox)
         for b in range(t, n_maps, n_threads):
             row = stats[b]
             row_bits = row.view(np.uint32)
@@ -251,16 +249,13 @@ def tfce_batch(stats, neighbours, two_sided, E, H, fsl, dh, cumulative, out, n_t
                     state[v] = 0
                     continue
                 keys[n_active] = row_bits[v] & np.uint32(0x7FFFFFFF)  # |x| as ordered bits
-                active[n_active] = v
+                visit[n_active] = v
                 n_active += 1
-            _radix_order_desc(keys, n_active, order, key_buf, key_tmp, idx_tmp, hist)
+            _radix_order_desc(keys, n_active, visit, key_buf, key_tmp, idx_tmp, hist)
             for j in range(n_active):
-                visit[j] = active[order[j]]
                 visit_bits[j] = np.uint32(0xFFFFFFFF) - key_buf[j]
             _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh,
-                        cumulative, result, node, stack, roots)
-            for v in range(n_vox):
-                out[b, v] = result[v]
+                        cumulative, out[b], node, stack, roots)
 
 
 @njit(**JIT)
@@ -321,57 +316,41 @@ def cluster_maxima_batch(stats, threshold, two_sided, neighbours, max_extent, ma
             max_mass[b] = best_m
 
 
-@njit(parallel=True, **JIT)
-def t_from_projection(proj, sum_sq, df, p, out):
-    """t statistics of a group of rearrangements from their projections.
+@njit(nogil=True, **JIT)
+def stats_from_projection(proj, sum_sq, df, p, q, f_test, out):
+    """t or F statistics of a group of rearrangements from their projections.
 
     ``proj`` is (n_maps * p, n_voxels): for map b, rows b*p .. b*p+p-1 hold the
-    data's coordinates on the basis [tested, nuisance]; ``sum_sq`` is each
-    voxel's sum of squares. t = g0 / sqrt((sum_sq - |g|^2) / df), and 0 where
-    the residual sum of squares is not positive.
+    data's coordinates g on the basis [tested (q vectors), nuisance]; ``sum_sq``
+    is each voxel's sum of squares, so RSS = sum_sq - |g|^2. Then
+    t = g0 / sqrt(RSS / df) (q = 1) or F = (|g[:q]|^2 / q) / (RSS / df), and 0
+    where RSS is not positive. Releases the GIL: callers run blocks of voxels
+    on several threads.
     """
     n_maps, n_vox = out.shape
-    n_blocks = (n_vox + 1023) // 1024
-    for block in prange(n_blocks):
-        lo = block * 1024
-        hi = min(lo + 1024, n_vox)
-        for b in range(n_maps):
-            for v in range(lo, hi):
-                ss = sum_sq[v]
-                fitted = 0.0
-                for k in range(p):
-                    g = np.float64(proj[b * p + k, v])
-                    fitted += g * g
-                rss = ss - fitted
-                if rss > 1e-12 * ss and ss > 0:
-                    out[b, v] = proj[b * p, v] / np.sqrt(rss / df)
-                else:
-                    out[b, v] = 0.0
-
-
-@njit(parallel=True, **JIT)
-def f_from_projection(proj, sum_sq, df, p, q, out):
-    """F statistics of a group: (|g[:q]|^2 / q) / ((sum_sq - |g|^2) / df)."""
-    n_maps, n_vox = out.shape
-    n_blocks = (n_vox + 1023) // 1024
-    for block in prange(n_blocks):
-        lo = block * 1024
-        hi = min(lo + 1024, n_vox)
-        for b in range(n_maps):
-            for v in range(lo, hi):
-                ss = sum_sq[v]
-                fitted = 0.0
-                effect = 0.0
-                for k in range(p):
-                    g = np.float64(proj[b * p + k, v])
-                    fitted += g * g
-                    if k < q:
-                        effect += g * g
-                rss = ss - fitted
-                if rss > 1e-12 * ss and ss > 0:
-                    out[b, v] = (effect / q) / (rss / df)
-                else:
-                    out[b, v] = 0.0
+    fitted = np.empty(n_vox)
+    effect = np.empty(n_vox)
+    for b in range(n_maps):
+        fitted[:] = 0.0
+        effect[:] = 0.0
+        for k in range(p):
+            row = proj[b * p + k]
+            for v in range(n_vox):
+                g = np.float64(row[v])
+                fitted[v] += g * g
+            if k < q:
+                for v in range(n_vox):
+                    effect[v] = fitted[v]
+        first = proj[b * p]
+        for v in range(n_vox):
+            ss = sum_sq[v]
+            rss = ss - fitted[v]
+            if not (rss > 1e-12 * ss and ss > 0):
+                out[b, v] = 0.0
+            elif f_test:
+                out[b, v] = (effect[v] / q) / (rss / df)
+            else:
+                out[b, v] = first[v] / np.sqrt(rss / df)
 
 
 @njit(parallel=True, **JIT)

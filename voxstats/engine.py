@@ -27,8 +27,8 @@ from .tfce import stepped_table
 
 logger = logging.getLogger(__name__)
 
-GROUP = 8  # rearrangements per matrix product
-VOXEL_BLOCK = 16384  # voxels per matrix product
+GROUP = 32  # rearrangements per matrix product
+VOXEL_BLOCK = 4096  # voxels per matrix product (its projections stay in cache)
 
 
 @dataclass(frozen=True)
@@ -133,15 +133,23 @@ def reduced_basis(tested, nuisance):
     return np.ascontiguousarray(np.hstack([tested, rest]), dtype=np.float32)
 
 
-def _projections(basis, job, perms, signs, pool):
-    """Projections of one group of GROUP rearrangements: (GROUP * p, n_voxels) float32."""
+def _group_statistics(basis, job, perms, signs, pool, out):
+    """Statistic maps of one group of GROUP rearrangements into ``out`` (GROUP, n_voxels).
+
+    Voxels are taken in fixed blocks; for each, one single-threaded BLAS product
+    gives the projections (GROUP * p, block) and a compiled kernel turns them
+    into t or F while they are still in cache.
+    """
     p = basis.shape[1]
     a = np.ascontiguousarray(np.vstack([_rearranged_basis(basis, perms[b], signs[b])
                                         for b in range(GROUP)]), dtype=np.float32)
-    out = np.empty((GROUP * p, job.n_voxels), dtype=np.float32)
+    f_test = job.kind == "F"
 
     def block(start):
-        np.matmul(a, job.data[:, start:start + VOXEL_BLOCK], out=out[:, start:start + VOXEL_BLOCK])
+        stop = min(start + VOXEL_BLOCK, job.n_voxels)
+        proj = a @ job.data[:, start:stop]
+        _tfce_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), p, job.q,
+                                          f_test, out[:, start:stop])
 
     starts = range(0, job.n_voxels, VOXEL_BLOCK)
     if pool is None:
@@ -149,7 +157,6 @@ def _projections(basis, job, perms, signs, pool):
             block(s)
     else:
         list(pool.map(block, starts))
-    return out
 
 
 def statistics(job, schedule, start, stop, pool=None):
@@ -171,12 +178,7 @@ def statistics(job, schedule, start, stop, pool=None):
         # the basis depends on the schedule's whole group, never on the chunk's bounds
         flips = bool(np.any(schedule.signs[lo:hi] < 0))
         basis = job.basis if flips or job.reduced_basis is None else job.reduced_basis
-        p = basis.shape[1]
-        proj = _projections(basis, job, perms, signs, pool)
-        if job.kind == "t":
-            _tfce_numba.t_from_projection(proj, job.sum_sq, float(job.df), p, group_stats)
-        else:
-            _tfce_numba.f_from_projection(proj, job.sum_sq, float(job.df), p, job.q, group_stats)
+        _group_statistics(basis, job, perms, signs, pool, group_stats)
         first, last = max(lo, start), min(hi, stop)
         out[first - start:last - start] = group_stats[first - lo:last - lo]
     return out

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EffectBasis", "contrast_statistic", "effect_basis", "f_to_z"]
 
-_CHUNK = 16384  # voxels per chunk: bounds the float64 temporaries
+_CHUNK = 4096  # voxels per chunk: bounds the float64 temporaries
 
 
 @dataclass(frozen=True)
