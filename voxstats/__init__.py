@@ -4,6 +4,7 @@ The engine knows nothing of any imaging modality: it takes a data matrix or
 images, a design and contrasts, and returns statistic and p-value maps.
 """
 
+from .checkpoint import RunInterrupted
 from .design import Contrast, Design, make_contrasts, make_design
 from .permutation import PermutationSchedule, make_schedule
 from .randomise import ContrastResult, RandomiseResult, permuted_glm, randomise
@@ -17,6 +18,7 @@ __all__ = [
     "Design",
     "PermutationSchedule",
     "RandomiseResult",
+    "RunInterrupted",
     "make_contrasts",
     "make_design",
     "make_schedule",
