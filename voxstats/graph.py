@@ -6,6 +6,7 @@ voxels in CSR form (``indptr``, ``indices``), in the order of the voxels.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
@@ -17,26 +18,34 @@ _CONNECTIVITY = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
 
 @dataclass(frozen=True)
 class VoxelGraph:
-    """Which voxels are neighbours, as a symmetric CSR graph.
+    """Which voxels are neighbours.
 
     Attributes
     ----------
-    indptr : (n_voxels + 1,) ndarray of int32
-    indices : (n_edges * 2,) ndarray of int32
+    neighbours : (n_voxels, width) ndarray of int32
+        Row v lists the neighbours of voxel v, padded with -1: the form the
+        kernels read.
     n_voxels : int
-    neighbours : (n_voxels, max_degree) ndarray of int32
-        The same graph as a padded table (-1 pads), the form the kernels read.
     mask : ndarray of bool or None
         The grid mask the voxels come from (in C order), if any.
     connectivity : int or None
+    indptr, indices : ndarray of int32
+        The same graph in CSR form (computed on first use).
     """
 
-    indptr: np.ndarray
-    indices: np.ndarray
-    n_voxels: int
     neighbours: np.ndarray
+    n_voxels: int
     mask: np.ndarray | None = None
     connectivity: int | None = None
+
+    @cached_property
+    def indptr(self):
+        counts = (self.neighbours >= 0).sum(axis=1)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+
+    @cached_property
+    def indices(self):
+        return self.neighbours[self.neighbours >= 0].astype(np.int32)
 
 
 def _check_connectivity(connectivity, ndim):
@@ -61,31 +70,25 @@ def grid_graph(mask, connectivity=6):
     Returns
     -------
     VoxelGraph
+        Column j of ``neighbours`` holds each voxel's neighbour at the j-th
+        offset of the neighbourhood (-1 outside the mask or the grid).
     """
     mask = np.asarray(mask, dtype=bool)
     order = _check_connectivity(connectivity, mask.ndim)
-    index = np.full(mask.shape, -1, dtype=np.int64)
-    index[mask] = np.arange(int(mask.sum()))
-    rows, cols = [], []
-    for offset in np.ndindex(*(3,) * mask.ndim):
-        offset = np.array(offset) - 1
-        distance = np.abs(offset).sum()
-        if distance == 0 or distance > order:
-            continue
-        # keep one of each +/- pair; the other direction is added by symmetry
-        if tuple(offset) < tuple(-offset):
-            continue
-        src = tuple(slice(max(0, -o), mask.shape[d] - max(0, o)) for d, o in enumerate(offset))
-        dst = tuple(slice(max(0, o), mask.shape[d] - max(0, -o)) for d, o in enumerate(offset))
-        a, b = index[src], index[dst]
-        both = (a >= 0) & (b >= 0)
-        rows.append(a[both])
-        cols.append(b[both])
     n = int(mask.sum())
-    indptr, indices = _symmetric_csr(np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                                     np.concatenate(cols) if cols else np.zeros(0, np.int64), n)
-    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=n, neighbours=_padded(indptr, indices),
-                      mask=mask, connectivity=connectivity)
+    index = np.full(mask.shape, -1, dtype=np.int32)
+    index[mask] = np.arange(n, dtype=np.int32)
+    offsets = [np.array(o) - 1 for o in np.ndindex(*(3,) * mask.ndim)]
+    offsets = [o for o in offsets if 0 < np.abs(o).sum() <= order]
+    table = np.empty((n, len(offsets)), dtype=np.int32)
+    for j, offset in enumerate(offsets):
+        # shifted[p] = index[p + offset], -1 where p + offset leaves the grid
+        shifted = np.full(mask.shape, -1, dtype=np.int32)
+        dst = tuple(slice(max(0, -o), mask.shape[d] - max(0, o)) for d, o in enumerate(offset))
+        src = tuple(slice(max(0, o), mask.shape[d] - max(0, -o)) for d, o in enumerate(offset))
+        shifted[dst] = index[src]
+        table[:, j] = shifted[mask]
+    return VoxelGraph(neighbours=table, n_voxels=n, mask=mask, connectivity=connectivity)
 
 
 def _symmetric_csr(rows, cols, n):
@@ -112,8 +115,7 @@ def graph_from_adjacency(adjacency, n_voxels=None):
     keep = (coo.row != coo.col) & (coo.data != 0)
     indptr, indices = _symmetric_csr(coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64),
                                      adjacency.shape[0])
-    return VoxelGraph(indptr=indptr, indices=indices, n_voxels=adjacency.shape[0],
-                      neighbours=_padded(indptr, indices))
+    return VoxelGraph(neighbours=_padded(indptr, indices), n_voxels=adjacency.shape[0])
 
 
 _MAX_TABLE = 200_000_000  # entries of the padded neighbour table

@@ -156,6 +156,6 @@ def tfce_values(values, graph, *, E=0.5, H=2.0, mode="exact", dh=None, two_sided
         table = stepped_table(dh, H, top)
     else:
         dh, table = 1.0, np.zeros(1)
-    order = np.argsort(-np.abs(values), kind="stable")
+    order = np.argsort(-np.abs(values))  # ties may come in any order: they add nothing
     return _tfce_numba.tfce_graph(values, order, graph.neighbours, bool(two_sided),
                                   float(E), float(H), fsl, float(dh), table)
