@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from qsm import _cli_normalize
+from qsm import cli as qsm_cli
 from qsm.cohort import load_cohort
 from qsm.normalize import build_template, normalize_cohort, robust_z, similarity
 from qsm.template import Template, load_template, output_grid
@@ -188,18 +188,18 @@ def test_command_line(bids, small_template, tmp_path, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
-    _cli_normalize.configure_parser(parser)
+    qsm_cli._configure_normalize(parser)
     args = parser.parse_args([str(bids), str(tmp_path / "out"), "--affine-only", "--quiet",
                               "--reference", "wm", "--seed", "3"])
     assert args.engine == "dipy" and args.reference == "wm" and args.affine_only
-    code = _cli_normalize.main([str(bids / "nope"), str(tmp_path / "out")])
+    code = qsm_cli.main(["normalize", str(bids / "nope"), str(tmp_path / "out")])
     assert code == 1
     assert "Cohort source" in capsys.readouterr().err
     paths = small_template.save(tmp_path / "tpl")
-    code = _cli_normalize.main([str(bids), str(tmp_path / "out"), "--affine-only", "--quiet",
-                                "--template", str(paths["img"]), "--template-mask",
-                                str(paths["mask_img"]), "--space", "small", "--resolution", "4",
-                                "--reference", "csf"])
+    code = qsm_cli.main(["normalize", str(bids), str(tmp_path / "out"), "--affine-only", "--quiet",
+                           "--template", str(paths["img"]), "--template-mask",
+                           str(paths["mask_img"]), "--space", "small", "--resolution", "4",
+                           "--reference", "csf"])
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err
