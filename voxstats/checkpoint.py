@@ -178,25 +178,36 @@ class _ContrastStore:
 
     def load(self, bounds):
         """Split ``bounds`` into valid stored chunks and the (start, stop) pairs still to run."""
+        done, todo = [], []
+        for item in self.iter_load(bounds):
+            (done if isinstance(item, engine.ChunkResult) else todo).append(item)
+        return done, todo
+
+    def iter_load(self, bounds):
+        """For each (start, stop) of ``bounds``, in order: its valid stored ChunkResult, or the pair.
+
+        A generator, so that a caller merging chunks as they come holds one
+        chunk's arrays at a time.
+        """
         for stale in self.folder.glob(_TMP_PREFIX + "*"):
             logger.debug("Removing %s, left by an interrupted write", stale)
             with contextlib.suppress(OSError):
                 stale.unlink()
-        done, todo = [], []
         for start, stop in bounds:
             path = self.path(start, stop)
             if not path.exists():
-                todo.append((start, stop))
+                yield (start, stop)
                 continue
             try:
-                done.append(self._read(path, start, stop))
+                chunk = self._read(path, start, stop)
             except _ForeignChunk as exc:
                 raise ValueError(str(exc)) from None
             except ValueError as exc:
                 logger.warning("Checkpoint chunk %s is corrupt (%s); recomputing it", path, exc)
                 path.unlink()
-                todo.append((start, stop))
-        return done, todo
+                yield (start, stop)
+                continue
+            yield chunk
 
 
 class _ForeignChunk(ValueError):

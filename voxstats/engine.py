@@ -9,10 +9,21 @@ one matrix product.
 
 A chunk of the schedule (rearrangements ``start`` to ``stop - 1``) is reduced
 to per-rearrangement maxima and per-voxel exceedance counts. Merging chunks is
-exact and order-independent. Products are computed in groups of ``GROUP``
-rearrangements aligned on the global index and in fixed voxel blocks, each by a
-single-threaded BLAS call, so every number is bit-identical whatever the chunk
-size or the number of threads.
+exact and order-independent (:class:`NullAccumulator` adds the counts as chunks
+arrive, so memory does not grow with the number of rearrangements). Products
+are computed in groups of ``GROUP`` rearrangements aligned on the global index
+and in fixed voxel blocks, each by a single-threaded BLAS call, so every number
+is bit-identical whatever the chunk size or the number of threads.
+
+Ties. Rearrangements that are equal in exact arithmetic (relabellings of equal
+design rows, or of groups that the contrast treats alike) must give equal
+statistics, or the count of null values >= the observed one depends on
+rounding. The basis is float64, its rows for equal design rows are made
+bit-identical, each rearrangement's numbers depend on its own row only, and
+projections and statistics are computed in float64 before being rounded to
+float32 (as FSL randomise computes in double and compares in float). Twins
+then round to the same float32 value, and the observed maps are the identity
+rearrangement computed by the same kernels.
 """
 
 import logging
@@ -21,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _tfce_numba
+from . import _engine_numba, _tfce_numba
 from .glm import f_to_z
 from .tfce import stepped_table
 
@@ -39,16 +50,18 @@ class ContrastJob:
     ----------
     name : str
     kind : {'t', 'F'}
-    basis : (n_subjects, p) ndarray of float32
-        Orthonormal basis [tested, nuisance] of the model space.
+    basis : (n_subjects, p) ndarray of float64
+        Orthonormal basis [tested, nuisance] of the model space. When the
+        nuisance space holds the constant vector, it is the last column.
     q : int
         Dimension of the tested space (rank of the contrast).
     df : int
     data : (n_subjects, n_voxels) ndarray of float32
-        Data residualised against the nuisance space.
+        Data residualised against the nuisance space; 0 in inactive voxels.
     sum_sq : (n_voxels,) ndarray of float64
         Column sums of squares of ``data``.
     graph : VoxelGraph or None
+        Neighbourhood for TFCE.
     two_sided : bool
         t contrasts only: test |t| (F is always one-sided).
     tfce : bool
@@ -56,13 +69,22 @@ class ContrastJob:
     fsl : bool
         FSL's stepped TFCE, with step ``dh``.
     dh : float or None
-        Fixed TFCE step (FSL mode); None until the observed map sets it.
+        Fixed TFCE step (FSL mode); None until the observed map sets it; 0 when
+        the observed map has nothing to enhance (TFCE is then 0 everywhere).
     cluster_threshold : float or None
-    reduced_basis : (n_subjects, p - 1) ndarray of float32 or None
-        The basis without the constant vector, when the nuisance space holds it.
-        The residualised data then sum to zero over subjects, and so does any
-        permutation of them (not a sign flip): their projection on the constant
-        is 0 and need not be computed.
+        Cluster-forming threshold of the extent (and, unless
+        ``mass_threshold`` is set, of the mass).
+    reduced : bool
+        The constant vector is the basis' last column. A permutation without
+        sign flips keeps the residualised data orthogonal to it, so its
+        projection on the constant is 0: it is left out (set to exactly 0).
+    cluster_graph : VoxelGraph or None
+        Neighbourhood for clusters (26-connected by default, as randomise).
+    mass_threshold : float or None
+        Cluster-forming threshold of the mass when it differs from the extent's.
+    active : (n_voxels,) ndarray of bool or None
+        Voxels that take part in the maxima (None: all). Inactive voxels
+        (constant across subjects) have statistic 0 in every rearrangement.
     """
 
     name: str
@@ -80,7 +102,10 @@ class ContrastJob:
     fsl: bool
     dh: float | None
     cluster_threshold: float | None
-    reduced_basis: np.ndarray | None = None
+    reduced: bool = False
+    cluster_graph: object = None
+    mass_threshold: float | None = None
+    active: np.ndarray | None = None
 
     @property
     def n_voxels(self):
@@ -89,6 +114,14 @@ class ContrastJob:
     @property
     def tests_both_signs(self):
         return self.kind == "t" and self.two_sided
+
+    @property
+    def clusters(self):
+        """(extent threshold, mass threshold), or None without cluster inference."""
+        if self.cluster_threshold is None and self.mass_threshold is None:
+            return None
+        extent = self.cluster_threshold
+        return extent, extent if self.mass_threshold is None else self.mass_threshold
 
 
 @dataclass(frozen=True)
@@ -113,43 +146,80 @@ class Observed:
     tfce: np.ndarray | None
 
 
-def _rearranged_basis(basis, permutation, signs):
-    """(P.T @ B).T for Y*_i = signs_i * W[permutation_i]: a (p, n) matrix."""
-    inverse = np.empty_like(permutation)
-    inverse[permutation] = np.arange(permutation.size)
-    return (basis[inverse] * signs[inverse, np.newaxis].astype(basis.dtype)).T
+def inclusive_threshold(threshold):
+    """The strict kernel threshold that keeps float32 values >= ``threshold``.
+
+    FSL randomise forms clusters of voxels at or above the (float32) threshold;
+    the kernels test ``value > t``. For float32 values, ``value > prev(t)`` is
+    ``value >= t``, where prev is the float32 just below ``t``.
+    """
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
 
-def reduced_basis(tested, nuisance):
-    """[tested, nuisance without the constant vector], or None if the constant is not nuisance."""
+def canonical_basis(basis, design_matrix):
+    """``basis`` (float64) with bit-identical rows wherever the design rows are equal.
+
+    Any basis of the model space is ``M @ A``, so equal rows of ``M`` give equal
+    rows in exact arithmetic; the SVD may leave them a few ulps apart, which
+    would break ties between relabellings of those rows.
+    """
+    basis = np.array(basis, dtype=np.float64)
+    _, first, inverse = np.unique(np.asarray(design_matrix), axis=0, return_index=True,
+                                  return_inverse=True)
+    return np.ascontiguousarray(basis[first[np.ravel(inverse)]])
+
+
+def order_basis(tested, nuisance):
+    """[tested, nuisance] with the constant vector last when it is nuisance.
+
+    Returns
+    -------
+    basis : (n, p) ndarray of float64
+    reduced : bool
+        True when the last column is the constant vector.
+    """
     n = tested.shape[0]
     constant = np.full(n, 1 / np.sqrt(n))
     if nuisance.shape[1] == 0 or np.linalg.norm(constant - nuisance @ (nuisance.T @ constant)) > 1e-8:
-        return None
+        return np.hstack([tested, nuisance]), False
     rest = nuisance - np.outer(constant, constant @ nuisance)
     u, s, _ = np.linalg.svd(rest, full_matrices=False)
     # nuisance is orthonormal: the directions kept have singular value 1, the constant's is ~0
     rest = u[:, s > 0.5]
-    return np.ascontiguousarray(np.hstack([tested, rest]), dtype=np.float32)
+    return np.hstack([tested, rest, constant[:, np.newaxis]]), True
 
 
-def _group_statistics(basis, job, perms, signs, pool, out):
-    """Statistic maps of one group of GROUP rearrangements into ``out`` (GROUP, n_voxels).
+def _rearranged_rows(job, permutation, signs):
+    """(P.T @ B).T for Y*_i = signs_i * W[permutation_i]: a (p, n) float64 matrix.
 
-    Voxels are taken in fixed blocks; for each, one single-threaded BLAS product
-    gives the projections (GROUP * p, block) and a compiled kernel turns them
-    into t or F while they are still in cache.
+    Without sign flips the constant column (``job.reduced``) gives exactly 0.
     """
-    p = basis.shape[1]
-    a = np.ascontiguousarray(np.vstack([_rearranged_basis(basis, perms[b], signs[b])
-                                        for b in range(GROUP)]), dtype=np.float32)
+    inverse = np.empty_like(permutation)
+    inverse[permutation] = np.arange(permutation.size)
+    rows = (job.basis[inverse] * signs[inverse, np.newaxis]).T.copy()
+    if job.reduced and not np.any(signs < 0):
+        rows[-1] = 0.0
+    return rows
+
+
+def _group_statistics(job, perms, signs, pool, out, width):
+    """Statistic maps of one group of rearrangements into ``out`` (GROUP, n_voxels).
+
+    ``width`` columns of the basis are used (the constant is dropped when no
+    rearrangement of the group flips signs). Voxels are taken in fixed blocks;
+    for each, one single-threaded float64 BLAS product gives the projections
+    (GROUP * width, block) and a compiled kernel turns them into t or F while
+    they are still in cache.
+    """
+    a = np.ascontiguousarray(np.vstack([_rearranged_rows(job, perms[b], signs[b])[:width]
+                                        for b in range(perms.shape[0])]))
     f_test = job.kind == "F"
 
     def block(start):
         stop = min(start + VOXEL_BLOCK, job.n_voxels)
-        proj = a @ job.data[:, start:stop]
-        _tfce_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), p, job.q,
-                                          f_test, out[:, start:stop])
+        proj = a @ job.data[:, start:stop].astype(np.float64)
+        _engine_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), width, job.q,
+                                            f_test, out[:, start:stop])
 
     starts = range(0, job.n_voxels, VOXEL_BLOCK)
     if pool is None:
@@ -159,26 +229,31 @@ def _group_statistics(basis, job, perms, signs, pool, out):
         list(pool.map(block, starts))
 
 
+def _padded_group(schedule, lo, hi, n):
+    """Rows ``lo`` to ``hi - 1`` of the schedule, padded with the identity past its end."""
+    perms = np.tile(np.arange(n, dtype=np.int64), (hi - lo, 1))
+    signs = np.ones((hi - lo, n), dtype=np.int8)
+    last = min(hi, schedule.n_perm)
+    if last > lo:
+        p, s = schedule.rows(lo, last)
+        perms[:last - lo], signs[:last - lo] = p, s
+    return perms, signs
+
+
 def statistics(job, schedule, start, stop, pool=None):
     """Statistic maps of rearrangements ``start`` to ``stop - 1``: (k, n_voxels) float32."""
     n = job.data.shape[0]
     out = np.empty((stop - start, job.n_voxels), dtype=np.float32)
     group_stats = np.empty((GROUP, job.n_voxels), dtype=np.float32)
-    identity = np.arange(n)
-    ones = np.ones(n, dtype=np.int8)
     for g in range(start // GROUP, (stop - 1) // GROUP + 1):
         lo, hi = g * GROUP, (g + 1) * GROUP
-        perms = np.empty((GROUP, n), dtype=np.int64)
-        signs = np.empty((GROUP, n), dtype=np.int8)
-        for b, index in enumerate(range(lo, hi)):
-            if start <= index < stop:
-                perms[b], signs[b] = schedule.permutations[index], schedule.signs[index]
-            else:  # padding: its results are discarded
-                perms[b], signs[b] = identity, ones
-        # the basis depends on the schedule's whole group, never on the chunk's bounds
-        flips = bool(np.any(schedule.signs[lo:hi] < 0))
-        basis = job.basis if flips or job.reduced_basis is None else job.reduced_basis
-        _group_statistics(basis, job, perms, signs, pool, group_stats)
+        perms, signs = _padded_group(schedule, lo, hi, n)
+        # a rearrangement's numbers depend on its own row only; the constant's
+        # column is computed only when some row of the group flips signs
+        width = job.basis.shape[1]
+        if job.reduced and not np.any(signs < 0):
+            width -= 1
+        _group_statistics(job, perms, signs, pool, group_stats, width)
         first, last = max(lo, start), min(hi, stop)
         out[first - start:last - start] = group_stats[first - lo:last - lo]
     return out
@@ -193,6 +268,8 @@ def _enhanceable(job, stats):
 
 def tfce_maps(job, stats, n_threads):
     """TFCE of a batch of statistic maps (float32, same shape)."""
+    if job.fsl and not job.dh:
+        return np.zeros(stats.shape, dtype=np.float32)
     enhanced = np.ascontiguousarray(_enhanceable(job, stats))
     top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
     if job.fsl:
@@ -214,19 +291,39 @@ def observed_maps(job, schedule, n_threads, pool=None):
 
 
 def fsl_step(job, observed):
-    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100."""
+    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100.
+
+    0 when that map has no positive value (no |value| when two-sided): FSL
+    randomise then writes TFCE 0 for every rearrangement.
+    """
     enhanced = _enhanceable(job, observed.stat[np.newaxis])[0]
+    if job.active is not None:
+        enhanced = enhanced[job.active]
+    if enhanced.size == 0:
+        return 0.0
     top = float(np.abs(enhanced).max() if job.tests_both_signs else max(enhanced.max(), 0.0))
-    return top / 100.0 if top > 0 else 1.0
+    return top / 100.0 if top > 0 else 0.0
+
+
+def _active(job):
+    return np.ones(job.n_voxels, dtype=bool) if job.active is None else job.active
 
 
 def _exceedances(job, maps, observed):
     """Per-voxel counts of maps >= observed, and each map's maximum (|.| if two-sided)."""
     counts = np.zeros(maps.shape[1], dtype=np.int64)
     maxima = np.empty(maps.shape[0], dtype=np.float32)
-    _tfce_numba.exceedances(maps, np.ascontiguousarray(observed, dtype=np.float32),
-                            job.tests_both_signs, counts, maxima)
+    _engine_numba.exceedances(maps, np.ascontiguousarray(observed, dtype=np.float32),
+                              job.tests_both_signs, _active(job), counts, maxima)
     return counts, maxima.astype(np.float64)
+
+
+def _cluster_maxima(job, stats, threshold, n_threads):
+    extent = np.zeros(stats.shape[0], dtype=np.int64)
+    mass = np.zeros(stats.shape[0])
+    _tfce_numba.cluster_maxima_batch(stats, inclusive_threshold(threshold), job.tests_both_signs,
+                                     job.cluster_graph.neighbours, extent, mass, n_threads)
+    return extent.astype(np.float64), mass
 
 
 def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
@@ -237,39 +334,75 @@ def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     if job.tfce:
         result["tfce_counts"], result["null_max_tfce"] = _exceedances(
             job, tfce_maps(job, stats, n_threads), observed.tfce)
-    if job.cluster_threshold is not None:
-        extent = np.zeros(stop - start, dtype=np.int64)
-        mass = np.zeros(stop - start)
-        _tfce_numba.cluster_maxima_batch(stats, float(job.cluster_threshold), job.tests_both_signs,
-                                         job.graph.neighbours, extent, mass, n_threads)
-        result["null_max_extent"] = extent.astype(np.float64)
-        result["null_max_mass"] = mass
+    if job.clusters is not None:
+        extent_thr, mass_thr = job.clusters
+        extent, mass = _cluster_maxima(job, stats, extent_thr, n_threads)
+        if mass_thr != extent_thr:
+            _, mass = _cluster_maxima(job, stats, mass_thr, n_threads)
+        result["null_max_extent"], result["null_max_mass"] = extent, mass
     return ChunkResult(start=start, stop=stop, **result)
+
+
+_PER_REARRANGEMENT = ("null_max", "null_max_tfce", "null_max_extent", "null_max_mass")
+_PER_VOXEL = ("counts", "tfce_counts")
+
+
+class NullAccumulator:
+    """Chunk results merged as they arrive (any order): O(n_perm + n_voxels) memory.
+
+    Per-voxel counts are added at once (integer sums, exact in any order), and
+    per-rearrangement maxima are written at their place, so that nothing of a
+    chunk is kept after :meth:`add`.
+    """
+
+    def __init__(self, n_perm):
+        self.n_perm = int(n_perm)
+        self._covered = np.zeros(self.n_perm, dtype=bool)
+        self._arrays = {}
+
+    def add(self, chunk):
+        """Merge one ChunkResult; overlapping an earlier chunk is an error."""
+        if chunk.start < 0 or chunk.stop > self.n_perm or chunk.start >= chunk.stop:
+            raise ValueError(f"chunk {chunk.start}..{chunk.stop} is outside the schedule 0..{self.n_perm}")
+        if self._covered[chunk.start:chunk.stop].any():
+            raise ValueError(f"chunks do not tile the schedule: overlap at rearrangement "
+                             f"{chunk.start + int(np.argmax(self._covered[chunk.start:chunk.stop]))}")
+        self._covered[chunk.start:chunk.stop] = True
+        for name in _PER_REARRANGEMENT:
+            value = getattr(chunk, name)
+            if value is None:
+                continue
+            if name not in self._arrays:
+                self._arrays[name] = np.full(self.n_perm, np.nan)
+            self._arrays[name][chunk.start:chunk.stop] = value
+        for name in _PER_VOXEL:
+            value = getattr(chunk, name)
+            if value is None:
+                continue
+            if name not in self._arrays:
+                self._arrays[name] = np.zeros(np.shape(value), dtype=np.int64)
+            self._arrays[name] += value
+
+    @property
+    def n_done(self):
+        return int(self._covered.sum())
+
+    def result(self):
+        """One ChunkResult covering 0..n_perm-1 (every rearrangement must be there)."""
+        if not self._covered.all():
+            gap = int(np.argmin(self._covered))
+            raise ValueError(f"chunks cover {self.n_done} of {self.n_perm} rearrangements "
+                             f"(gap at rearrangement {gap})")
+        return ChunkResult(start=0, stop=self.n_perm, **{k: self._arrays.get(k) for k in
+                                                         _PER_REARRANGEMENT + _PER_VOXEL})
 
 
 def merge_chunks(chunks, n_perm):
     """Merge chunk results (any order) into one ChunkResult covering 0..n_perm-1."""
-    chunks = sorted(chunks, key=lambda c: c.start)
-    covered = [(c.start, c.stop) for c in chunks]
-    expected = 0
-    for lo, hi in covered:
-        if lo != expected:
-            raise ValueError(f"chunks do not tile the schedule: gap or overlap at rearrangement {expected}")
-        expected = hi
-    if expected != n_perm:
-        raise ValueError(f"chunks cover {expected} of {n_perm} rearrangements")
-
-    def cat(field):
-        parts = [getattr(c, field) for c in chunks]
-        return None if parts[0] is None else np.concatenate(parts)
-
-    def add(field):
-        parts = [getattr(c, field) for c in chunks]
-        return None if parts[0] is None else np.sum(parts, axis=0)
-
-    return ChunkResult(start=0, stop=n_perm, null_max=cat("null_max"), counts=add("counts"),
-                       null_max_tfce=cat("null_max_tfce"), tfce_counts=add("tfce_counts"),
-                       null_max_extent=cat("null_max_extent"), null_max_mass=cat("null_max_mass"))
+    accumulator = NullAccumulator(n_perm)
+    for chunk in chunks:
+        accumulator.add(chunk)
+    return accumulator.result()
 
 
 def chunk_bounds(n_perm, chunk_size):

@@ -185,26 +185,36 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
     Returns
     -------
     voxstats.engine.ChunkResult
-        The merge of all chunks.
+        The merge of all chunks, accumulated as they arrive (counts added at
+        once), so that memory does not grow with the number of chunks.
     """
+    merged = engine.NullAccumulator(schedule.n_perm)
     if store is None:
-        chunks, todo = [], list(bounds)
+        todo = list(bounds)
     else:
-        chunks, todo = store.load(bounds)
-        if chunks:
+        todo = []
+        for item in store.iter_load(bounds):
+            if isinstance(item, engine.ChunkResult):
+                merged.add(item)  # counted at once, then dropped: memory does not grow
+                if bar is not None:
+                    bar.update(item.stop - item.start)
+            else:
+                todo.append(item)
+        if len(todo) < len(bounds):
             logger.info("Contrast %s: %d of %d chunks found in the checkpoint", job.name,
-                        len(chunks), len(bounds))
-    if bar is not None and chunks:
-        bar.update(sum(c.stop - c.start for c in chunks))
+                        len(bounds) - len(todo), len(bounds))
+    done = len(bounds) - len(todo)
     if flag is not None:
-        flag.check(len(chunks), len(bounds))
+        flag.check(done, len(bounds))
     with contextlib.closing(runner.map(job, schedule, observed, todo)) as results:
         for chunk in results:
             if store is not None:
                 store.save(chunk)
-            chunks.append(chunk)
+            merged.add(chunk)
+            done += 1
             if bar is not None:
                 bar.update(chunk.stop - chunk.start)
+            del chunk  # merged: free it before the next one is computed
             if flag is not None:
-                flag.check(len(chunks), len(bounds))
-    return engine.merge_chunks(chunks, schedule.n_perm)
+                flag.check(done, len(bounds))
+    return merged.result()

@@ -94,8 +94,7 @@ def effect_basis(design, contrast):
     -------
     EffectBasis
     """
-    m = design.matrix
-    c = contrast.weights
+    m, c = design.model(contrast.weights)
     pinv_xtx = linalg.pinv(m.T @ m)
     # Nuisance space: fitted values allowed under H0 (beta in the null space of C).
     null_c = linalg.null_space(c)
@@ -133,10 +132,11 @@ def contrast_statistic(data, design, contrast):
     ``beta = pinv(M) Y``, ``sigma^2 = RSS / (n - rank M)``,
     ``t = c beta / sqrt(sigma^2 c (M'M)^+ c')`` and
     ``F = (C beta)' (C (M'M)^+ C')^{-1} (C beta) / (q sigma^2)``, as in statsmodels'
-    ``t_test`` and ``f_test``.
+    ``t_test`` and ``f_test``. A demeaned design (randomise ``-D``) is fitted
+    with an implicit intercept: the statistics of randomise's demeaned data
+    on the demeaned design, with ``df = n - rank - 1``.
     """
-    m = design.matrix
-    c = contrast.weights
+    m, c = design.model(contrast.weights)
     n, n_vox = data.shape
     if n != design.n_subjects:
         raise ValueError(f"data has {n} subjects (rows) but the design has {design.n_subjects}")

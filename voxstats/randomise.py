@@ -1,16 +1,16 @@
-"""Permutation inference for a GLM on voxel data: the drivers and their results.
+"""Permutation inference for a GLM on voxel data: the drivers.
 
 :func:`permuted_glm` works on a data matrix; :func:`randomise` loads images,
 masks them, runs :func:`permuted_glm`'s machinery and keeps the mask so results
-go back into images.
+go back into images. The result types live in :mod:`voxstats.results`.
 """
 
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
-from scipy import sparse
 from tqdm.auto import tqdm
 
 from . import engine
@@ -21,102 +21,16 @@ from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
 from .graph import graph_from_adjacency, grid_graph
 from .image import check_img, check_same_space
-from .inference import cluster_labels, fdr_bh, fwe_pvalues, pvalues_from_counts, tail_fwe_pvalues
 from .permutation import make_schedule
+from .results import ContrastResult, RandomiseResult, assemble
 from .tfce import _check_option, _check_params
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ContrastResult", "RandomiseResult", "permuted_glm", "randomise"]
 
-
-@dataclass(frozen=True)
-class ContrastResult:
-    """Observed maps and p-values of one contrast. Every map is (n_voxels,).
-
-    p-values count the unpermuted data in the null: ``p = #{null >= obs} / n_perm``.
-    Fields of an analysis not asked for (TFCE, clusters, tail approximation)
-    are None.
-    """
-
-    name: str
-    kind: str
-    weights: np.ndarray
-    stat: np.ndarray
-    p: np.ndarray
-    p_fwe: np.ndarray
-    p_fdr: np.ndarray
-    null_max: np.ndarray
-    tfce: np.ndarray | None = None
-    tfce_p: np.ndarray | None = None
-    tfce_p_fwe: np.ndarray | None = None
-    tfce_p_fdr: np.ndarray | None = None
-    null_max_tfce: np.ndarray | None = None
-    tfce_dh: float | None = None
-    cluster_threshold: float | None = None
-    cluster_labels: np.ndarray | None = None
-    cluster_extent_p_fwe: np.ndarray | None = None
-    cluster_mass_p_fwe: np.ndarray | None = None
-    null_max_extent: np.ndarray | None = None
-    null_max_mass: np.ndarray | None = None
-    p_fwe_tail: np.ndarray | None = None
-    tfce_p_fwe_tail: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class RandomiseResult:
-    """The result of :func:`randomise` or :func:`permuted_glm`.
-
-    Attributes
-    ----------
-    contrasts : tuple of ContrastResult
-        t contrasts first, then F contrasts.
-    n_perm : int
-        Rearrangements used, the identity included.
-    exhaustive : bool
-        All distinct rearrangements were enumerated.
-    n_possible : int
-        Number of distinct rearrangements the scheme allows.
-    scheme : str
-        'freedman-lane', 'permutation', 'sign-flip' or 'freedman-lane+sign-flip'.
-    df : int
-        Residual degrees of freedom.
-    design_names : tuple of str
-    mask_img : nibabel image or None
-        The mask (randomise only); ``to_img`` puts maps back into it.
-    settings : dict
-        Every option, for the record.
-    """
-
-    contrasts: tuple
-    n_perm: int
-    exhaustive: bool
-    n_possible: int
-    scheme: str
-    df: int
-    design_names: tuple
-    mask_img: object = None
-    settings: dict = field(default_factory=dict)
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return self.contrasts[key]
-        for c in self.contrasts:
-            if c.name == key:
-                return c
-        raise KeyError(f"no contrast named {key!r}; contrasts are {[c.name for c in self.contrasts]}")
-
-    def to_img(self, values):
-        """A (n_voxels,) map as a 3D image in the mask's space (0 outside the mask)."""
-        if self.mask_img is None:
-            raise ValueError("to_img needs a mask image; this result comes from a data matrix")
-        mask = np.asarray(self.mask_img.dataobj) != 0
-        values = np.asarray(values)
-        if values.shape != (int(mask.sum()),):
-            raise ValueError(f"values: expected shape ({int(mask.sum())},), got {values.shape}")
-        volume = np.zeros(mask.shape, dtype=np.float32)
-        volume[mask] = values
-        return nib.Nifti1Image(volume, self.mask_img.affine)
+_FULL_CONNECTIVITY = {2: 8, 3: 26}
+_CONSTANT_BLOCK = 65536  # voxels per pass of the constant-voxel test
 
 
 def _resolve_scheme(design, permute, sign_flip):
@@ -159,54 +73,115 @@ def _spatial_graph(n_voxels, mask, adjacency, connectivity, needed):
     return None
 
 
+def _cluster_graph(n_voxels, mask, adjacency, connectivity, tfce_graph):
+    """The neighbourhood of cluster inference: the full grid neighbourhood unless told otherwise."""
+    if adjacency is not None:
+        if connectivity is not None:
+            raise ValueError("The 'cluster_connectivity' parameter applies to a grid 'mask'; "
+                             "with 'adjacency' the graph's edges are the neighbourhood")
+        return tfce_graph
+    if mask is None:
+        return _spatial_graph(n_voxels, mask, adjacency, 6, True)  # raises
+    ndim = np.ndim(mask)
+    connectivity = _FULL_CONNECTIVITY.get(ndim, 26) if connectivity is None else connectivity
+    if tfce_graph is not None and tfce_graph.connectivity == connectivity:
+        return tfce_graph
+    return _spatial_graph(n_voxels, mask, None, connectivity, True)
+
+
+def _constant_voxels(data):
+    """(n_voxels,) bool: voxels whose value is the same in every subject (exactly, as randomise)."""
+    out = np.empty(data.shape[1], dtype=bool)
+    for start in range(0, data.shape[1], _CONSTANT_BLOCK):
+        block = data[:, start:start + _CONSTANT_BLOCK]
+        out[start:start + block.shape[1]] = np.all(block == block[0], axis=0)
+    return out
+
+
+def _check_threshold(name, value):
+    if value is not None and (not np.isfinite(value) or value <= 0):
+        raise ValueError(f"Invalid value for the '{name}' parameter: expected a number > 0, got {value!r}")
+
+
+def _read_blocks(blocks):
+    if isinstance(blocks, (str, os.PathLike)):
+        from .design_files import read_blocks
+
+        if not os.path.isfile(blocks):
+            raise ValueError(f"exchangeability_blocks: no such file {str(blocks)!r} "
+                             "(a string names a file: FSL design.grp or CSV/TSV)")
+        return read_blocks(blocks)
+    return blocks
+
+
 def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, adjacency=None,
-                 connectivity=6, n_perm=5000, tfce=False, tfce_E=0.5, tfce_H=2.0, tfce_mode="exact",
-                 tfce_dh=None, cluster_threshold=None, cluster_threshold_f=None, two_sided=True,
-                 demean=False, sign_flip=False, permute=None, exchangeability_blocks=None,
-                 whole_blocks=False, tail_approximation=False, rng=None, n_jobs=1, chunk_size=None,
-                 checkpoint_dir=None, resume=False, executor="local", scheduler=None, copy=True,
-                 verbose=None):
+                 connectivity=6, cluster_connectivity=None, n_perm=5000, tfce=False, tfce_E=0.5,
+                 tfce_H=2.0, tfce_mode="exact", tfce_dh=None, cluster_threshold=None,
+                 cluster_threshold_f=None, cluster_mass_threshold=None, cluster_mass_threshold_f=None,
+                 two_sided=True, demean=False, sign_flip=False, permute=None,
+                 exchangeability_blocks=None, whole_blocks=False, tail_approximation=False, rng=None,
+                 n_jobs=1, chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
+                 scheduler=None, copy=True, verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
 
     Parameters
     ----------
     data : (n_subjects, n_voxels) array-like
-        One row per subject. Not modified.
-    design : (n_subjects, n_regressors) array-like or pandas.DataFrame
-    contrasts : array-like or dict, optional
-        t contrasts (see :func:`voxstats.design.make_contrasts`).
-    f_contrasts : dict or list, optional
-        F contrasts, each a (q, n_regressors) matrix.
+        One row per subject. Not modified (unless ``copy=False``).
+    design : (n_subjects, n_regressors) array-like, pandas.DataFrame, str or path
+        A file name is read as the command line reads ``-d`` (FSL
+        ``design.mat`` or CSV/TSV with a header; see
+        :func:`voxstats.design.make_design`).
+    contrasts : array-like, dict, str or path, optional
+        t contrasts (see :func:`voxstats.design.make_contrasts`); a file name
+        is read as ``-t`` (``design.con`` or CSV/TSV).
+    f_contrasts : dict, list, str or path, optional
+        F contrasts, each a (q, n_regressors) matrix; a file name is read as
+        ``-f`` (``design.fts`` or CSV/TSV naming t contrasts).
     mask : (x, y, z) ndarray of bool, optional
         Where the data's columns sit on a grid (C order); needed for TFCE and
         clusters unless ``adjacency`` is given.
     adjacency : scipy.sparse matrix, optional
-        (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph).
+        (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph), used
+        for TFCE and clusters.
     connectivity : int
-        Grid neighbourhood for ``mask``: 6, 18 or 26 (3D), 4 or 8 (2D).
+        TFCE's grid neighbourhood for ``mask``: 6, 18 or 26 (3D), 4 or 8 (2D).
+    cluster_connectivity : int, optional
+        The grid neighbourhood of cluster inference. Default: 26 in 3D (8 in
+        2D), as FSL randomise, which labels clusters 26-connected whatever its
+        TFCE connectivity, and as ``voxstats cluster``.
     n_perm : int
         Rearrangements, the identity included (fewer when exhaustive).
     tfce : bool
         Compute TFCE and its p-values.
     tfce_E, tfce_H, tfce_mode, tfce_dh
         TFCE options (see :func:`voxstats.tfce`). In 'fsl' mode the step is
-        ``tfce_dh`` or max(unpermuted map)/100, fixed across rearrangements.
+        ``tfce_dh`` or max(unpermuted map)/100, fixed across rearrangements
+        (and TFCE is 0 everywhere when that maximum is not positive, as in
+        randomise).
     cluster_threshold, cluster_threshold_f : float, optional
-        Cluster-forming thresholds on t (|t| when two-sided) and on F for
-        cluster extent and mass (sum of |statistic|) FWE p-values.
+        Cluster-forming thresholds (> 0) on t (|t| when two-sided) and on F for
+        cluster extent and mass (sum of |statistic|) FWE p-values. Voxels at or
+        above the threshold form clusters (inclusive, as FSL randomise).
+    cluster_mass_threshold, cluster_mass_threshold_f : float, optional
+        A different threshold for the mass (randomise ``-C`` and ``-S`` beside
+        ``-c`` and ``-F``); default: the extent's.
     two_sided : bool
         t contrasts: test both signs (|t|, max |t|). False gives FSL randomise's
-        one-sided positive test.
+        one-sided positive test. Each contrast's result says which
+        (``ContrastResult.tail``).
     demean : bool
-        Demean the regressors (randomise -D).
+        randomise ``-D``: demean the regressors and the data (see
+        :func:`voxstats.design.make_design`; df = n - rank - 1).
     sign_flip : bool
         Flip signs (one-sample tests, symmetric errors). Used automatically
         when every subject has the same design row.
     permute : bool, optional
         Shuffle subjects; default True unless ``sign_flip``. ``sign_flip=True,
         permute=True`` shuffles and flips.
-    exchangeability_blocks : (n_subjects,) array-like, optional
-        Block labels; rearrangements stay within blocks.
+    exchangeability_blocks : (n_subjects,) array-like, str or path, optional
+        Block labels; rearrangements stay within blocks. A file name is read as
+        ``-e`` (``design.grp``).
     whole_blocks : bool
         Shuffle whole blocks as units instead.
     tail_approximation : bool
@@ -238,7 +213,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         last contrast residualises it in place instead of working on a copy,
         which halves the peak memory; ``data`` then holds residuals afterwards.
     verbose : bool, optional
-        Show a progress bar (default: when logging is at INFO or below).
+        Show a progress bar per contrast (default: when logging is at INFO or
+        below).
 
     Returns
     -------
@@ -251,7 +227,11 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     a rearrangement ``P`` gives ``Y* = P R_z Y + H_z Y``, whose statistic equals
     that of ``P R_z Y``. Observed ``stat`` maps are float64 OLS; the
     comparisons with the null use the identity rearrangement computed by the
-    same float32 kernels as every other rearrangement.
+    same kernels as every other rearrangement, in float64 rounded to float32,
+    so that rearrangements equal in exact arithmetic tie exactly (see
+    :mod:`voxstats.engine`). Voxels constant across subjects (any value) have
+    statistic 0, p = 1, TFCE 0 and take no part in any maximum. Memory does
+    not grow with ``n_perm``: chunks are merged as they arrive.
     """
     design = make_design(design, demean=demean)
     data = np.asarray(data)
@@ -262,15 +242,20 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     contrast_list = make_contrasts(contrasts, design, f_contrasts=f_contrasts)
     _check_params(tfce_E, tfce_H, tfce_mode, tfce_dh)
     _check_option("two_sided", two_sided, (True, False))
-    for name, value in (("cluster_threshold", cluster_threshold), ("cluster_threshold_f", cluster_threshold_f)):
-        if value is not None and (not np.isfinite(value) or value < 0):
-            raise ValueError(f"Invalid value for the '{name}' parameter: expected a number >= 0, got {value!r}")
-    needs_graph = tfce or cluster_threshold is not None or cluster_threshold_f is not None
-    graph = _spatial_graph(data.shape[1], mask, adjacency, connectivity, needs_graph)
+    thresholds = {"t": (cluster_threshold, cluster_mass_threshold),
+                  "F": (cluster_threshold_f, cluster_mass_threshold_f)}
+    for name, value in (("cluster_threshold", cluster_threshold), ("cluster_threshold_f", cluster_threshold_f),
+                        ("cluster_mass_threshold", cluster_mass_threshold),
+                        ("cluster_mass_threshold_f", cluster_mass_threshold_f)):
+        _check_threshold(name, value)
+    clusters = any(v is not None for pair in thresholds.values() for v in pair)
+    graph = _spatial_graph(data.shape[1], mask, adjacency, connectivity, tfce or clusters)
+    cluster_graph = (_cluster_graph(data.shape[1], mask, adjacency, cluster_connectivity, graph)
+                     if clusters else None)
     permute, sign_flip = _resolve_scheme(design, permute, sign_flip)
     schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
-                             exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
-                             rng=rng)
+                             exchangeability_blocks=_read_blocks(exchangeability_blocks),
+                             whole_blocks=whole_blocks, rng=rng)
     if schedule.exhaustive:
         logger.info("Exhaustive: all %d distinct rearrangements used", schedule.n_perm)
     chunk_size = engine.default_chunk_size(data.shape[1]) if chunk_size is None else int(chunk_size)
@@ -278,9 +263,12 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         raise ValueError(f"Invalid value for the 'chunk_size' parameter: expected >= 1, got {chunk_size}")
     show = logger.getEffectiveLevel() <= logging.INFO if verbose is None else bool(verbose)
     settings = dict(n_perm=n_perm, tfce=tfce, tfce_E=tfce_E, tfce_H=tfce_H, tfce_mode=tfce_mode,
-                    tfce_dh=tfce_dh, connectivity=connectivity, cluster_threshold=cluster_threshold,
-                    cluster_threshold_f=cluster_threshold_f, two_sided=two_sided, demean=demean,
-                    sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
+                    tfce_dh=tfce_dh, connectivity=connectivity,
+                    cluster_connectivity=None if cluster_graph is None else cluster_graph.connectivity,
+                    cluster_threshold=cluster_threshold, cluster_threshold_f=cluster_threshold_f,
+                    cluster_mass_threshold=cluster_mass_threshold,
+                    cluster_mass_threshold_f=cluster_mass_threshold_f, two_sided=two_sided,
+                    demean=demean, sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
                     tail_approximation=tail_approximation, n_jobs=n_jobs)
     store = open_checkpoint(checkpoint_dir, resume=resume, data=data, design=design,
                             contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
@@ -288,23 +276,28 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     chunk_size = chunk_size if store is None else store.chunk_size
     overwritable = (not copy and data.dtype == np.float32 and data.flags.c_contiguous
                     and data.flags.writeable)
+    constant = _constant_voxels(data)
+    if constant.any():
+        logger.info("%d voxels are constant across subjects: statistic 0, p = 1, left out of every "
+                    "maximum", int(constant.sum()))
     results = []
     with _n_threads(n_jobs) as threads:
         pool = engine.make_pool(threads)
         try:
-            bar = tqdm(total=schedule.n_perm * len(contrast_list), disable=not show,
-                       desc="permutations", unit="perm")
-            with bar, open_executor(executor, scheduler, threads=threads, pool=pool) as runner, \
+            with open_executor(executor, scheduler, threads=threads, pool=pool) as runner, \
                     handle_signals(store) as flag:
                 for i, contrast in enumerate(contrast_list):
-                    threshold = cluster_threshold if contrast.kind == "t" else cluster_threshold_f
+                    extent_thr, mass_thr = thresholds["t" if contrast.kind == "t" else "F"]
                     # the last contrast may residualise the caller's own float32 matrix in place
                     in_place = overwritable and i == len(contrast_list) - 1
-                    results.append(_run_contrast(data, design, contrast, schedule, graph, threshold,
-                                                 tfce, tfce_E, tfce_H, tfce_mode, tfce_dh, two_sided,
-                                                 tail_approximation, chunk_size, threads, pool, bar,
-                                                 runner=runner, store=store, flag=flag,
-                                                 in_place=in_place))
+                    desc = f"{contrast.name} ({i + 1}/{len(contrast_list)})"
+                    with tqdm(total=schedule.n_perm, disable=not show, desc=desc, unit="perm") as bar:
+                        results.append(_run_contrast(
+                            data, design, contrast, schedule, graph, tfce, tfce_E, tfce_H, tfce_mode,
+                            tfce_dh, two_sided, tail_approximation, chunk_size, threads, pool, bar,
+                            runner=runner, store=store, flag=flag, in_place=in_place,
+                            cluster_graph=cluster_graph, threshold=extent_thr,
+                            mass_threshold=mass_thr, constant=constant))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -312,38 +305,50 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     return RandomiseResult(contrasts=tuple(results), n_perm=schedule.n_perm,
                            exhaustive=schedule.exhaustive, n_possible=schedule.n_possible,
                            scheme=_scheme_name(permute, sign_flip, has_nuisance), df=design.df,
-                           design_names=design.names, settings=settings)
+                           design_names=design.names, settings=settings, schedule=schedule)
 
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
-             mode="exact", dh=None, two_sided=True, in_place=False):
+             mode="exact", dh=None, two_sided=True, in_place=False, cluster_graph=None,
+             mass_threshold=None, constant=None):
     """The engine's view of one contrast: residualised float32 data and its basis.
 
     With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
     overwritten by their residuals instead of copied, which halves the memory.
+    ``constant`` (n_voxels,) marks voxels constant across subjects (computed
+    here when None); they and the voxels that residualising leaves at 0 are
+    inactive: statistic 0 in every rearrangement, in no maximum.
     """
     basis = effect_basis(design, contrast)
     if in_place and not (data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable):
         raise ValueError("in_place residualisation needs a writeable C-contiguous float32 matrix")
+    constant = _constant_voxels(np.asarray(data)) if constant is None else constant
     out = data if in_place else np.empty(data.shape, dtype=np.float32)
     residual = basis.residualize(data, out=out)
+    if constant.any():
+        residual[:, constant] = 0.0
     sum_sq = np.einsum("ij,ij->j", residual, residual, dtype=np.float64)
+    active = sum_sq > 0
+    ordered, reduced = engine.order_basis(basis.tested, basis.nuisance)
     return engine.ContrastJob(name=contrast.name, kind=contrast.kind,
-                              basis=np.ascontiguousarray(basis.basis, dtype=np.float32), q=basis.q,
+                              basis=engine.canonical_basis(ordered, design.matrix), q=basis.q,
                               df=basis.df, data=residual, sum_sq=sum_sq, graph=graph,
                               two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
-                              fsl=mode == "fsl", dh=dh, cluster_threshold=threshold,
-                              reduced_basis=engine.reduced_basis(basis.tested, basis.nuisance))
+                              fsl=mode == "fsl", dh=dh, cluster_threshold=threshold, reduced=reduced,
+                              cluster_graph=cluster_graph, mass_threshold=mass_threshold,
+                              active=None if active.all() else active)
 
 
-def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H, mode, dh,
-                  two_sided, tail_approximation, chunk_size, threads, pool, bar, *, runner=None,
-                  store=None, flag=None, in_place=False):
-    from dataclasses import replace
-
+def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
+                  tail_approximation, chunk_size, threads, pool, bar, *, runner=None, store=None,
+                  flag=None, in_place=False, cluster_graph=None, threshold=None, mass_threshold=None,
+                  constant=None):
     stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
+    if threshold is None and mass_threshold is not None:  # mass only: the extent comes for free
+        threshold, mass_threshold = mass_threshold, None
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
-                   mode=mode, dh=dh, two_sided=two_sided, in_place=in_place)
+                   mode=mode, dh=dh, two_sided=two_sided, in_place=in_place,
+                   cluster_graph=cluster_graph, mass_threshold=mass_threshold, constant=constant)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
@@ -355,39 +360,6 @@ def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H
                         flag=flag, bar=bar)
     return assemble(job, contrast, observed, merged, schedule.n_perm, stat,
                     tail_approximation=tail_approximation)
-
-
-def assemble(job, contrast, observed, merged, n_perm, stat, *, tail_approximation=False):
-    """Turn the observed maps and the merged null into a ContrastResult.
-
-    ``stat`` is the float64 OLS statistic map reported to the user.
-    """
-    magnitude = np.abs(observed.stat) if job.tests_both_signs else observed.stat
-    p = pvalues_from_counts(merged.counts, n_perm)
-    fields = dict(name=contrast.name, kind=contrast.kind, weights=contrast.weights, stat=stat, p=p,
-                  p_fwe=fwe_pvalues(magnitude, merged.null_max), p_fdr=fdr_bh(p),
-                  null_max=merged.null_max)
-    if tail_approximation:
-        fields["p_fwe_tail"] = tail_fwe_pvalues(magnitude, merged.null_max)
-    if job.tfce:
-        tfce_mag = np.abs(observed.tfce) if job.tests_both_signs else observed.tfce
-        tfce_p = pvalues_from_counts(merged.tfce_counts, n_perm)
-        fields.update(tfce=observed.tfce.astype(np.float64), tfce_p=tfce_p,
-                      tfce_p_fwe=fwe_pvalues(tfce_mag, merged.null_max_tfce), tfce_p_fdr=fdr_bh(tfce_p),
-                      null_max_tfce=merged.null_max_tfce, tfce_dh=job.dh if job.fsl else None)
-        if tail_approximation:
-            fields["tfce_p_fwe_tail"] = tail_fwe_pvalues(tfce_mag, merged.null_max_tfce)
-    if job.cluster_threshold is not None:
-        labels, extent, mass = cluster_labels(observed.stat, job.cluster_threshold, job.graph,
-                                              two_sided=job.tests_both_signs)
-        p_extent = np.ones(extent.size)
-        p_mass = np.ones(mass.size)
-        p_extent[1:] = fwe_pvalues(extent[1:], merged.null_max_extent)
-        p_mass[1:] = fwe_pvalues(mass[1:], merged.null_max_mass)
-        fields.update(cluster_threshold=float(job.cluster_threshold), cluster_labels=labels,
-                      cluster_extent_p_fwe=p_extent[labels], cluster_mass_p_fwe=p_mass[labels],
-                      null_max_extent=merged.null_max_extent, null_max_mass=merged.null_max_mass)
-    return ContrastResult(**fields)
 
 
 def _load_masked(imgs, mask_img):

@@ -36,12 +36,17 @@ def test_array_design_and_1d_column():
     assert one.matrix.shape == (4, 1)
 
 
-def test_demean_keeps_intercept(frame):
+def test_demean_like_randomise(frame):
     design = make_design(frame, demean=True)
-    np.testing.assert_array_equal(design.matrix[:, 0], 1.0)
-    np.testing.assert_allclose(design.matrix[:, 1:].mean(axis=0), 0.0, atol=1e-12)
+    # randomise -D demeans every EV: the intercept becomes 0 (an implicit intercept is fitted)
+    np.testing.assert_array_equal(design.matrix[:, 0], 0.0)
+    np.testing.assert_allclose(design.matrix.mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(design.matrix[:, 2], frame["age"] - frame["age"].mean())
     assert design.demeaned
+    assert design.rank == frame.shape[1] - 1 and design.df == len(frame) - design.rank - 1
+    model, weights = design.model(np.array([[0.0, 0, 1, 0]]))
+    np.testing.assert_array_equal(model[:, -1], 1.0)
+    np.testing.assert_array_equal(weights, [[0, 0, 1, 0, 0]])
     # the input is not modified
     assert frame["age"].mean() != pytest.approx(0.0)
 
@@ -121,7 +126,9 @@ def test_contrast_forms(frame):
     (None, {"f": np.eye(5)}, r"F contrast 'f': has 5 weights but the design has 4 regressors"),
     (None, None, r"contrasts: expected at least one t or F contrast, got none"),
     ({"a": [0, 1, 0, 0]}, {"a": np.eye(4)[1:3]}, r"contrasts: duplicate names \['a', 'a'\]"),
-    ("abc", None, r"contrasts: expected numeric weights, got 'abc'"),
+    ("abc", None, r"contrasts: no such file 'abc' \(a string names a file: FSL design.con or CSV/TSV\)"),
+    (None, "x.fts", r"f_contrasts: no such file 'x.fts' \(a string names a file: FSL design.fts"),
+    ([[0, 1]], None, r"contrasts: expected numeric weights, got|contrast 'tstat1': has 2 weights"),
 ])
 def test_bad_contrasts(frame, contrasts, f_contrasts, match):
     design = make_design(frame)

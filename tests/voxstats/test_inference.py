@@ -92,12 +92,14 @@ def _cluster_problem(smooth_noise):
     return y, x, shape
 
 
-@pytest.mark.parametrize("two_sided", [True, False])
-def test_cluster_null_maxima_match_labelling(smooth_noise, two_sided):
+@pytest.mark.parametrize("two_sided,connectivity", [(True, None), (False, None), (True, 6)])
+def test_cluster_null_maxima_match_labelling(smooth_noise, two_sided, connectivity):
     y, x, shape = _cluster_problem(smooth_noise)
     mask = np.ones(shape, bool)
     res = permuted_glm(y, x, [0, 1, 0], mask=mask, n_perm=40, cluster_threshold=1.5,
-                       two_sided=two_sided, rng=3)
+                       two_sided=two_sided, rng=3, cluster_connectivity=connectivity)
+    connectivity = 26 if connectivity is None else connectivity  # randomise's default
+    assert res.settings["cluster_connectivity"] == connectivity
     c = res[0]
     # the engine's own permuted maps (same schedule), labelled by scipy.ndimage
     design = make_design(x)
@@ -105,11 +107,11 @@ def test_cluster_null_maxima_match_labelling(smooth_noise, two_sided):
     schedule = make_schedule(y.shape[0], 40, rng=3)
     maps = engine.statistics(make_job(y, design, con, None), schedule, 0, 40)
     for i in range(40):
-        extent, mass = cluster_sizes_reference(maps[i].reshape(shape), 1.5, 6, two_sided=two_sided)
+        extent, mass = cluster_sizes_reference(maps[i].reshape(shape), 1.5, connectivity, two_sided=two_sided)
         assert c.null_max_extent[i] == extent
         assert c.null_max_mass[i] == pytest.approx(mass, rel=1e-5)
     # observed clusters: p = share of null maxima >= the cluster's extent / mass
-    labels, extent, mass = cluster_labels(maps[0], 1.5, grid_graph(mask, 6), two_sided=two_sided)
+    labels, extent, mass = cluster_labels(maps[0], 1.5, grid_graph(mask, connectivity), two_sided=two_sided)
     assert extent.size > 1
     for lab in range(1, extent.size):
         inside = labels == lab
@@ -179,3 +181,82 @@ def test_tail_approximation_against_scipy_gpd():
     x = np.array([threshold + 1.0, threshold + 3.0])
     want = exceed.size / null_max.size * stats.genpareto.sf(x - threshold, shape, scale=scale)
     np.testing.assert_allclose(tail_fwe_pvalues(x, null_max), want, rtol=1e-10)
+
+
+# --- cluster connectivity: 26 by default, as FSL randomise (CLUST_CON 26) -------------------
+
+
+def test_voxels_touching_at_an_edge_are_one_cluster():
+    """Two supra-threshold voxels sharing an edge: one cluster at 26 (and 18), two at 6."""
+    shape = (4, 4, 3)
+    n = 8
+    group = np.repeat([1.0, 0.0], 4)
+    rng = np.random.default_rng(5)
+    y = rng.normal(scale=0.2, size=(n,) + shape)
+    for ijk in ((1, 1, 1), (2, 2, 1)):  # differ in two coordinates: an edge, no face
+        y[(slice(None),) + ijk] += 3.0 * group
+    y = y.reshape(n, -1)
+    x = np.column_stack([np.ones(n), group])
+    mask = np.ones(shape, bool)
+    for connectivity, n_clusters in ((None, 1), (18, 1), (6, 2)):
+        c = permuted_glm(y, x, [0, 1], mask=mask, n_perm=50, cluster_threshold=5.0, rng=0,
+                         two_sided=False, cluster_connectivity=connectivity)[0]
+        assert (c.stat > 5.0).sum() == 2  # exactly the two planted voxels
+        assert c.cluster_labels.max() == n_clusters
+        np.testing.assert_array_equal(c.cluster_extent[c.stat > 5.0], [2.0, 2.0] if n_clusters == 1 else [1.0, 1.0])
+        ref, n_ref = ndimage.label((c.stat > 5.0).reshape(shape),
+                                   structure=ndimage.generate_binary_structure(3, {None: 3, 18: 2, 6: 1}[connectivity]))
+        assert n_ref == n_clusters
+
+
+def _two_sample_t(y, a):
+    """Welch-free pooled two-sample t of the columns of y, group ``a`` (bool) minus the rest."""
+    y1, y0 = y[a], y[~a]
+    n1, n0 = len(y1), len(y0)
+    pooled = (((y1 - y1.mean(0)) ** 2).sum(0) + ((y0 - y0.mean(0)) ** 2).sum(0)) / (n1 + n0 - 2)
+    return (y1.mean(0) - y0.mean(0)) / np.sqrt(pooled * (1 / n1 + 1 / n0))
+
+
+def test_cluster_fwe_on_a_4_plus_4_design_equals_brute_force(smooth_noise):
+    """Exhaustive cluster extent and mass FWE p against all 70 relabellings, 26-connected."""
+    import itertools
+
+    rng = np.random.default_rng(8)
+    shape = (5, 4, 3)
+    n = 8
+    group = np.repeat([True, False], 4)
+    y = smooth_noise(rng, shape, n, sigma=0.8) * 2
+    y[:, :24] += 1.5 * group[:, np.newaxis]
+    x = np.column_stack([group, ~group]).astype(float)
+    threshold = 1.2
+    res = permuted_glm(y, x, [1, -1], mask=np.ones(shape, bool), n_perm=40320, two_sided=False,
+                       cluster_threshold=threshold, rng=0)
+    c = res[0]
+    assert res.exhaustive
+    structure = np.ones((3, 3, 3), bool)  # 26-connected
+
+    def clusters(t):
+        lab, k = ndimage.label(t.reshape(shape) >= threshold, structure=structure)
+        extent = ndimage.sum_labels(np.ones(shape), lab, range(1, k + 1))
+        mass = ndimage.sum_labels(t.reshape(shape), lab, range(1, k + 1))
+        return lab.ravel(), np.asarray(extent), np.asarray(mass)
+
+    max_extent, max_mass = [], []
+    for members in itertools.combinations(range(n), 4):
+        a = np.zeros(n, bool)
+        a[list(members)] = True
+        _, extent, mass = clusters(_two_sample_t(y, a))
+        max_extent.append(extent.max(initial=0))
+        max_mass.append(mass.max(initial=0))
+    max_extent, max_mass = np.array(max_extent), np.array(max_mass)
+    assert max_extent.size == 70
+    labels, extent, mass = clusters(_two_sample_t(y, group))
+    assert extent.size >= 1
+    for k in range(extent.size):
+        inside = labels == k + 1
+        np.testing.assert_allclose(c.cluster_extent_p_fwe[inside], np.mean(max_extent >= extent[k]), rtol=1e-12)
+        np.testing.assert_allclose(c.cluster_mass_p_fwe[inside],
+                                   np.mean(max_mass >= mass[k] * (1 - 1e-6)), rtol=1e-12)
+    np.testing.assert_array_equal(c.cluster_extent_p_fwe[labels == 0], 1.0)
+    # the null maxima are the brute force's, each relabelling counted alike
+    np.testing.assert_allclose(np.sort(np.unique(c.null_max_extent)), np.unique(max_extent))

@@ -1,0 +1,115 @@
+"""numba kernels of the permutation engine: statistics from projections, exceedances.
+
+The plain NumPy twins used by the tests are in ``voxstats/_reference.py``
+(``stats_from_projection_reference``, ``exceedances_reference``).
+
+Every value a kernel writes for a voxel depends only on that voxel's inputs,
+computed in a fixed order, so that two rearrangements whose projections are
+equal give bit-identical statistics wherever they sit in a batch. No kernel
+here reassociates sums (``JIT_STRICT``).
+"""
+
+import numpy as np
+
+from ._numba import JIT_STRICT, njit, prange
+
+VOXEL_BLOCK = 4096  # voxels per parallel task of :func:`exceedances`
+
+
+@njit(nogil=True, **JIT_STRICT)
+def stats_from_projection(proj, sum_sq, df, p, q, f_test, out):
+    """t or F statistics of a group of rearrangements from their projections.
+
+    ``proj`` is (n_maps * p, n_voxels) (float64): for map b, rows b*p .. b*p+p-1
+    hold the data's coordinates g on the basis [tested (q vectors), nuisance];
+    ``sum_sq`` is each voxel's sum of squares, so RSS = sum_sq - |g|^2. Then
+    t = g0 / sqrt(RSS / df) (q = 1) or F = (|g[:q]|^2 / q) / (RSS / df), and 0
+    where RSS is not positive (or the voxel's sum of squares is 0). Computed
+    in float64, written as float32 into ``out`` (n_maps, n_voxels). Releases
+    the GIL: callers run blocks of voxels on several threads.
+    """
+    n_maps, n_vox = out.shape
+    fitted = np.empty(n_vox)
+    effect = np.empty(n_vox)
+    for b in range(n_maps):
+        fitted[:] = 0.0
+        effect[:] = 0.0
+        for k in range(p):
+            row = proj[b * p + k]
+            for v in range(n_vox):
+                g = np.float64(row[v])
+                fitted[v] += g * g
+            if k < q:
+                for v in range(n_vox):
+                    effect[v] = fitted[v]
+        first = proj[b * p]
+        for v in range(n_vox):
+            ss = sum_sq[v]
+            rss = ss - fitted[v]
+            if not (rss > 1e-12 * ss and ss > 0):
+                out[b, v] = 0.0
+            elif f_test:
+                out[b, v] = (effect[v] / q) / (rss / df)
+            else:
+                out[b, v] = np.float64(first[v]) / np.sqrt(rss / df)
+
+
+@njit(nogil=True, **JIT_STRICT)
+def t_components(proj, sum_sq, df, p, effect_out, var_out):
+    """The effect g0 and the residual variance RSS / df of a group of t maps.
+
+    Same layout as :func:`stats_from_projection`; ``t = g0 / sqrt(var)``. Used
+    by variance smoothing, which smooths ``var`` before the ratio. Voxels whose
+    RSS is not positive get effect 0 and variance 0.
+    """
+    n_maps, n_vox = effect_out.shape
+    fitted = np.empty(n_vox)
+    for b in range(n_maps):
+        fitted[:] = 0.0
+        for k in range(p):
+            row = proj[b * p + k]
+            for v in range(n_vox):
+                g = np.float64(row[v])
+                fitted[v] += g * g
+        first = proj[b * p]
+        for v in range(n_vox):
+            ss = sum_sq[v]
+            rss = ss - fitted[v]
+            if not (rss > 1e-12 * ss and ss > 0):
+                effect_out[b, v] = 0.0
+                var_out[b, v] = 0.0
+            else:
+                effect_out[b, v] = first[v]
+                var_out[b, v] = rss / df
+
+
+@njit(parallel=True, **JIT_STRICT)
+def exceedances(values, observed, absolute, active, counts, maxima):
+    """Add #{rows with values >= observed} per voxel to ``counts``; row maxima.
+
+    With ``absolute`` both sides are compared in absolute value. Only voxels
+    with ``active[v]`` take part in the maxima (-inf when none does); counts
+    are added for every voxel.
+    """
+    n_maps, n_vox = values.shape
+    n_blocks = (n_vox + VOXEL_BLOCK - 1) // VOXEL_BLOCK
+    for block in prange(n_blocks):
+        lo = block * VOXEL_BLOCK
+        hi = min(lo + VOXEL_BLOCK, n_vox)
+        for v in range(lo, hi):
+            ref = abs(observed[v]) if absolute else observed[v]
+            c = 0
+            for b in range(n_maps):
+                x = abs(values[b, v]) if absolute else values[b, v]
+                if x >= ref:
+                    c += 1
+            counts[v] += c
+    for b in prange(n_maps):
+        best = -np.inf
+        for v in range(n_vox):
+            if not active[v]:
+                continue
+            x = abs(values[b, v]) if absolute else values[b, v]
+            if x > best:
+                best = x
+        maxima[b] = best
