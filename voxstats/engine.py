@@ -85,6 +85,9 @@ class ContrastJob:
     active : (n_voxels,) ndarray of bool or None
         Voxels that take part in the maxima (None: all). Inactive voxels
         (constant across subjects) have statistic 0 in every rearrangement.
+    smoother : voxstats.variance_smoothing.VarianceSmoother or None
+        t contrasts: the statistic is the pseudo-t with smoothed variance
+        (randomise ``-v``).
     """
 
     name: str
@@ -106,6 +109,7 @@ class ContrastJob:
     cluster_graph: object = None
     mass_threshold: float | None = None
     active: np.ndarray | None = None
+    smoother: object = None
 
     @property
     def n_voxels(self):
@@ -214,12 +218,20 @@ def _group_statistics(job, perms, signs, pool, out, width):
     a = np.ascontiguousarray(np.vstack([_rearranged_rows(job, perms[b], signs[b])[:width]
                                         for b in range(perms.shape[0])]))
     f_test = job.kind == "F"
+    smoothing = job.smoother is not None and not f_test
+    if smoothing:
+        effect = np.empty(out.shape)
+        variance = np.empty(out.shape)
 
     def block(start):
         stop = min(start + VOXEL_BLOCK, job.n_voxels)
         proj = a @ job.data[:, start:stop].astype(np.float64)
-        _engine_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), width, job.q,
-                                            f_test, out[:, start:stop])
+        if smoothing:
+            _engine_numba.t_components(proj, job.sum_sq[start:stop], float(job.df), width,
+                                       effect[:, start:stop], variance[:, start:stop])
+        else:
+            _engine_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), width,
+                                                job.q, f_test, out[:, start:stop])
 
     starts = range(0, job.n_voxels, VOXEL_BLOCK)
     if pool is None:
@@ -227,6 +239,8 @@ def _group_statistics(job, perms, signs, pool, out, width):
             block(s)
     else:
         list(pool.map(block, starts))
+    if smoothing:
+        out[:] = job.smoother.pseudo_t(effect, variance)
 
 
 def _padded_group(schedule, lo, hi, n):

@@ -12,7 +12,7 @@ from scipy import linalg, special
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EffectBasis", "contrast_statistic", "effect_basis", "f_to_z"]
+__all__ = ["EffectBasis", "contrast_statistic", "effect_basis", "f_to_z", "glm_estimates"]
 
 _CHUNK = 4096  # voxels per chunk: bounds the float64 temporaries
 
@@ -178,3 +178,50 @@ def f_to_z(f, df1, df2):
     z = -special.ndtri_exp(logp)
     z[f <= 0] = 0.0
     return z
+
+
+def glm_estimates(data, design, t_contrasts):
+    """Parameter estimates, COPEs, VARCOPEs and residual variance, as randomise ``--glm_output``.
+
+    Parameters
+    ----------
+    data : (n_subjects, n_voxels) array-like
+    design : voxstats.design.Design
+    t_contrasts : sequence of voxstats.design.Contrast
+        The t contrasts (one row each).
+
+    Returns
+    -------
+    pe : (n_regressors, n_voxels) ndarray of float32
+        ``pinv(X) @ Y`` (with ``-D``, X and Y demeaned; a constant EV gets 0).
+    cope : (n_t, n_voxels) ndarray of float32
+        ``c @ pe``.
+    varcope : (n_t, n_voxels) ndarray of float32
+        ``c pinv(X) pinv(X)' c' * sigmasqr``.
+    sigmasqr : (n_voxels,) ndarray of float32
+        RSS / (n - rank X). randomise divides by ``n - rank X`` here even with
+        ``-D`` (its permutation statistics use one less); so does this.
+    """
+    m = design.matrix
+    pinv_m = linalg.pinv(m)
+    dof = design.n_subjects - design.rank
+    c = np.vstack([con.weights for con in t_contrasts]) if len(t_contrasts) else np.zeros((0, m.shape[1]))
+    scale = np.einsum("ij,ij->i", c @ pinv_m, c @ pinv_m)
+    n_vox = data.shape[1]
+    pe = np.empty((m.shape[1], n_vox), dtype=np.float32)
+    cope = np.empty((c.shape[0], n_vox), dtype=np.float32)
+    varcope = np.empty((c.shape[0], n_vox), dtype=np.float32)
+    sigmasqr = np.empty(n_vox, dtype=np.float32)
+    for start in range(0, n_vox, _CHUNK):
+        y = np.asarray(data[:, start:start + _CHUNK], dtype=np.float64)
+        if design.demeaned:
+            y = y - y.mean(axis=0)
+        beta = pinv_m @ y
+        resid = y - m @ beta
+        s2 = np.einsum("ij,ij->j", resid, resid) / dof
+        stop = start + y.shape[1]
+        pe[:, start:stop] = beta
+        cope[:, start:stop] = c @ beta
+        varcope[:, start:stop] = scale[:, np.newaxis] * s2
+        sigmasqr[start:stop] = s2
+    return pe, cope, varcope, sigmasqr

@@ -119,8 +119,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  tfce_H=2.0, tfce_mode="exact", tfce_dh=None, cluster_threshold=None,
                  cluster_threshold_f=None, cluster_mass_threshold=None, cluster_mass_threshold_f=None,
                  two_sided=True, demean=False, sign_flip=False, permute=None,
-                 exchangeability_blocks=None, whole_blocks=False, tail_approximation=False, rng=None,
-                 n_jobs=1, chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
+                 exchangeability_blocks=None, whole_blocks=False, tail_approximation=False,
+                 variance_smoothing=None, voxel_size=None, glm_output=False, rng=None, n_jobs=1,
+                 chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
                  scheduler=None, copy=True, verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
 
@@ -187,6 +188,17 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     tail_approximation : bool
         Also give FWE p-values from a generalised Pareto fit to the null's tail
         (``p_fwe_tail``, ``tfce_p_fwe_tail``), marked as approximations.
+    variance_smoothing : float, optional
+        randomise ``-v``: for t contrasts, the pseudo-t whose variance is
+        smoothed by a Gaussian of this sigma (mm) inside the mask, for every
+        rearrangement (see :mod:`voxstats.variance_smoothing`). ``stat`` is then
+        the pseudo-t. Needs a 3D ``mask``.
+    voxel_size : sequence of 3 floats, optional
+        Voxel dimensions of ``mask`` in mm, for ``variance_smoothing``
+        (default 1 mm; :func:`randomise` takes them from the images).
+    glm_output : bool
+        Also return the unpermuted GLM's estimates (``result.glm``: PE, COPE,
+        VARCOPE and residual variance, as randomise ``--glm_output``).
     rng : int, numpy.random.Generator or None
         Seed of the whole schedule (drawn before any work is split).
     n_jobs : int
@@ -249,6 +261,14 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                         ("cluster_mass_threshold_f", cluster_mass_threshold_f)):
         _check_threshold(name, value)
     clusters = any(v is not None for pair in thresholds.values() for v in pair)
+    smoother = None
+    if variance_smoothing is not None:
+        from .variance_smoothing import VarianceSmoother
+
+        if mask is None:
+            raise ValueError("variance_smoothing needs the voxels' grid: give 'mask' (3D boolean)")
+        smoother = VarianceSmoother(mask, variance_smoothing, (1.0, 1.0, 1.0) if voxel_size is None
+                                    else voxel_size)
     graph = _spatial_graph(data.shape[1], mask, adjacency, connectivity, tfce or clusters)
     cluster_graph = (_cluster_graph(data.shape[1], mask, adjacency, cluster_connectivity, graph)
                      if clusters else None)
@@ -269,13 +289,21 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     cluster_mass_threshold=cluster_mass_threshold,
                     cluster_mass_threshold_f=cluster_mass_threshold_f, two_sided=two_sided,
                     demean=demean, sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
-                    tail_approximation=tail_approximation, n_jobs=n_jobs)
+                    tail_approximation=tail_approximation, variance_smoothing=variance_smoothing,
+                    voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
+                    n_jobs=n_jobs)
     store = open_checkpoint(checkpoint_dir, resume=resume, data=data, design=design,
                             contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
                             chunk_size=chunk_size, rng=rng)
     chunk_size = chunk_size if store is None else store.chunk_size
     overwritable = (not copy and data.dtype == np.float32 and data.flags.c_contiguous
                     and data.flags.writeable)
+    glm = None
+    if glm_output:
+        from .glm import glm_estimates
+        from .results import GLMOutput
+
+        glm = GLMOutput(*glm_estimates(data, design, [c for c in contrast_list if c.kind == "t"]))
     constant = _constant_voxels(data)
     if constant.any():
         logger.info("%d voxels are constant across subjects: statistic 0, p = 1, left out of every "
@@ -297,7 +325,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             tfce_dh, two_sided, tail_approximation, chunk_size, threads, pool, bar,
                             runner=runner, store=store, flag=flag, in_place=in_place,
                             cluster_graph=cluster_graph, threshold=extent_thr,
-                            mass_threshold=mass_thr, constant=constant))
+                            mass_threshold=mass_thr, constant=constant, smoother=smoother))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -305,12 +333,12 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     return RandomiseResult(contrasts=tuple(results), n_perm=schedule.n_perm,
                            exhaustive=schedule.exhaustive, n_possible=schedule.n_possible,
                            scheme=_scheme_name(permute, sign_flip, has_nuisance), df=design.df,
-                           design_names=design.names, settings=settings, schedule=schedule)
+                           design_names=design.names, settings=settings, schedule=schedule, glm=glm)
 
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
              mode="exact", dh=None, two_sided=True, in_place=False, cluster_graph=None,
-             mass_threshold=None, constant=None):
+             mass_threshold=None, constant=None, smoother=None):
     """The engine's view of one contrast: residualised float32 data and its basis.
 
     With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
@@ -336,23 +364,27 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
                               two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
                               fsl=mode == "fsl", dh=dh, cluster_threshold=threshold, reduced=reduced,
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
-                              active=None if active.all() else active)
+                              active=None if active.all() else active,
+                              smoother=smoother if contrast.kind == "t" else None)
 
 
 def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
                   tail_approximation, chunk_size, threads, pool, bar, *, runner=None, store=None,
                   flag=None, in_place=False, cluster_graph=None, threshold=None, mass_threshold=None,
-                  constant=None):
+                  constant=None, smoother=None):
     stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
     if threshold is None and mass_threshold is not None:  # mass only: the extent comes for free
         threshold, mass_threshold = mass_threshold, None
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
                    mode=mode, dh=dh, two_sided=two_sided, in_place=in_place,
-                   cluster_graph=cluster_graph, mass_threshold=mass_threshold, constant=constant)
+                   cluster_graph=cluster_graph, mass_threshold=mass_threshold, constant=constant,
+                   smoother=smoother)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
     observed = engine.observed_maps(job, schedule, threads, pool)
+    if job.smoother is not None:  # the pseudo-t is the statistic
+        stat = observed.stat.astype(np.float64)
     runner = runner if runner is not None else LocalExecutor(threads, pool)
     merged = run_chunks(runner, job, schedule, observed,
                         engine.chunk_bounds(schedule.n_perm, chunk_size),
@@ -430,6 +462,8 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
     data, mask, mask_img = _load_masked(imgs, mask_img)
+    if options.get("variance_smoothing") is not None and options.get("voxel_size") is None:
+        options["voxel_size"] = tuple(float(z) for z in mask_img.header.get_zooms()[:3])
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
     result = permuted_glm(data, design, contrasts, mask=mask, copy=False, **options)
     from dataclasses import replace

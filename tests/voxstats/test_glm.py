@@ -10,7 +10,7 @@ from scipy.linalg import null_space
 from voxstats import engine, permuted_glm
 from voxstats._reference import permuted_t_reference
 from voxstats.design import make_contrasts, make_design
-from voxstats.glm import contrast_statistic, effect_basis, f_to_z
+from voxstats.glm import contrast_statistic, effect_basis, f_to_z, glm_estimates
 from voxstats.permutation import make_schedule
 from voxstats.randomise import make_job
 
@@ -287,3 +287,26 @@ def test_demean_zeroes_the_intercept_and_names_D_when_rank_deficient():
         make_design(cells, demean=True)
     with pytest.raises(ValueError, match=r"every column .* is constant, so demeaning"):
         make_design(np.ones((n, 1)), demean=True)
+
+
+@pytest.mark.parametrize("demean", [False, True])
+def test_glm_estimates_match_statsmodels(demean):
+    """randomise --glm_output: PE, COPE, VARCOPE, sigma^2 (RSS / (n - rank X), also under -D)."""
+    x, y, c, _ = _problem(21, n=14)
+    if demean:
+        x = x[:, 1:]  # -D: no intercept column; data and EVs demeaned
+    design = make_design(x, demean=demean)
+    cons = make_contrasts(np.vstack([c[-x.shape[1]:], np.eye(x.shape[1])[0]]), design)
+    pe, cope, varcope, s2 = glm_estimates(y, design, cons)
+    xm = x - x.mean(0) if demean else x
+    for v in range(y.shape[1]):
+        fit = sm.OLS(y[:, v] - y[:, v].mean() if demean else y[:, v], xm).fit()
+        np.testing.assert_allclose(pe[:, v], fit.params, rtol=1e-5)
+        assert s2[v] == pytest.approx(fit.mse_resid, rel=1e-5)
+        for k, con in enumerate(cons):
+            test = fit.t_test(con.weights)
+            assert cope[k, v] == pytest.approx(float(test.effect.squeeze()), rel=1e-5, abs=1e-6)
+            assert varcope[k, v] == pytest.approx(float(test.sd.squeeze()) ** 2, rel=1e-5)
+    res = permuted_glm(y, x, cons[0].weights, demean=demean, glm_output=True, n_perm=10, rng=0)
+    np.testing.assert_array_equal(res.glm.pe, pe)
+    assert res.glm.cope.shape == (1, y.shape[1])
