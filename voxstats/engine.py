@@ -88,6 +88,8 @@ class ContrastJob:
     smoother : voxstats.variance_smoothing.VarianceSmoother or None
         t contrasts: the statistic is the pseudo-t with smoothed variance
         (randomise ``-v``).
+    voxelwise : voxstats.voxelwise.VoxelwiseBasis or None
+        Per-voxel bases (randomise ``--vxl``); ``basis`` is then unused.
     """
 
     name: str
@@ -110,6 +112,7 @@ class ContrastJob:
     mass_threshold: float | None = None
     active: np.ndarray | None = None
     smoother: object = None
+    voxelwise: object = None
 
     @property
     def n_voxels(self):
@@ -264,10 +267,16 @@ def statistics(job, schedule, start, stop, pool=None):
         perms, signs = _padded_group(schedule, lo, hi, n)
         # a rearrangement's numbers depend on its own row only; the constant's
         # column is computed only when some row of the group flips signs
-        width = job.basis.shape[1]
-        if job.reduced and not np.any(signs < 0):
-            width -= 1
-        _group_statistics(job, perms, signs, pool, group_stats, width)
+        if job.voxelwise is not None:
+            from .voxelwise import group_statistics
+
+            group_statistics(job.voxelwise, job.data, job.sum_sq, job.df, job.kind, perms, signs,
+                             group_stats)
+        else:
+            width = job.basis.shape[1]
+            if job.reduced and not np.any(signs < 0):
+                width -= 1
+            _group_statistics(job, perms, signs, pool, group_stats, width)
         first, last = max(lo, start), min(hi, stop)
         out[first - start:last - start] = group_stats[first - lo:last - lo]
     return out

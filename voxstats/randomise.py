@@ -103,6 +103,38 @@ def _check_threshold(name, value):
         raise ValueError(f"Invalid value for the '{name}' parameter: expected a number > 0, got {value!r}")
 
 
+def _probe_design(design, evs, demean):
+    """The design with its voxel-wise columns replaced by generic values, for the checks.
+
+    With ``--vxl`` the design file holds placeholders in those columns (often a
+    copy of another column); the design is validated, and contrasts checked for
+    estimability, as a voxel's design would be.
+    """
+    import pandas as pd
+
+    base = make_design(design, allow_rank_deficient=True)
+    matrix = np.array(base.matrix)
+    rng = np.random.default_rng(0)
+    for key in evs:
+        column = base.names.index(key) if isinstance(key, str) and key in base.names else key
+        if not isinstance(column, (int, np.integer)) or not 0 <= column < base.n_regressors:
+            raise ValueError(f"voxelwise_evs: unknown regressor {key!r}; design has {list(base.names)} "
+                             "(give a name or a 0-based column index)")
+        matrix[:, column] = rng.standard_normal(base.n_subjects)
+    return make_design(pd.DataFrame(matrix, columns=list(base.names)), demean=demean)
+
+
+def _digest_arrays(arrays):
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(arrays, key=str):
+        values = np.ascontiguousarray(arrays[key], dtype=np.float64)
+        h.update(f"{key}{values.shape}".encode())
+        h.update(values.view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
+
+
 def _read_blocks(blocks):
     if isinstance(blocks, (str, os.PathLike)):
         from .design_files import read_blocks
@@ -120,7 +152,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  cluster_threshold_f=None, cluster_mass_threshold=None, cluster_mass_threshold_f=None,
                  two_sided=True, demean=False, sign_flip=False, permute=None,
                  exchangeability_blocks=None, whole_blocks=False, tail_approximation=False,
-                 variance_smoothing=None, voxel_size=None, glm_output=False, rng=None, n_jobs=1,
+                 variance_smoothing=None, voxel_size=None, voxelwise_evs=None, glm_output=False,
+                 rng=None, n_jobs=1,
                  chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
                  scheduler=None, copy=True, verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
@@ -196,6 +229,11 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     voxel_size : sequence of 3 floats, optional
         Voxel dimensions of ``mask`` in mm, for ``variance_smoothing``
         (default 1 mm; :func:`randomise` takes them from the images).
+    voxelwise_evs : dict, optional
+        randomise ``--vxl``/``--vxf``: ``{regressor: (n_subjects, n_voxels) array}``
+        replacing that design column (0-based index or name) voxel by voxel
+        (see :mod:`voxstats.voxelwise`; a slower path). ``stat`` is then the
+        engine's statistic (float32 precision).
     glm_output : bool
         Also return the unpermuted GLM's estimates (``result.glm``: PE, COPE,
         VARCOPE and residual variance, as randomise ``--glm_output``).
@@ -245,7 +283,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     statistic 0, p = 1, TFCE 0 and take no part in any maximum. Memory does
     not grow with ``n_perm``: chunks are merged as they arrive.
     """
-    design = make_design(design, demean=demean)
+    if voxelwise_evs is not None:
+        design = _probe_design(design, voxelwise_evs, demean)
+    else:
+        design = make_design(design, demean=demean)
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[0] != design.n_subjects:
         raise ValueError(f"data: expected shape (n_subjects={design.n_subjects}, n_voxels), got {data.shape}")
@@ -291,6 +332,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     demean=demean, sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
                     tail_approximation=tail_approximation, variance_smoothing=variance_smoothing,
                     voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
+                    voxelwise_evs=None if voxelwise_evs is None else {
+                        "columns": sorted(str(k) for k in voxelwise_evs),
+                        "digest": _digest_arrays(voxelwise_evs)},
                     n_jobs=n_jobs)
     store = open_checkpoint(checkpoint_dir, resume=resume, data=data, design=design,
                             contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
@@ -298,6 +342,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     chunk_size = chunk_size if store is None else store.chunk_size
     overwritable = (not copy and data.dtype == np.float32 and data.flags.c_contiguous
                     and data.flags.writeable)
+    if voxelwise_evs is not None and (variance_smoothing is not None or glm_output):
+        raise ValueError("voxelwise_evs cannot be combined with variance_smoothing or glm_output yet")
     glm = None
     if glm_output:
         from .glm import glm_estimates
@@ -325,7 +371,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             tfce_dh, two_sided, tail_approximation, chunk_size, threads, pool, bar,
                             runner=runner, store=store, flag=flag, in_place=in_place,
                             cluster_graph=cluster_graph, threshold=extent_thr,
-                            mass_threshold=mass_thr, constant=constant, smoother=smoother))
+                            mass_threshold=mass_thr, constant=constant, smoother=smoother,
+                            voxelwise_evs=voxelwise_evs))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -338,7 +385,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
              mode="exact", dh=None, two_sided=True, in_place=False, cluster_graph=None,
-             mass_threshold=None, constant=None, smoother=None):
+             mass_threshold=None, constant=None, smoother=None, voxelwise_evs=None):
     """The engine's view of one contrast: residualised float32 data and its basis.
 
     With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
@@ -352,7 +399,14 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
         raise ValueError("in_place residualisation needs a writeable C-contiguous float32 matrix")
     constant = _constant_voxels(np.asarray(data)) if constant is None else constant
     out = data if in_place else np.empty(data.shape, dtype=np.float32)
-    residual = basis.residualize(data, out=out)
+    vbasis = None
+    if voxelwise_evs is not None:
+        from . import voxelwise
+
+        vbasis = voxelwise.voxelwise_basis(design, contrast, voxelwise_evs, data.shape[1])
+        residual = voxelwise.residualize(data, vbasis, out=out)
+    else:
+        residual = basis.residualize(data, out=out)
     if constant.any():
         residual[:, constant] = 0.0
     sum_sq = np.einsum("ij,ij->j", residual, residual, dtype=np.float64)
@@ -360,30 +414,30 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
     ordered, reduced = engine.order_basis(basis.tested, basis.nuisance)
     return engine.ContrastJob(name=contrast.name, kind=contrast.kind,
                               basis=engine.canonical_basis(ordered, design.matrix), q=basis.q,
-                              df=basis.df, data=residual, sum_sq=sum_sq, graph=graph,
+                              df=basis.df if vbasis is None else vbasis.df, data=residual, sum_sq=sum_sq, graph=graph,
                               two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
                               fsl=mode == "fsl", dh=dh, cluster_threshold=threshold, reduced=reduced,
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
                               active=None if active.all() else active,
-                              smoother=smoother if contrast.kind == "t" else None)
+                              smoother=smoother if contrast.kind == "t" else None, voxelwise=vbasis)
 
 
 def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
                   tail_approximation, chunk_size, threads, pool, bar, *, runner=None, store=None,
                   flag=None, in_place=False, cluster_graph=None, threshold=None, mass_threshold=None,
-                  constant=None, smoother=None):
+                  constant=None, smoother=None, voxelwise_evs=None):
     stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
     if threshold is None and mass_threshold is not None:  # mass only: the extent comes for free
         threshold, mass_threshold = mass_threshold, None
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
                    mode=mode, dh=dh, two_sided=two_sided, in_place=in_place,
                    cluster_graph=cluster_graph, mass_threshold=mass_threshold, constant=constant,
-                   smoother=smoother)
+                   smoother=smoother, voxelwise_evs=voxelwise_evs)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
     observed = engine.observed_maps(job, schedule, threads, pool)
-    if job.smoother is not None:  # the pseudo-t is the statistic
+    if job.smoother is not None or job.voxelwise is not None:  # pseudo-t, or a design per voxel
         stat = observed.stat.astype(np.float64)
     runner = runner if runner is not None else LocalExecutor(threads, pool)
     merged = run_chunks(runner, job, schedule, observed,
@@ -433,6 +487,15 @@ def _load_masked(imgs, mask_img):
     return data, mask, mask_img
 
 
+def _voxelwise_values(value, mask, mask_img, key):
+    """A voxel-wise regressor as (n_subjects, n_voxels): a 4D image (or its file name) is masked."""
+    if isinstance(value, (str, os.PathLike)) or hasattr(value, "affine"):
+        img = check_img(value, name=f"voxelwise_evs[{key!r}]", ndim=4)
+        check_same_space(mask_img, img, "the analysis mask", f"voxelwise_evs[{key!r}]")
+        return np.asarray(img.dataobj, dtype=np.float64)[mask].T
+    return value
+
+
 def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
     """Permutation inference on images, like FSL randomise.
 
@@ -450,7 +513,8 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
     **options
         Every keyword option of :func:`permuted_glm` (``f_contrasts``,
         ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
-        ``n_jobs``, ...).
+        ``n_jobs``, ...). ``voxelwise_evs`` values may be 4D images (one volume
+        per subject) or their file names, masked like ``imgs``.
 
     Returns
     -------
@@ -462,6 +526,9 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
     data, mask, mask_img = _load_masked(imgs, mask_img)
+    if options.get("voxelwise_evs") is not None:
+        options["voxelwise_evs"] = {key: _voxelwise_values(value, mask, mask_img, key)
+                                    for key, value in options["voxelwise_evs"].items()}
     if options.get("variance_smoothing") is not None and options.get("voxel_size") is None:
         options["voxel_size"] = tuple(float(z) for z in mask_img.header.get_zooms()[:3])
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
