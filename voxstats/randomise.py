@@ -8,7 +8,6 @@ go back into images.
 import logging
 from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
@@ -20,7 +19,7 @@ from .design import make_contrasts, make_design
 from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
 from .graph import graph_from_adjacency, grid_graph
-from .image import check_img, check_same_space
+from .loading import load
 from .inference import cluster_labels, fdr_bh, fwe_pvalues, pvalues_from_counts, tail_fwe_pvalues
 from .permutation import make_schedule
 from .tfce import _check_option, _check_params
@@ -82,10 +81,13 @@ class RandomiseResult:
     df : int
         Residual degrees of freedom.
     design_names : tuple of str
-    mask_img : nibabel image or None
-        The mask (randomise only); ``to_img`` puts maps back into it.
+    masker : voxstats.masker.VolumeMasker or None
+        Where the maps' elements come from (randomise only); ``to_img``
+        puts maps back through it.
     settings : dict
         Every option, for the record.
+    mask_img : nibabel image or None
+        The analysis mask of a volume ``masker`` (read-only).
     """
 
     contrasts: tuple
@@ -95,8 +97,12 @@ class RandomiseResult:
     scheme: str
     df: int
     design_names: tuple
-    mask_img: object = None
+    masker: object = None
     settings: dict = field(default_factory=dict)
+
+    @property
+    def mask_img(self):
+        return None if self.masker is None else getattr(self.masker, "mask_img", None)
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
@@ -107,16 +113,13 @@ class RandomiseResult:
         raise KeyError(f"no contrast named {key!r}; contrasts are {[c.name for c in self.contrasts]}")
 
     def to_img(self, values):
-        """A (n_voxels,) map as a 3D image in the mask's space (0 outside the mask)."""
-        if self.mask_img is None:
+        """A (n_voxels,) map as an image in the input's space (0 outside the mask).
+
+        Goes through ``masker.unmask`` (a 3D NIfTI image for volumes).
+        """
+        if self.masker is None:
             raise ValueError("to_img needs a mask image; this result comes from a data matrix")
-        mask = np.asarray(self.mask_img.dataobj) != 0
-        values = np.asarray(values)
-        if values.shape != (int(mask.sum()),):
-            raise ValueError(f"values: expected shape ({int(mask.sum())},), got {values.shape}")
-        volume = np.zeros(mask.shape, dtype=np.float32)
-        volume[mask] = values
-        return nib.Nifti1Image(volume, self.mask_img.affine)
+        return self.masker.unmask(values)
 
 
 def _resolve_scheme(design, permute, sign_flip):
@@ -148,6 +151,10 @@ def _spatial_graph(n_voxels, mask, adjacency, connectivity, needed):
         if mask is not None:
             raise ValueError("Give either 'mask' or 'adjacency', not both")
         return graph_from_adjacency(adjacency, n_voxels=n_voxels)
+    if hasattr(mask, "graph"):  # a masker (voxstats.masker)
+        if mask.n_elements != n_voxels:
+            raise ValueError(f"mask: has {mask.n_elements} elements but the data have {n_voxels} columns")
+        return mask.graph(connectivity) if needed else None
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if int(mask.sum()) != n_voxels:
@@ -177,8 +184,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         t contrasts (see :func:`voxstats.design.make_contrasts`).
     f_contrasts : dict or list, optional
         F contrasts, each a (q, n_regressors) matrix.
-    mask : (x, y, z) ndarray of bool, optional
-        Where the data's columns sit on a grid (C order); needed for TFCE and
+    mask : (x, y, z) ndarray of bool or a masker, optional
+        Where the data's columns sit on a grid (C order), or the masker
+        returned by :func:`voxstats.loading.load`; needed for TFCE and
         clusters unless ``adjacency`` is given.
     adjacency : scipy.sparse matrix, optional
         (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph).
@@ -390,59 +398,26 @@ def assemble(job, contrast, observed, merged, n_perm, stat, *, tail_approximatio
     return ContrastResult(**fields)
 
 
-def _load_masked(imgs, mask_img):
-    """Subjects' values inside the mask as a (n_subjects, n_voxels) float32 matrix."""
-    if isinstance(imgs, (str, bytes)) or hasattr(imgs, "affine") or hasattr(imgs, "__fspath__"):
-        img4d = check_img(imgs, name="imgs", ndim=4)
-        volumes = [img4d.slicer[..., i] for i in range(img4d.shape[3])]
-        names = [f"{getattr(img4d, 'get_filename', lambda: None)() or 'imgs'}[{i}]"
-                 for i in range(len(volumes))]
-    else:
-        volumes = list(imgs)
-        names = [str(v) if not hasattr(v, "affine") else (v.get_filename() or f"imgs[{i}]")
-                 for i, v in enumerate(volumes)]
-    if len(volumes) < 2:
-        raise ValueError(f"imgs: expected at least 2 subjects, got {len(volumes)}")
-    first = check_img(volumes[0], name=names[0], ndim=3)
-    if mask_img is not None:
-        mask_img = check_img(mask_img, name="mask_img", ndim=3)
-        check_same_space(mask_img, first, "mask_img" if mask_img.get_filename() is None
-                         else mask_img.get_filename(), names[0])
-        mask = np.asarray(mask_img.dataobj) != 0
-    else:
-        mask = np.ones(first.shape, dtype=bool)
-        for i, vol in enumerate(volumes):
-            img = check_img(vol, name=names[i], ndim=3)
-            check_same_space(first, img, names[0], names[i])
-            values = np.asarray(img.dataobj, dtype=np.float32)
-            mask &= np.isfinite(values) & (values != 0)
-        mask_img = nib.Nifti1Image(mask.astype(np.uint8), first.affine)
-    if not mask.any():
-        raise ValueError("mask_img: the mask is empty (no voxel non-zero and finite in every subject)")
-    data = np.empty((len(volumes), int(mask.sum())), dtype=np.float32)
-    for i, vol in enumerate(volumes):
-        img = check_img(vol, name=names[i], ndim=3)
-        check_same_space(first, img, names[0], names[i])
-        data[i] = np.asarray(img.dataobj, dtype=np.float32)[mask]
-        if not np.all(np.isfinite(data[i])):
-            raise ValueError(f"{names[i]}: NaN or infinite values inside the mask")
-    return data, mask, mask_img
-
-
-def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
+def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=False, **options):
     """Permutation inference on images, like FSL randomise.
 
     Parameters
     ----------
-    imgs : list of str or images, or a 4D image or its file name
-        One 3D map per subject (or a 4D image, subjects along the 4th axis). All
-        must share shape and affine; nothing is resampled.
+    imgs : 4D image, list of 3D images, or their file names
+        One 3D map per subject: a 4D image (subjects along the 4th axis), a
+        list of 3D images or file names, or a text file listing them one per
+        line (relative to its folder). All must share shape and affine;
+        nothing is resampled. Read by :func:`voxstats.loading.load`.
     design : (n_subjects, n_regressors) array-like or pandas.DataFrame
     contrasts : array-like or dict, optional
         t contrasts.
     mask_img : str or image, optional
-        Analysis mask, in the images' space. Default: voxels finite and non-zero
-        in every subject.
+        Analysis mask in the images' space: the voxels finite and non-zero.
+        Default: FSL randomise's, the voxels not constant across subjects and
+        finite in every subject.
+    keep_constant : bool
+        Without ``mask_img``, keep the voxels constant across subjects too
+        (randomise ``--norcmask``).
     **options
         Every keyword option of :func:`permuted_glm` (``f_contrasts``,
         ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
@@ -451,14 +426,14 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
     Returns
     -------
     RandomiseResult
-        With ``mask_img`` set, so that ``result.to_img(result[0].tfce_p_fwe)``
+        With ``masker`` set, so that ``result.to_img(result[0].tfce_p_fwe)``
         gives an image.
     """
     for key in ("mask", "adjacency"):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
-    data, mask, mask_img = _load_masked(imgs, mask_img)
+    data, masker = load(imgs, mask_img, keep_constant=keep_constant)
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
-    result = permuted_glm(data, design, contrasts, mask=mask, copy=False, **options)
+    result = permuted_glm(data, design, contrasts, mask=masker, copy=False, **options)
     from dataclasses import replace
-    return replace(result, mask_img=mask_img)
+    return replace(result, masker=masker)
