@@ -1,4 +1,4 @@
-"""Registration templates: nilearn's bundled MNI152 2009a, or a user's own.
+"""Registration templates: nilearn's bundled MNI152 2009a (symmetric), or a user's own.
 
 A :class:`Template` holds the image the subjects are registered to, its brain
 mask, the name of its space (used in BIDS ``space-<name>`` entities) and,
@@ -18,8 +18,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-#: BIDS name of nilearn's bundled template (ICBM 2009a nonlinear asymmetric).
-MNI_SPACE = "MNI152NLin2009aAsym"
+#: BIDS name of nilearn's bundled template: ICBM152 2009a nonlinear *symmetric* (flipping it
+#: left-right gives the same image; `tests/qsm/test_template.py` checks it).
+MNI_SPACE = "MNI152NLin2009aSym"
 
 _SPACE_RE = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -112,13 +113,13 @@ def load_template(img=None, mask_img=None, *, space=None, resolution=2, chi_img=
     ----------
     img : str, Path, nibabel image or None
         A user template. ``None`` (default) uses nilearn's bundled MNI152
-        2009a T1 template, which needs no download.
+        2009a symmetric T1 template, which needs no download.
     mask_img : str, Path, nibabel image or None
         Brain mask on the template grid. Required with a user ``img``; with
         the bundled template, nilearn's matching brain mask is used.
     space : str or None
         Space name (alphanumeric). Required with a user ``img``; defaults to
-        ``"MNI152NLin2009aAsym"`` for the bundled template.
+        ``"MNI152NLin2009aSym"`` for the bundled template.
     resolution : {1, 2}
         Voxel size in mm of the bundled template (ignored for a user template).
     chi_img : str, Path, nibabel image or None
