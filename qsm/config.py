@@ -39,7 +39,7 @@ class Study:
     id_column: str = "participant_id"
     group_column: str = "group"
     chi_column: str = "chi_path"
-    space: str = "MNI152NLin2009aAsym"
+    space: str = "MNI152NLin2009aSym"
     min_subjects_per_group: int = 3
 
 

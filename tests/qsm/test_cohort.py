@@ -26,7 +26,7 @@ def _bids(root, subjects=("01", "02", "03"), sessions=(None,)):
             prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
             _write(folder / f"{prefix}_Chimap.nii.gz")
             _write(folder / f"{prefix}_T1w.nii.gz")
-            _write(folder / f"{prefix}_space-MNI152NLin2009aAsym_Chimap.nii.gz")  # ignored
+            _write(folder / f"{prefix}_space-MNI152NLin2009aSym_Chimap.nii.gz")  # ignored
     pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects],
                   "group": ["CIS", "RRMS", "control"][: len(subjects)],
                   "age": [30.5, 41.0, 28.0][: len(subjects)]}).to_csv(

@@ -248,7 +248,7 @@ def test_atlas_in_another_space_is_refused(tmp_path, native):
                               "study": {"min_subjects_per_group": 2},
                               "regression": {"clinical": ["disease_duration"]}},
                              base_dir=tmp_path)
-        where = r"'MNI152NLin2009aAsym' \(\[study\] space\)"
+        where = r"'MNI152NLin2009aSym' \(\[study\] space\)"
     with pytest.raises(ValueError, match=r"the atlas user_dseg.nii.gz is in space "
                                          rf"'MNI152NLin2009cAsym' but the χ maps are in {where}"):
         run_study(config, tmp_path / "out")
