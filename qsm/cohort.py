@@ -319,7 +319,11 @@ def _validate_row(row, require_structural):
         return (f"Subject '{prefix}': χ map '{row['chi_path']}' {chi.shape[:3]} and structural "
                 f"image '{row['structural_path']}' {struct.shape[:3]} are not in the same space "
                 f"({what}).")
-    data = np.asarray(chi.dataobj)
+    try:
+        data = np.asarray(chi.dataobj)
+    except Exception as err:  # a truncated or corrupt file fails only when its data are read
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"Subject '{prefix}': χ map '{row['chi_path']}' cannot be read ({why})."
     bad = int(np.size(data) - np.isfinite(data).sum())
     if bad:
         return f"Subject '{prefix}': χ map '{row['chi_path']}' contains {bad} non-finite value(s)."

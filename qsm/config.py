@@ -158,9 +158,18 @@ class Regression:
 
 @dataclass(frozen=True)
 class Simulation:
+    """``[simulation]``: how ``qsm demo`` simulated the cohort (qsm.simulate).
+
+    ``ground_truth`` (a path relative to the config) names the simulation's
+    ``ground_truth.json``; when set, the report compares what was found with
+    what was planted.
+    """
+
     n_per_group: int = 40
     seed: int = 2018
     native: bool = False
+    effects: bool = True
+    ground_truth: str = ""
 
 
 _SECTIONS = {"study": Study, "atlas": Atlas, "referencing": Referencing,
