@@ -14,7 +14,6 @@ durations in years, women in %.
 from __future__ import annotations
 
 import json
-import math
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -271,47 +270,66 @@ def _regression_sections(config, group_table, clinical_table) -> list[Section]:
     return out
 
 
+def _signed(values) -> str:
+    return ", ".join(f"{name} {value:+.1f}".replace("-", "−") for name, value in values)
+
+
 def _truth_section(config, truth: dict, group_table, clinical_table, voxelwise_table
                    ) -> Section:
     """Planted (simulation) vs found (this run) vs the paper's pattern."""
     expected = pd.DataFrame(truth.get("expected_region_effects", [])).set_index("region")
+    alpha = config.regression.alpha
     gt = group_table.set_index(["patient_group", "region"])
     vt = (voxelwise_table.set_index(["patient_group", "region"])
           if voxelwise_table is not None else None)
-    rows = []
+    summary, rows = [], []
     for patient in config.groups:
-        for region in _MAIN_REGIONS:
-            if (patient, region) not in gt.index or region not in expected.index:
+        regions = [r for r in _MAIN_REGIONS if (patient, r) in gt.index and r in expected.index
+                   and r != "lateral_left"]
+        planted = [(r, float(expected.loc[r].get(patient, np.nan))) for r in regions]
+        found = [(r, float(gt.loc[(patient, r), "beta"])) for r in regions
+                 if gt.loc[(patient, r), "p_holm"] < alpha]
+        voxels = "–"
+        region = config.voxelwise.region
+        if vt is not None and (patient, region) in vt.index:
+            v = vt.loc[(patient, region)]
+            voxels = (f"{int(v['n_sig_lower'])} lower, {int(v['n_sig_higher'])} higher of "
+                      f"{int(v['n_voxels'])}")
+        summary.append({
+            "patients": patient,
+            "planted": (_signed([p for p in planted if p[1] != 0]) or "nothing"),
+            "voxels": voxels,
+            "found": _signed(found) or "no region",
+            "paper": PAPER_PATTERN.get(patient, "–")})
+        for r in _MAIN_REGIONS:
+            if (patient, r) not in gt.index or r not in expected.index:
                 continue
-            r = gt.loc[(patient, region)]
-            planted = float(expected.loc[region].get(patient, np.nan))
-            row = {"patients": patient, "region": region, "planted": planted,
-                   "beta": r["beta"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                   "p_holm": r["p_holm"],
-                   "covered": bool(r["ci_low"] <= planted <= r["ci_high"]),
-                   "paper": PAPER_PATTERN.get(patient, "–")}
-            if vt is not None and (patient, region) in vt.index:
-                v = vt.loc[(patient, region)]
-                row["voxels"] = (f"{int(v['n_sig_lower'])} lower, {int(v['n_sig_higher'])} "
-                                 f"higher of {int(v['n_voxels'])}")
-            rows.append(row)
-    df = pd.DataFrame(rows)
-    spec = [("patients", "patients", str), ("region", "region", str),
-            ("planted (ppb)", "planted", _num(2)), ("found β (ppb)", "beta", _num(2)),
-            ("95 % CI (ppb)", _ci, str), ("Holm p", "p_holm", format_p),
-            ("CI covers planted", "covered", _fmt)]
-    if "voxels" in df.columns:
-        spec.append(("voxel-wise FWE p < alpha", "voxels", str))
-    spec.append(("paper's pattern", "paper", str))
+            g = gt.loc[(patient, r)]
+            value = float(expected.loc[r].get(patient, np.nan))
+            rows.append({"patients": patient, "region": r, "planted": value,
+                         "beta": g["beta"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
+                         "p_holm": g["p_holm"],
+                         "covered": bool(g["ci_low"] <= value <= g["ci_high"])})
     effects = truth.get("effects", {})
     blocks = [
         "The cohort is **simulated** (`qsm.simulate`): the effects below were planted, so "
-        "the analysis can be checked against them. *Planted* is the planted shift averaged "
-        "over the region; *found* is this run's regional β; the paper's pattern is the one "
-        "the simulation mimics (Schweser et al., NeuroImage 2018;167:438-452). Planted "
-        "effects (ppb, ppb/year): " + ", ".join(f"{k} {v:+g}" for k, v in effects.items())
-        + ".",
-        _table(df, spec, name="truth_groups")]
+        "the analysis can be checked against them. *Planted*: the planted shift averaged over "
+        "each region (ppb); *found*: this run's regional β (ppb) where Holm p < "
+        f"{alpha:g}, and the voxel-wise count in `{config.voxelwise.region}` (TFCE FWE p < "
+        f"{config.voxelwise.alpha:g}); *paper*: the pattern of Schweser et al. (NeuroImage "
+        "2018;167:438-452) that the simulation mimics. Planted effects (ppb, ppb/year): "
+        + ", ".join(f"{k} {v:+g}" for k, v in effects.items()) + ".",
+        _table(pd.DataFrame(summary), [
+            ("patients", "patients", str), ("planted (ppb)", "planted", str),
+            (f"found: voxels with FWE p < {config.voxelwise.alpha:g}", "voxels", str),
+            (f"found: regions with Holm p < {alpha:g} (β, ppb)", "found", str),
+            ("paper's pattern", "paper", str)], name="truth_summary"),
+        "Per region:",
+        _table(pd.DataFrame(rows), [
+            ("patients", "patients", str), ("region", "region", str),
+            ("planted (ppb)", "planted", _num(2)), ("found β (ppb)", "beta", _num(2)),
+            ("95 % CI (ppb)", _ci, str), ("Holm p", "p_holm", format_p),
+            ("CI covers planted", "covered", _fmt)], name="truth_groups")]
     if clinical_table is not None and len(clinical_table) and "duration_slope" in expected:
         ct = clinical_table[clinical_table["variable"] == "disease_duration"]
         ct = ct[ct["region"].isin(_MAIN_REGIONS) & ct["region"].isin(expected.index)].copy()
@@ -491,7 +509,3 @@ def load_truth(config) -> dict | None:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{config.source}: [simulation] ground_truth {p} cannot be read "
                          f"({exc}).") from None
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
