@@ -342,6 +342,12 @@ def _normalize(args, log: _Logging, argv) -> int:
                          "space name).")
     if (args.reference == "mask") != (args.reference_mask is not None):
         raise ValueError("--reference mask and --reference-mask IMG go together.")
+    from voxstats.image import check_img
+
+    for flag, value in (("--template", args.template), ("--template-mask", args.template_mask),
+                        ("--reference-mask", args.reference_mask)):
+        if value is not None:
+            check_img(value, name=flag, ndim=3)
     out = _out_dir(args.out_dir, "out_dir")
     try:
         cohort = load_cohort(args.source, skip_bad=args.skip_bad, structural=args.structural)

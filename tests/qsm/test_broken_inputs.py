@@ -180,6 +180,12 @@ CASES = {
     "normalize template alone": (normalize_case(flags=("--template", "t.nii.gz")),
                                  "--template-mask"),
     "normalize --n-jobs 0": (normalize_case(flags=("--n-jobs", "0")), "--n-jobs"),
+    "normalize template not an image": (
+        normalize_case(flags=("--template", "afile", "--template-mask", "afile", "--space",
+                              "MyTpl")), "--template"),
+    "normalize reference mask missing": (
+        normalize_case(flags=("--reference", "mask", "--reference-mask", "none.nii.gz")),
+        "none.nii.gz"),
 }
 
 
