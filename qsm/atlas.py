@@ -38,8 +38,8 @@ __all__ = [
     "save_atlas",
 ]
 
-#: Name of the template space of nilearn's bundled MNI152 2009a template.
-DEMO_SPACE = "MNI152NLin2009aAsym"
+#: Name of the template space of nilearn's bundled MNI152 2009a template (symmetric).
+DEMO_SPACE = "MNI152NLin2009aSym"
 
 _HEMI = {"l": "L", "left": "L", "r": "R", "right": "R", "b": "B", "bilateral": "B",
          "n/a": "B", "none": "B", "": "B"}
@@ -58,7 +58,7 @@ class Atlas:
         One row per label with columns ``index`` (int), ``name`` (str, unique)
         and ``hemisphere`` (``"L"``, ``"R"`` or ``"B"``).
     space : str
-        Template space name, e.g. ``"MNI152NLin2009aAsym"``.
+        Template space name, e.g. ``"MNI152NLin2009aSym"``.
     unions : mapping of str to tuple of int
         Extra regions made of several labels, e.g. ``{"thalamus": (1, ..., 8)}``.
     description : str

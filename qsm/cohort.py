@@ -40,6 +40,7 @@ _STRUCTURAL_SUFFIXES = {
     "T1w": ("_T1w.nii.gz", "_T1w.nii"),
     "magnitude": ("_magnitude.nii.gz", "_magnitude.nii", "_mag.nii.gz", "_MEGRE.nii.gz"),
 }
+_BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|space)-([A-Za-z0-9]+)")
 
 
@@ -274,6 +275,10 @@ def _duplicates(table, label):
 
 def _check_exists(row, require_structural):
     prefix = bids_prefix(row["subject"], row["session"])
+    for entity, label in (("sub", row["subject"]), ("ses", row["session"])):
+        if (entity == "sub" or _has(label)) and not _BIDS_LABEL.fullmatch(str(label)):
+            return (f"Subject '{prefix}': the label {str(label)!r} ({entity}-) is used in file "
+                    "names and must be letters and digits only (a BIDS label).")
     if row["chi_path"] is None:
         return f"Subject '{prefix}': no χ map path given."
     if not Path(row["chi_path"]).is_file():
@@ -314,7 +319,11 @@ def _validate_row(row, require_structural):
         return (f"Subject '{prefix}': χ map '{row['chi_path']}' {chi.shape[:3]} and structural "
                 f"image '{row['structural_path']}' {struct.shape[:3]} are not in the same space "
                 f"({what}).")
-    data = np.asarray(chi.dataobj)
+    try:
+        data = np.asarray(chi.dataobj)
+    except Exception as err:  # a truncated or corrupt file fails only when its data are read
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"Subject '{prefix}': χ map '{row['chi_path']}' cannot be read ({why})."
     bad = int(np.size(data) - np.isfinite(data).sum())
     if bad:
         return f"Subject '{prefix}': χ map '{row['chi_path']}' contains {bad} non-finite value(s)."

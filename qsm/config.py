@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, field
 from importlib import resources
@@ -24,12 +26,47 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyConfig", "load_config", "demo_config_path", "read_participants",
-           "check_participants"]
+           "check_participants", "config_to_toml", "save_config", "check_label"]
 
 _REFERENCING = ("none", "brain", "wm")
 _ENGINES = ("dipy", "ants")
 _DRIVES = ("structural", "chi", "hybrid")
 _INTERPOLATIONS = ("linear", "cubic", "quintic")
+#: A BIDS label: letters and digits.
+_BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
+#: A group label: letters and digits, optionally joined by single "_" or "-" (as in HC_RRMS).
+_GROUP_LABEL = re.compile(r"[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)*")
+#: A column name used in formulas and file names (chi_vs_<variable>.png).
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def check_label(value, what: str, *, kind: str = "bids") -> str:
+    """Check a label that ends up in file names; return it.
+
+    Parameters
+    ----------
+    value : str
+        The label.
+    what : str
+        What it is, for the message (e.g. ``"study.toml: [groups] patient group"``).
+    kind : {'bids', 'group', 'identifier'}
+        ``'bids'``: letters and digits (a BIDS label, e.g. a subject or space);
+        ``'group'``: letters and digits, optionally joined by single ``_`` or
+        ``-`` (``HC_RRMS``); ``'identifier'``: a letter then letters, digits, ``_``.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``what`` and the label (``../x``, ``RR/MS``, spaces,
+        dots and empty labels are refused, so no label can leave its folder).
+    """
+    pattern, rule = {"bids": (_BIDS_LABEL, "letters and digits only (a BIDS label)"),
+                     "group": (_GROUP_LABEL, "letters and digits, optionally joined by single "
+                                             "'_' or '-'"),
+                     "identifier": (_IDENTIFIER, "a letter, then letters, digits or '_'")}[kind]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is used in file names and must be {rule}.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -39,7 +76,7 @@ class Study:
     id_column: str = "participant_id"
     group_column: str = "group"
     chi_column: str = "chi_path"
-    space: str = "MNI152NLin2009aAsym"
+    space: str = "MNI152NLin2009aSym"
     min_subjects_per_group: int = 3
 
 
@@ -121,9 +158,18 @@ class Regression:
 
 @dataclass(frozen=True)
 class Simulation:
+    """``[simulation]``: how ``qsm demo`` simulated the cohort (qsm.simulate).
+
+    ``ground_truth`` (a path relative to the config) names the simulation's
+    ``ground_truth.json``; when set, the report compares what was found with
+    what was planted.
+    """
+
     n_per_group: int = 40
     seed: int = 2018
     native: bool = False
+    effects: bool = True
+    ground_truth: str = ""
 
 
 _SECTIONS = {"study": Study, "atlas": Atlas, "referencing": Referencing,
@@ -275,6 +321,63 @@ def load_config(source=None, *, base_dir=None, overrides: dict | None = None) ->
     return config
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else
+                                                         ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        chars = [_TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ord(ch) < 32 or ord(ch) == 127
+                                           else ch) for ch in value]
+        return '"' + "".join(chars) + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"
+    raise TypeError(f"Cannot write {value!r} to TOML.")
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_value(key)
+
+
+def config_to_toml(config: StudyConfig, *, header: str = "") -> str:
+    """The settings of ``config`` as TOML that :func:`load_config` reads back unchanged.
+
+    Every key of every section is written (defaults included), so the file
+    documents the run completely; relative paths stay relative to the folder
+    the file is saved in (:attr:`StudyConfig.base_dir`).
+    """
+    settings = config.to_dict()
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    order = ["study", "groups"] + [s for s in _SECTIONS if s != "study"]
+    for section in order:
+        lines += ["", f"[{section}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in settings[section].items()]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def save_config(config: StudyConfig, path, *, header: str = "") -> Path:
+    """Write :func:`config_to_toml` to ``path`` (temporary file, then rename)."""
+    from voxstats.image import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, config_to_toml(config, header=header))
+    return path
+
+
 def _check_values(c: StudyConfig) -> None:
     src = c.source
     a = c.atlas
@@ -333,6 +436,50 @@ def _check_values(c: StudyConfig) -> None:
                          f"got {c.regression.clinical_formula!r}.")
     if c.study.min_subjects_per_group < 2:
         raise ValueError(f"{src}: [study] min_subjects_per_group must be >= 2.")
+    _check_labels_and_formulas(c)
+
+
+def _check_labels_and_formulas(c: StudyConfig) -> None:
+    """Labels that reach file names, and formulas that reach patsy: data only."""
+    from qsm.regression import check_formula
+
+    src = c.source
+    for patient, control in c.groups.items():
+        check_label(patient, f"{src}: [groups] patient group", kind="group")
+        check_label(control, f"{src}: [groups] control group of {patient}", kind="group")
+    controls = list(c.groups.values())
+    shared = sorted({g for g in controls if controls.count(g) > 1} | (set(c.groups) & set(controls)))
+    if shared:
+        raise ValueError(f"{src}: [groups] each patient group needs its own control group; "
+                         f"{shared} appear(s) more than once.")
+    if c.study.space != "native":
+        check_label(c.study.space, f"{src}: [study] space")
+    if c.atlas.space:
+        check_label(c.atlas.space, f"{src}: [atlas] space")
+    if c.normalization.template_space:
+        check_label(c.normalization.template_space, f"{src}: [normalization] template_space")
+    for key in ("id_column", "group_column", "chi_column"):
+        if not getattr(c.study, key):
+            raise ValueError(f"{src}: [study] {key} must name a column.")
+    for variable in c.regression.clinical:
+        check_label(variable, f"{src}: [regression] clinical variable", kind="identifier")
+    for covariate in c.voxelwise.covariates:
+        check_label(covariate, f"{src}: [voxelwise] covariate", kind="identifier")
+    names = check_formula(c.regression.group_formula,
+                          where=f"{src}: [regression] group_formula")
+    if _IDENTIFIER.fullmatch(c.regression.group_term) and c.regression.group_term not in names:
+        raise ValueError(f"{src}: [regression] group_term {c.regression.group_term!r} is not a "
+                         f"column of group_formula {c.regression.group_formula!r}.")
+    check_formula(c.regression.clinical_formula, where=f"{src}: [regression] clinical_formula")
+
+
+def formula_columns(config: StudyConfig) -> list[str]:
+    """Participant columns the regression formulas use (not ``chi``, ``patient``)."""
+    from qsm.regression import check_formula
+
+    reg = config.regression
+    names = check_formula(reg.group_formula) + check_formula(reg.clinical_formula)
+    return [n for n in dict.fromkeys(names) if n not in ("chi", "patient", "{variable}")]
 
 
 def _allowed(src, key, value, allowed):
@@ -404,23 +551,39 @@ def read_participants(config: StudyConfig) -> pd.DataFrame:
 def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.DataFrame:
     """Check the participants table against the config; return the analysed rows.
 
-    Checks required columns (id, group, χ paths, covariates, clinical
-    variables and, for native space, ``structural_path``), that every χ file
-    exists, and that every patient and control group has at least
-    ``min_subjects_per_group`` subjects.
+    Checks, each a one-line error naming the table and the column or subject:
+    required columns (id, group, χ paths, covariates, clinical variables, the
+    columns the formulas use and, for native space, ``structural_path``);
+    unique ids (BIDS labels when they become file names, ``space = "native"``);
+    every patient and control group with at least ``min_subjects_per_group``
+    subjects; a χ path for every analysed subject, and the file there;
+    covariates without missing values; numeric columns (clinical variables, and
+    any covariate or formula column holding numbers) without text values; and
+    clinical variables with at least one value among the patients.
     """
     s = config.study
     src = config.path(s.participants)
-    needed = [s.id_column, s.group_column, s.chi_column, *config.voxelwise.covariates,
-              *config.regression.clinical]
+    covariates = list(config.voxelwise.covariates) if config.voxelwise.enabled else []
+    clinical = list(config.regression.clinical)
+    in_formulas = formula_columns(config)
+    needed = [s.id_column, s.group_column, s.chi_column, *covariates, *clinical, *in_formulas]
     if s.space == "native":
         needed.append("structural_path")
     missing = [c for c in dict.fromkeys(needed) if c not in participants.columns]
     if missing:
         raise ValueError(f"Participants table {src} lacks the column(s) {missing}; it has "
                          f"{list(participants.columns)}.")
-    if participants[s.id_column].duplicated().any():
-        raise ValueError(f"Participants table {src}: {s.id_column} values must be unique.")
+    ids = participants[s.id_column]
+    if ids.isna().any():
+        raise ValueError(f"Participants table {src}: {s.id_column} is n/a in row(s) "
+                         f"{_rows(ids.isna())}.")
+    if ids.duplicated().any():
+        raise ValueError(f"Participants table {src}: {s.id_column} values must be unique; "
+                         f"{sorted(set(ids[ids.duplicated()]))} appear more than once.")
+    if s.space == "native":
+        for value in ids:
+            label = str(value)[4:] if str(value).startswith("sub-") else str(value)
+            check_label(label, f"Participants table {src}: participant label")
     wanted = list(config.groups) + list(config.groups.values())
     counts = participants[s.group_column].value_counts()
     small = {g: int(counts.get(g, 0)) for g in wanted
@@ -430,12 +593,59 @@ def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.Da
                          f"each needs at least {s.min_subjects_per_group} "
                          "([study] min_subjects_per_group).")
     rows = participants[participants[s.group_column].isin(wanted)].reset_index(drop=True)
-    for col in config.voxelwise.covariates:
+    no_map = rows[s.chi_column].isna()
+    if no_map.any():
+        raise ValueError(f"Participants table {src}: {s.chi_column} is n/a for "
+                         f"{_subjects(rows, no_map, s.id_column)}; every analysed subject "
+                         "needs a χ map.")
+    for col in covariates:
         if rows[col].isna().any():
-            raise ValueError(f"Participants table {src}: covariate {col!r} has missing values.")
+            raise ValueError(f"Participants table {src}: covariate {col!r} is n/a for "
+                             f"{_subjects(rows, rows[col].isna(), s.id_column)}.")
+    for col in dict.fromkeys(clinical + covariates + in_formulas):
+        if col == s.group_column:
+            continue
+        rows[col] = _numeric_or_text(rows, col, must_be_numeric=col in clinical, src=src,
+                                     id_column=s.id_column)
+    patients = rows[s.group_column].isin(list(config.groups))
+    for col in clinical:
+        if rows.loc[patients, col].isna().all():
+            raise ValueError(f"Participants table {src}: clinical variable {col!r} is n/a for "
+                             f"every patient ({', '.join(config.groups)}); remove it from "
+                             "[regression] clinical or fill it in.")
     folder = src.parent
-    for rel in rows[s.chi_column]:
-        p = Path(rel) if Path(rel).is_absolute() else folder / rel
+    for sub, rel in zip(rows[s.id_column], rows[s.chi_column]):
+        p = Path(str(rel)).expanduser()
+        p = p if p.is_absolute() else folder / p
         if not p.is_file():
-            raise FileNotFoundError(f"χ map {p} listed in {src} does not exist.")
+            raise FileNotFoundError(f"χ map {p} of {sub} listed in {src} does not exist.")
     return rows
+
+
+def _rows(mask: pd.Series) -> str:
+    """Table row numbers (1 = first data row) of a boolean mask, at most 5."""
+    idx = [int(i) + 1 for i in mask[mask].index[:5]]
+    return ", ".join(map(str, idx)) + (" ..." if int(mask.sum()) > 5 else "")
+
+
+def _subjects(rows: pd.DataFrame, mask: pd.Series, id_column: str) -> str:
+    names = [str(x) for x in rows.loc[mask, id_column]]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _numeric_or_text(rows, col, *, must_be_numeric, src, id_column) -> pd.Series:
+    """A column as numbers when it holds numbers; a text value among numbers is an error."""
+    values = rows[col]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values
+    present = values.notna()
+    numbers = pd.to_numeric(values.where(present), errors="coerce")
+    text = present & numbers.isna()
+    if not text.any():
+        return numbers
+    if must_be_numeric or numbers.notna().any():
+        first = text[text].index[0]
+        raise ValueError(f"Participants table {src}: column {col!r} must hold numbers, but "
+                         f"{values[first]!r} ({rows.loc[first, id_column]}) is not a number "
+                         "(write n/a for a missing value).")
+    return values

@@ -387,11 +387,66 @@ def _normalization_summary(result, native, out: Path) -> dict | None:
             "skipped": [k.reason for k in native.cohort.skipped]}
 
 
+def _read_chi(path, subject, *, header_only=False):
+    """A χ map (image, float32 data); any unreadable file is one error naming it."""
+    try:
+        img = nib.load(str(path))
+        if header_only:
+            return img
+        return img, np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel, gzip and zlib raise many types for broken files
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"χ map {path} of {subject} cannot be read as an image ({why}).") \
+            from None
+
+
 def _write_img(values_full, affine, path):
     _save_img_atomic(nib.Nifti1Image(values_full.astype(np.float32), affine), path)
 
 
-def run_study(config, out_dir, *, verbose=None) -> StudyResult:
+_MAP_DESCRIPTIONS = {
+    "t": "t statistic of patients minus controls (negative: lower χ in patients)",
+    "tfce": "TFCE of the t map, both signs (negative: lower χ in patients)",
+    "pfwe": "family-wise error corrected p-value (plain p: small is significant; 1 outside "
+            "the analysis mask)",
+}
+
+
+def _write_sidecar(path, name, patient, control, v, n_perm, scheme):
+    """JSON sidecar (BIDS style) that makes a map self-describing.
+
+    ``p_convention`` follows the key ``voxstats cluster`` reads: ``"p"`` for
+    plain p-values (randomise's maps store ``"1-p"``).
+    """
+    meta = {"Description": _MAP_DESCRIPTIONS[name], "patient_group": patient,
+            "control_group": control, "region": v.region, "covariates": list(v.covariates),
+            "n_perm": n_perm, "permutation_scheme": scheme, "tfce": bool(v.tfce),
+            "two_sided": bool(v.two_sided), "connectivity": int(v.connectivity)}
+    if name == "pfwe":
+        meta.update(p_convention="p", correction="FWE (maximum statistic)",
+                    statistic="tfce" if v.tfce else "t", alpha=float(v.alpha),
+                    sign_from=f"{patient}_vs_{control}_stat-t.nii.gz")
+    _atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+def check_out_dir(out_dir, flag: str = "out_dir") -> Path:
+    """The output folder as an absolute path; an existing file there is an error.
+
+    Outputs are written, and looked up again, relative to this one absolute
+    folder, whatever the working directory and the participants table's folder.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out_dir} is a file, not a folder.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {out_dir}: {parent} is a file, not a folder.")
+            break
+    return out
+
+
+def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     """Run the whole thalamus QSM study.
 
     Parameters
@@ -409,6 +464,9 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
         ``provenance.json``.
     verbose : bool or None
         Progress bars (default: when logging is at INFO or lower).
+    timings : dict of str to float, optional
+        Seconds spent before this call (e.g. ``{"simulation": 12.3}``); they are
+        reported with the run's own stages and counted in ``total``.
 
     Returns
     -------
@@ -420,11 +478,15 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
         config = load_config(config)
     if verbose is None:
         verbose = logger.getEffectiveLevel() <= logging.INFO
-    timings = {}
+    earlier = {k: float(v) for k, v in (timings or {}).items()}
+    timings = dict(earlier)
     t0 = time.perf_counter()
     s = config.study
+    out = check_out_dir(out_dir)
     rows, atlas, native = _check_before_work(config)
-    out = Path(out_dir)
+    from qsm.report import load_truth
+
+    truth = load_truth(config)
     out.mkdir(parents=True, exist_ok=True)
     normalization = None
     if native is not None:
@@ -436,7 +498,7 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     t1 = time.perf_counter()
     folder = config.path(s.participants).parent
     paths = [Path(p) if Path(p).is_absolute() else folder / p for p in rows[s.chi_column]]
-    first = nib.load(str(paths[0]))
+    first = _read_chi(paths[0], rows[s.id_column].iloc[0], header_only=True)
     labels = atlas_labels_in_space(atlas, first, resample=config.atlas.resample,
                                    img_name=str(paths[0]))
     masks = region_masks(atlas, labels_data=labels)
@@ -446,11 +508,15 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     crops, refs, ref_voxels, tables = [], [], [], []
     for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
                           desc="loading χ maps"):
-        img = nib.load(str(path))
+        img, data = _read_chi(path, sub)
         voxstats.image.check_same_space(first, img, str(paths[0]), str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
         if data.ndim != 3:
             raise ValueError(f"χ map {path} must be 3D, got shape {data.shape}.")
+        if vox_mask is not None:
+            bad = int((~np.isfinite(data[vox_mask])).sum())
+            if bad:
+                raise ValueError(f"χ map {path} of {sub} has {bad} NaN or infinite value(s) in "
+                                 f"the [voxelwise] region {config.voxelwise.region!r}.")
         ref, n_ref = 0.0, 0
         if ref_mask is not None:
             data, ref, n_ref = _rereference(data, first.affine, ref_mask,
@@ -499,11 +565,13 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     t4 = time.perf_counter()
     from qsm import figures, report
 
-    figs = figures.study_figures(out / "figures", atlas=atlas, labels=labels,
-                                 affine=first.affine, long=long, pmaps=pmaps,
-                                 clinical_table=clinical_table, config=config)
+    figs = figures.study_figures(
+        out / "figures", atlas=atlas, labels=labels, affine=first.affine, long=long,
+        pmaps=pmaps, clinical_table=clinical_table, config=config, group_table=group_table,
+        region_mask=vox_mask,
+        n_perm=int(vox_table["n_perm"].max()) if vox_table is not None else None)
     timings["figures"] = time.perf_counter() - t4
-    timings["total"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t0 + sum(earlier.values())
     provenance = {"config": config.to_dict(), "config_source": config.source,
                   "n_subjects": int(len(rows)), "timings_s": timings,
                   "referencing": _referencing_summary(rows, config, ref_description),
@@ -512,7 +580,8 @@ def run_study(config, out_dir, *, verbose=None) -> StudyResult:
     _atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
     report_path = report.write_report(out / "report.md", config=config, participants=rows,
                                       group_table=group_table, clinical_table=clinical_table,
-                                      voxelwise_table=vox_table, figures=figs, timings=timings)
+                                      voxelwise_table=vox_table, figures=figs, timings=timings,
+                                      truth=truth)
     logger.info("Study finished in %.1f s; report: %s", timings["total"], report_path)
     return StudyResult(out, rows, roi_table, group_table, clinical_table, vox_table, figs,
                        report_path, timings)
@@ -524,7 +593,12 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
     crop_affine = _crop_affine(affine, box)
     mask_crop = vox_mask[box]
     results, pmaps = [], {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(config.groups) * v.n_perm, disable=not verbose, unit="perm",
+               desc="voxel-wise permutations")
     for k, (patient, control) in enumerate(config.groups.items()):
+        bar.set_description(f"voxel-wise {patient} vs {control}")
         sel = rows[s.group_column].isin([patient, control]).to_numpy()
         sub = rows[sel].reset_index(drop=True)
         data = np.stack([c for c, keep in zip(crops, sel) if keep], axis=-1)
@@ -538,7 +612,8 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
             mask_img=nib.Nifti1Image(mask_crop.astype(np.uint8), crop_affine),
             n_perm=v.n_perm, tfce=v.tfce, two_sided=v.two_sided,
             connectivity=v.connectivity, rng=np.random.default_rng([v.seed, k]),
-            n_jobs=v.n_jobs, verbose=verbose)
+            n_jobs=v.n_jobs, verbose=False)
+        bar.update(v.n_perm)
         c = res[0]
         p_fwe = c.tfce_p_fwe if v.tfce else c.p_fwe
         full = {}
@@ -550,7 +625,10 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
             if name == "pfwe":
                 vol[~vox_mask] = 1.0
             full[name] = vol
-            _write_img(vol, affine, out / f"{patient}_vs_{control}_stat-{name}.nii.gz")
+            stem = out / f"{patient}_vs_{control}_stat-{name}"
+            _write_img(vol, affine, stem.with_name(stem.name + ".nii.gz"))
+            _write_sidecar(stem.with_name(stem.name + ".json"), name, patient, control, v,
+                           int(res.n_perm), res.scheme)
         pmaps[patient] = (full["pfwe"], full["t"])
         sig = (full["pfwe"] < v.alpha) & vox_mask
         for region, m in masks.items():
@@ -563,6 +641,7 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
                 "min_p_fwe": float(full["pfwe"][m].min()) if m.any() else np.nan,
                 "n_perm": int(res.n_perm), "scheme": res.scheme,
             })
+    bar.close()
     table = pd.DataFrame(results)
     table["frac_sig"] = (table.n_sig_lower + table.n_sig_higher) / table.n_voxels.clip(lower=1)
     write_stats_table(table, out / "voxelwise_regions.tsv")

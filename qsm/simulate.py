@@ -254,7 +254,7 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
     ----------
     out_dir : str or Path
         Output folder; created if needed. It receives
-        ``sub-XXX/anat/sub-XXX_space-MNI152NLin2009aAsym_Chimap.nii.gz`` (χ in
+        ``sub-XXX/anat/sub-XXX_space-MNI152NLin2009aSym_Chimap.nii.gz`` (χ in
         ppb on the full 99 x 117 x 95 MNI152 2009a 2 mm grid, zero outside the
         brain mask), ``participants.tsv`` (``participant_id, group, age, sex,
         disease_duration, edss, chi_path`` with paths relative to the TSV, plus

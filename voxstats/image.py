@@ -1,17 +1,29 @@
-"""Image input and output: loading subjects' maps, checking spaces, atomic writes.
+"""Image files: reading one NIfTI image safely, checking spaces.
 
-Every image that enters the engine goes through :func:`load_imgs` or
-:func:`check_img`; nothing is resampled here, ever. A space mismatch is an
-error that names both files.
+:func:`check_img` is the one checker for an image argument (nilearn's
+``check_niimg``): a file name or a nibabel image in, a nibabel image out, and
+a one-line error naming the file for anything that cannot be analysed (missing,
+unreadable, truncated, complex-valued, with a non-finite affine, of the wrong
+dimensionality). It is idempotent: checking a checked image changes nothing.
+:func:`read_data` and :func:`iter_volumes` read the voxel values, turning
+nibabel's and zlib's many errors (``EOFError`` on a truncated ``.nii.gz``, ...)
+into the same kind of one-line error. Nothing is resampled here, ever: a space
+mismatch is an error that names both files.
+
+The writers (:func:`save_img_atomic`, :func:`atomic_write_text`) live in
+:mod:`voxstats.outputs` and are re-exported here.
 """
 
 import logging
 import os
-import tempfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from .errors import MissingFileError, ParameterError
+from .outputs import atomic_write_text, save_img_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +31,8 @@ __all__ = [
     "atomic_write_text",
     "check_img",
     "check_same_space",
-    "default_mask",
-    "load_imgs",
+    "iter_volumes",
+    "read_data",
     "save_img_atomic",
 ]
 
@@ -33,47 +45,156 @@ def _name(img, fallback):
     return filename or fallback
 
 
+def _reason(exc):
+    """A short reason for a failed read."""
+    if isinstance(exc, EOFError):
+        return "the file is truncated: the compressed stream ends early"
+    if isinstance(exc, zlib.error) or type(exc).__name__ == "BadGzipFile":
+        return f"corrupt compressed data: {exc}"
+    text = str(exc).replace("\n", " ").strip()
+    if "could the file be damaged" in text:
+        return f"the file is truncated: {text.split(' - ')[0]}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def check_img(img, *, name="image", ndim=None):
-    """Load ``img`` (a path or a nibabel image) and check its dimensionality.
+    """Load ``img`` (a path or a nibabel image) and check that it can be analysed.
+
+    Only the header is read; the voxel values are read by :func:`read_data`
+    or :func:`iter_volumes`.
 
     Parameters
     ----------
     img : str, path-like or nibabel.spatialimages.SpatialImage
         The image or its file name.
     name : str
-        How the image is named in error messages.
+        The parameter (or command-line flag) named in error messages.
     ndim : int or tuple of int, optional
         Accepted numbers of dimensions. A 4D image with one volume counts as 3D.
 
     Returns
     -------
-    img : nibabel.Nifti1Image-like image
+    img : nibabel.spatialimages.SpatialImage
+        A 4D image with one volume is returned as 3D when only 3D is accepted.
+
+    Raises
+    ------
+    voxstats.errors.MissingFileError
+        The file does not exist.
+    voxstats.errors.ParameterError
+        The file is not a readable volume image (a folder, an empty or
+        truncated file, text), holds complex or RGB values, has a NaN or
+        infinite affine, an empty dimension, or the wrong dimensionality.
+    TypeError
+        ``img`` is neither a file name nor an image.
     """
     label = _name(img, name)
     if isinstance(img, (str, os.PathLike)):
         path = Path(img)
         if not path.exists():
-            raise FileNotFoundError(f"{name}: file not found: {path}")
+            raise MissingFileError(name, path)
+        if path.is_dir():
+            raise ParameterError(name, f"{path} is a folder; expected an image file")
         try:
             img = nib.load(path)
-        except Exception as exc:  # nibabel raises several types for bad files
-            raise ValueError(f"{name}: cannot read {path} as an image ({exc})") from None
-    elif not hasattr(img, "affine") or not hasattr(img, "shape"):
+        except Exception as exc:  # nibabel raises many types for bad files
+            raise ParameterError(name, f"cannot read {path} as an image ({_reason(exc)})") from None
+    elif not hasattr(img, "dataobj") or not hasattr(img, "shape"):
         raise TypeError(f"{name}: expected a file name or a nibabel image, got {type(img).__name__}")
+    if getattr(img, "affine", None) is None:
+        raise ParameterError(name, f"{label} is a {type(img).__name__}, not a volume image "
+                             "(NIfTI or ANALYZE with an affine)")
+    dtype = _data_dtype(img)
+    if dtype.kind == "c":
+        raise ParameterError(name, f"{label} holds complex values ({dtype}); expected real values "
+                             "(take the magnitude, phase or real part first)")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise ParameterError(name, f"{label} holds values of type {dtype}; expected real numbers")
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise ParameterError(name, f"{label} has a NaN or infinite affine (its sform/qform); "
+                             "fix the header before the analysis")
+    shape = tuple(img.shape)
+    if 0 in shape:
+        raise ParameterError(name, f"{label} has an empty dimension (shape {shape})")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        shape = img.shape
-        if len(shape) == 4 and shape[3] == 1 and 3 in allowed:
+        if len(shape) == 4 and shape[3] == 1 and 3 in allowed and 4 not in allowed:
             img = img.slicer[..., 0]
             shape = img.shape
         if len(shape) not in allowed:
-            raise ValueError(f"{name}: expected a {' or '.join(f'{d}D' for d in allowed)} image, "
-                             f"got shape {shape} in {label}")
+            raise ParameterError(name, f"expected a {' or '.join(f'{d}D' for d in allowed)} image, "
+                                 f"got shape {shape} in {label}")
     return img
 
 
+def _data_dtype(img):
+    getter = getattr(img, "get_data_dtype", None)
+    dtype = getter() if getter is not None else getattr(img.dataobj, "dtype", np.dtype(float))
+    return np.dtype(dtype)
+
+
+def read_data(img, *, name="image", dtype=np.float32):
+    """The voxel values of a checked image as an array.
+
+    Parameters
+    ----------
+    img : nibabel image
+        As returned by :func:`check_img`.
+    name : str
+        The parameter named in error messages.
+    dtype : numpy dtype
+
+    Raises
+    ------
+    voxstats.errors.ParameterError
+        The data cannot be read (truncated or corrupt file); the message names
+        the file.
+    """
+    try:
+        return np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # EOFError, zlib.error, OSError, ValueError...
+        raise ParameterError(name, f"cannot read the data of {_name(img, name)} ({_reason(exc)})") from None
+
+
+def _streaming(img):
+    """The same image with its file kept open, so that volumes are read in one pass."""
+    proxy = img.dataobj
+    if not isinstance(proxy, nib.arrayproxy.ArrayProxy) or getattr(proxy, "_keep_file_open", False):
+        return img
+    try:
+        return type(img).from_file_map(img.file_map, keep_file_open=True)
+    except Exception:  # an unusual file map: read volume by volume as given
+        return img
+
+
+def iter_volumes(img, *, name="image", dtype=np.float32):
+    """Yield the 3D volumes of a checked 4D image one at a time, in order.
+
+    A compressed file is decompressed once, front to back (nibabel keeps the
+    file open between volumes), and only one volume is in memory at a time.
+
+    Raises
+    ------
+    voxstats.errors.ParameterError
+        A volume cannot be read; the message names the file and the volume
+        (0-based, as ``fslroi``).
+    """
+    stream = _streaming(img)
+    label = _name(img, name)
+    for i in range(img.shape[3]):
+        try:
+            volume = np.asarray(stream.dataobj[..., i], dtype=dtype)
+        except Exception as exc:
+            raise ParameterError(name, f"cannot read volume {i} of {label} ({_reason(exc)})") from None
+        yield volume
+
+
 def check_same_space(img_a, img_b, name_a="first image", name_b="second image", *, atol=1e-4):
-    """Raise ``ValueError`` unless both images share the 3D grid (shape and affine)."""
+    """Raise ``ValueError`` unless both images share the 3D grid (shape and affine).
+
+    The message names both images (their files when they have one).
+    """
     label_a, label_b = _name(img_a, name_a), _name(img_b, name_b)
     shape_a, shape_b = tuple(img_a.shape[:3]), tuple(img_b.shape[:3])
     if shape_a != shape_b:
@@ -83,89 +204,3 @@ def check_same_space(img_a, img_b, name_a="first image", name_b="second image", 
         raise ValueError(f"{label_a} and {label_b} are not in the same space: affines differ "
                          f"({np.round(img_a.affine, 3).tolist()} vs {np.round(img_b.affine, 3).tolist()}); "
                          "nothing is resampled silently")
-
-
-def load_imgs(imgs, *, dtype=np.float32):
-    """Load subjects' 3D maps (a list) or one 4D image into one array.
-
-    Parameters
-    ----------
-    imgs : list of (str or image), or str or image
-        3D images, one per subject, or a single 4D image.
-    dtype : numpy dtype
-        Data type of the returned array.
-
-    Returns
-    -------
-    data : (x, y, z, n_subjects) ndarray
-    affine : (4, 4) ndarray
-    names : list of str
-        One name per subject (file names where known).
-    """
-    if isinstance(imgs, (str, os.PathLike)) or hasattr(imgs, "affine"):
-        img = check_img(imgs, name="imgs", ndim=(3, 4))
-        label = _name(imgs, "imgs")
-        data = np.asarray(img.dataobj, dtype=dtype)
-        if data.ndim == 3:
-            data = data[..., np.newaxis]
-        names = [f"{label}[{i}]" for i in range(data.shape[3])]
-        return data, np.asarray(img.affine, dtype=float), names
-    imgs = list(imgs)
-    if not imgs:
-        raise ValueError("imgs: expected at least one image, got an empty list")
-    first = check_img(imgs[0], name="imgs[0]", ndim=3)
-    data = np.empty(first.shape[:3] + (len(imgs),), dtype=dtype)
-    names = []
-    for i, item in enumerate(imgs):
-        img = first if i == 0 else check_img(item, name=f"imgs[{i}]", ndim=3)
-        if i:
-            check_same_space(first, img, _name(imgs[0], "imgs[0]"), _name(item, f"imgs[{i}]"))
-        data[..., i] = np.asarray(img.dataobj, dtype=dtype)
-        names.append(_name(item, f"imgs[{i}]"))
-    return data, np.asarray(first.affine, dtype=float), names
-
-
-def default_mask(data):
-    """Voxels finite and non-zero in every subject of a (x, y, z, n) array."""
-    return np.all(np.isfinite(data) & (data != 0), axis=-1)
-
-
-def _atomic_target(path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def atomic_write_text(path, text):
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    path = _atomic_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_img_atomic(img, path):
-    """Save a nibabel image to ``path`` through a temporary file renamed into place.
-
-    An interrupted write leaves at most a hidden ``.<name>.*.tmp`` file, never a
-    truncated image under the final name.
-    """
-    path = _atomic_target(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -9,7 +9,6 @@ import logging
 import os
 from dataclasses import replace
 
-import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -21,6 +20,7 @@ from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
 from .graph import graph_from_adjacency, grid_graph
 from .image import check_img, check_same_space
+from .loading import load
 from .permutation import make_schedule
 from .results import ContrastResult, RandomiseResult, assemble
 from .tfce import _check_option, _check_params
@@ -62,6 +62,10 @@ def _spatial_graph(n_voxels, mask, adjacency, connectivity, needed):
         if mask is not None:
             raise ValueError("Give either 'mask' or 'adjacency', not both")
         return graph_from_adjacency(adjacency, n_voxels=n_voxels)
+    if hasattr(mask, "graph"):  # a masker (voxstats.masker)
+        if mask.n_elements != n_voxels:
+            raise ValueError(f"mask: has {mask.n_elements} elements but the data have {n_voxels} columns")
+        return mask.graph(connectivity) if needed else None
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if int(mask.sum()) != n_voxels:
@@ -82,6 +86,11 @@ def _cluster_graph(n_voxels, mask, adjacency, connectivity, tfce_graph):
         return tfce_graph
     if mask is None:
         return _spatial_graph(n_voxels, mask, adjacency, 6, True)  # raises
+    if hasattr(mask, "graph"):  # a masker: a volume's grid, or a mesh's own neighbourhood
+        connectivity = 26 if connectivity is None else connectivity
+        if tfce_graph is not None and tfce_graph.connectivity == connectivity:
+            return tfce_graph
+        return _spatial_graph(n_voxels, mask, None, connectivity, True)
     ndim = np.ndim(mask)
     connectivity = _FULL_CONNECTIVITY.get(ndim, 26) if connectivity is None else connectivity
     if tfce_graph is not None and tfce_graph.connectivity == connectivity:
@@ -172,8 +181,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     f_contrasts : dict, list, str or path, optional
         F contrasts, each a (q, n_regressors) matrix; a file name is read as
         ``-f`` (``design.fts`` or CSV/TSV naming t contrasts).
-    mask : (x, y, z) ndarray of bool, optional
-        Where the data's columns sit on a grid (C order); needed for TFCE and
+    mask : (x, y, z) ndarray of bool or a masker, optional
+        Where the data's columns sit on a grid (C order), or the masker
+        returned by :func:`voxstats.loading.load`; needed for TFCE and
         clusters unless ``adjacency`` is given.
     adjacency : scipy.sparse matrix, optional
         (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph), used
@@ -306,9 +316,12 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     if variance_smoothing is not None:
         from .variance_smoothing import VarianceSmoother
 
-        if mask is None:
+        grid = getattr(mask, "mask", mask)  # a volume masker's grid, or a boolean mask
+        if grid is None or np.ndim(grid) != 3:
             raise ValueError("variance_smoothing needs the voxels' grid: give 'mask' (3D boolean)")
-        smoother = VarianceSmoother(mask, variance_smoothing, (1.0, 1.0, 1.0) if voxel_size is None
+        if voxel_size is None and hasattr(mask, "affine"):
+            voxel_size = np.linalg.norm(np.asarray(mask.affine)[:3, :3], axis=0)
+        smoother = VarianceSmoother(grid, variance_smoothing, (1.0, 1.0, 1.0) if voxel_size is None
                                     else voxel_size)
     graph = _spatial_graph(data.shape[1], mask, adjacency, connectivity, tfce or clusters)
     cluster_graph = (_cluster_graph(data.shape[1], mask, adjacency, cluster_connectivity, graph)
@@ -448,90 +461,61 @@ def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh,
                     tail_approximation=tail_approximation)
 
 
-def _load_masked(imgs, mask_img):
-    """Subjects' values inside the mask as a (n_subjects, n_voxels) float32 matrix."""
-    if isinstance(imgs, (str, bytes)) or hasattr(imgs, "affine") or hasattr(imgs, "__fspath__"):
-        img4d = check_img(imgs, name="imgs", ndim=4)
-        volumes = [img4d.slicer[..., i] for i in range(img4d.shape[3])]
-        names = [f"{getattr(img4d, 'get_filename', lambda: None)() or 'imgs'}[{i}]"
-                 for i in range(len(volumes))]
-    else:
-        volumes = list(imgs)
-        names = [str(v) if not hasattr(v, "affine") else (v.get_filename() or f"imgs[{i}]")
-                 for i, v in enumerate(volumes)]
-    if len(volumes) < 2:
-        raise ValueError(f"imgs: expected at least 2 subjects, got {len(volumes)}")
-    first = check_img(volumes[0], name=names[0], ndim=3)
-    if mask_img is not None:
-        mask_img = check_img(mask_img, name="mask_img", ndim=3)
-        check_same_space(mask_img, first, "mask_img" if mask_img.get_filename() is None
-                         else mask_img.get_filename(), names[0])
-        mask = np.asarray(mask_img.dataobj) != 0
-    else:
-        mask = np.ones(first.shape, dtype=bool)
-        for i, vol in enumerate(volumes):
-            img = check_img(vol, name=names[i], ndim=3)
-            check_same_space(first, img, names[0], names[i])
-            values = np.asarray(img.dataobj, dtype=np.float32)
-            mask &= np.isfinite(values) & (values != 0)
-        mask_img = nib.Nifti1Image(mask.astype(np.uint8), first.affine)
-    if not mask.any():
-        raise ValueError("mask_img: the mask is empty (no voxel non-zero and finite in every subject)")
-    data = np.empty((len(volumes), int(mask.sum())), dtype=np.float32)
-    for i, vol in enumerate(volumes):
-        img = check_img(vol, name=names[i], ndim=3)
-        check_same_space(first, img, names[0], names[i])
-        data[i] = np.asarray(img.dataobj, dtype=np.float32)[mask]
-        if not np.all(np.isfinite(data[i])):
-            raise ValueError(f"{names[i]}: NaN or infinite values inside the mask")
-    return data, mask, mask_img
-
-
-def _voxelwise_values(value, mask, mask_img, key):
+def _voxelwise_values(value, masker, key):
     """A voxel-wise regressor as (n_subjects, n_voxels): a 4D image (or its file name) is masked."""
     if isinstance(value, (str, os.PathLike)) or hasattr(value, "affine"):
+        if not hasattr(masker, "mask_img"):
+            raise ValueError(f"voxelwise_evs[{key!r}]: images need volume inputs; give an array "
+                             "(n_subjects, n_elements) instead")
         img = check_img(value, name=f"voxelwise_evs[{key!r}]", ndim=4)
-        check_same_space(mask_img, img, "the analysis mask", f"voxelwise_evs[{key!r}]")
-        return np.asarray(img.dataobj, dtype=np.float64)[mask].T
+        check_same_space(masker.mask_img, img, "the analysis mask", f"voxelwise_evs[{key!r}]")
+        return np.asarray(img.dataobj, dtype=np.float64)[masker.mask].T
     return value
 
 
-def randomise(imgs, design, contrasts=None, *, mask_img=None, **options):
+def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=False, **options):
     """Permutation inference on images, like FSL randomise.
 
     Parameters
     ----------
-    imgs : list of str or images, or a 4D image or its file name
-        One 3D map per subject (or a 4D image, subjects along the 4th axis). All
-        must share shape and affine; nothing is resampled.
-    design : (n_subjects, n_regressors) array-like or pandas.DataFrame
-    contrasts : array-like or dict, optional
-        t contrasts.
+    imgs : 4D image, list of 3D images, or their file names
+        One 3D map per subject: a 4D image (subjects along the 4th axis), a
+        list of 3D images or file names, or a text file listing them one per
+        line (relative to its folder). All must share shape and affine;
+        nothing is resampled. Read by :func:`voxstats.loading.load`.
+    design : (n_subjects, n_regressors) array-like, pandas.DataFrame, str or path
+        A file name is read as ``voxstats randomise -d`` reads it (FSL
+        ``design.mat``, or CSV/TSV with a header).
+    contrasts : array-like, dict, str or path, optional
+        t contrasts; a file name is read as ``-t`` (``design.con`` or CSV/TSV).
     mask_img : str or image, optional
-        Analysis mask, in the images' space. Default: voxels finite and non-zero
-        in every subject.
+        Analysis mask in the images' space: the voxels finite and non-zero.
+        Default: FSL randomise's, the voxels not constant across subjects and
+        finite in every subject.
+    keep_constant : bool
+        Without ``mask_img``, keep the voxels constant across subjects too
+        (randomise ``--norcmask``); they get statistic 0 and p = 1.
     **options
         Every keyword option of :func:`permuted_glm` (``f_contrasts``,
         ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
-        ``n_jobs``, ...). ``voxelwise_evs`` values may be 4D images (one volume
-        per subject) or their file names, masked like ``imgs``.
+        ``n_jobs``, ...). ``f_contrasts`` and ``exchangeability_blocks`` may be
+        file names (``design.fts``, ``design.grp``); ``voxelwise_evs`` values
+        may be 4D images (one volume per subject) or their file names, masked
+        like ``imgs``.
 
     Returns
     -------
     RandomiseResult
-        With ``mask_img`` set, so that ``result.to_img(result[0].tfce_p_fwe)``
+        With ``masker`` set, so that ``result.to_img(result[0].tfce_p_fwe)``
         gives an image.
     """
     for key in ("mask", "adjacency"):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
-    data, mask, mask_img = _load_masked(imgs, mask_img)
+    data, masker = load(imgs, mask_img, keep_constant=keep_constant)
     if options.get("voxelwise_evs") is not None:
-        options["voxelwise_evs"] = {key: _voxelwise_values(value, mask, mask_img, key)
+        options["voxelwise_evs"] = {key: _voxelwise_values(value, masker, key)
                                     for key, value in options["voxelwise_evs"].items()}
-    if options.get("variance_smoothing") is not None and options.get("voxel_size") is None:
-        options["voxel_size"] = tuple(float(z) for z in mask_img.header.get_zooms()[:3])
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
-    result = permuted_glm(data, design, contrasts, mask=mask, copy=False, **options)
-    from dataclasses import replace
-    return replace(result, mask_img=mask_img)
+    result = permuted_glm(data, design, contrasts, mask=masker, copy=False, **options)
+    return replace(result, masker=masker)

@@ -7,7 +7,6 @@ p-values count the unpermuted data in the null, as FSL randomise does:
 import logging
 from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 
 from .engine import inclusive_threshold
@@ -115,14 +114,17 @@ class RandomiseResult:
     df : int
         Residual degrees of freedom.
     design_names : tuple of str
-    mask_img : nibabel image or None
-        The mask (randomise only); ``to_img`` puts maps back into it.
+    masker : voxstats.masker.VolumeMasker or None
+        Where the maps' elements come from (randomise only); ``to_img``
+        puts maps back through it.
     settings : dict
         Every option, for the record.
     schedule : voxstats.permutation.PermutationSchedule or None
         The rearrangements, identity first (``schedule.rows(start, stop)``).
     glm : GLMOutput or None
         With ``glm_output=True``.
+    mask_img : nibabel image or None
+        The analysis mask of a volume ``masker`` (read-only).
     """
 
     contrasts: tuple
@@ -132,10 +134,14 @@ class RandomiseResult:
     scheme: str
     df: int
     design_names: tuple
-    mask_img: object = None
+    masker: object = None
     settings: dict = field(default_factory=dict)
     schedule: object = None
     glm: GLMOutput | None = None
+
+    @property
+    def mask_img(self):
+        return None if self.masker is None else getattr(self.masker, "mask_img", None)
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
@@ -146,16 +152,13 @@ class RandomiseResult:
         raise KeyError(f"no contrast named {key!r}; contrasts are {[c.name for c in self.contrasts]}")
 
     def to_img(self, values):
-        """A (n_voxels,) map as a 3D image in the mask's space (0 outside the mask)."""
-        if self.mask_img is None:
+        """A (n_voxels,) map as an image in the input's space (0 outside the mask).
+
+        Goes through ``masker.unmask`` (a 3D NIfTI image for volumes).
+        """
+        if self.masker is None:
             raise ValueError("to_img needs a mask image; this result comes from a data matrix")
-        mask = np.asarray(self.mask_img.dataobj) != 0
-        values = np.asarray(values)
-        if values.shape != (int(mask.sum()),):
-            raise ValueError(f"values: expected shape ({int(mask.sum())},), got {values.shape}")
-        volume = np.zeros(mask.shape, dtype=np.float32)
-        volume[mask] = values
-        return nib.Nifti1Image(volume, self.mask_img.affine)
+        return self.masker.unmask(values)
 
     def summary(self, alpha=0.05):
         """A plain-text table: per contrast its kind, tail, maximum and FWE-significant voxels.

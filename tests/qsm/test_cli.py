@@ -1,45 +1,151 @@
 """Tests of the qsm command line, called in-process through main([...])."""
 
+import argparse
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
-from qsm.cli import main
+import qsm
+from qsm.cli import LOG_NAME, _get_parser, main
+
+TABLES = ("cohort_qsmstats.tsv", "referencing.tsv", "regression_groups.tsv",
+          "regression_clinical.tsv", "voxelwise/voxelwise_regions.tsv")
 
 
 @pytest.mark.slow
-def test_demo_small(tmp_path, capsys):
+def test_demo_small_and_its_study_toml_reproduces_the_tables(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["-q", "demo", "--out", str(out), "--n-per-group", "4", "--n-perm", "50",
-                 "--seed", "3"])
+    code = main(["demo", "--out", str(out), "--n-per-group", "4", "--n-perm", "50",
+                 "--seed", "3", "-q"])  # -q after the subcommand
     assert code == 0
-    text = capsys.readouterr().out
-    assert "Simulated 24 subjects (seed 3)" in text and "Report:" in text
-    assert (out / "report.md").is_file() and (out / "data" / "participants.tsv").is_file()
+    captured = capsys.readouterr()
+    assert "Simulated 24 subjects (seed 3)" in captured.out and "Report:" in captured.out
+    # the console stays clean: no INFO lines; they are in the log file
+    assert "INFO" not in captured.err and "Re-referenced" not in captured.err
+    log = (out / LOG_NAME).read_text()
+    assert log.count("Re-referenced") == 24 and "qsm demo --out" in log
+    for name in ("report.md", "report.html", "data/participants.tsv", "data/study.toml",
+                 "figures/regional_chi_by_group.pdf", "voxelwise/RRMS_vs_HC_RRMS_stat-pfwe.json"):
+        assert (out / name).is_file(), name
     vt = pd.read_csv(out / "voxelwise" / "voxelwise_regions.tsv", sep="\t")
     assert set(vt.patient_group) == {"CIS", "RRMS", "SPMS"} and (vt.n_perm == 50).all()
-    # `qsm run` on the simulated data with a written config
+    report = (out / "report.md").read_text()
+    assert "planted vs found vs paper" in report and "data/study.toml" in report
+    assert "simulation" in report.split("## Run time")[1]
+    # the saved config reruns the study: same tables, byte for byte
+    assert main(["-q", "run", str(out / "data" / "study.toml"), "--out",
+                 str(tmp_path / "again")]) == 0
+    for name in TABLES:
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+    # a demo into the non-empty folder refuses without --overwrite
+    before = (out / "report.md").read_bytes()
+    assert main(["-q", "demo", "--out", str(out), "--n-per-group", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "--out" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "report.md").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_run_without_clinical_variables_and_voxelwise(tmp_path):
+    from qsm.simulate import simulate_cohort
+
+    cohort = simulate_cohort(tmp_path / "data", n_per_group=3, rng=1, verbose=False)
     cfg = tmp_path / "study.toml"
-    cfg.write_text(
-        f'[study]\nparticipants = "{(out / "data" / "participants.tsv").as_posix()}"\n'
-        '[groups]\nRRMS = "HC_RRMS"\n[voxelwise]\nenabled = false\n'
-        '[regression]\nclinical = ["edss"]\n')
+    cfg.write_text(f'[study]\nparticipants = "{cohort.participants_path.as_posix()}"\n'
+                   '[groups]\nRRMS = "HC_RRMS"\n[voxelwise]\nenabled = false\n'
+                   '[regression]\nclinical = []\n')
     assert main(["-q", "run", str(cfg), "--out", str(tmp_path / "run")]) == 0
     table = pd.read_csv(tmp_path / "run" / "regression_clinical.tsv", sep="\t")
-    assert set(table.variable) == {"edss"}
+    assert len(table) == 0 and "beta" in table.columns
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "No clinical variable was analysed" in report
     assert not (tmp_path / "run" / "voxelwise").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "figures").glob("*.png")) == [
+        "atlas.png", "regional_chi_by_group.png"]
+
+
+def test_common_options_before_and_after_the_subcommand():
+    parser = _get_parser()
+    assert parser.parse_args(["demo", "--out", "x", "-q"]).quiet is True
+    assert parser.parse_args(["-q", "demo", "--out", "x"]).quiet is True
+    assert parser.parse_args(["--quiet", "run", "c.toml", "--out", "x"]).quiet is True
+    assert parser.parse_args(["demo", "--out", "x"]).quiet is False
+    assert parser.parse_args(["normalize", "src", "out", "--quiet"]).quiet is True
+    assert parser.parse_args(["normalize", "src", "out", "--n-jobs", "-1"]).n_jobs == -1
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"qsm {qsm.__version__}"
+
+
+def _subparsers(parser):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_subcommand_has_a_description_and_every_option_its_default():
+    parser = _get_parser()
+    subs = _subparsers(parser)
+    assert {"run", "demo", "normalize"} <= set(subs)
+    for name, sub in subs.items():
+        assert sub.description and len(sub.description) > 40, name
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help" or action.required:
+                continue
+            assert action.help, (name, action.option_strings)
+            helptext = sub._get_formatter()._expand_help(action)
+            assert "default" in helptext, (name, action.option_strings, helptext)
+        assert "(default: 2)" in text if name == "normalize" else True
+    normalize = " ".join(subs["normalize"].format_help().split())
+    assert "--outlier-z Z" in normalize and "(default: 3.5)" in normalize
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--out", "x", "--n-perm", "0"], "argument --n-perm: must be >= 1, got 0"),
+    (["demo", "--out", "x", "--n-per-group", "0"], "argument --n-per-group: must be >= 1, got 0"),
+    (["run", "c.toml", "--out", "x", "--n-perm", "-5"], "argument --n-perm: must be >= 1"),
+    (["normalize", "s", "o", "--n-jobs", "0"], "argument --n-jobs: must be >= 1 or -1"),
+    (["normalize", "s", "o", "--hybrid-weight", "2"], "argument --hybrid-weight: must be in"),
+    (["normalize", "s", "o", "--resolution", "0"], "argument --resolution: must be > 0"),
+    (["demo"], "the following arguments are required: --out"),
+])
+def test_usage_errors_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_arguments_checked_before_simulating(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-per-group", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("qsm demo: error: --n-per-group must be >= 3") and err.count("\n") == 1
+    assert not out.exists()  # nothing simulated, not even the folder
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--out", str(afile)]) == 1
+    assert "--out" in capsys.readouterr().err and afile.read_text() == "x"
 
 
 def test_run_reports_config_errors(tmp_path, capsys):
     cfg = tmp_path / "study.toml"
     cfg.write_text('[groups]\nRRMS = "HC_RRMS"\n[voxelwise]\nn_prem = 3\n')
-    assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "qsm run: error:" in err and "unknown key(s) ['n_prem'] in [voxelwise]" in err
     assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
-def test_usage_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["demo"])
-    assert exc.value.code == 2
-    assert "--out" in capsys.readouterr().err
+def test_python_dash_m_qsm(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "qsm", "demo", "--out", str(tmp_path),
+                           "--n-per-group", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr == ("qsm demo: error: --n-per-group must be >= 3 (the study's "
+                           "regressions need at least 3 subjects per group), got 1.\n")

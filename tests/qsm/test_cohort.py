@@ -26,7 +26,7 @@ def _bids(root, subjects=("01", "02", "03"), sessions=(None,)):
             prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
             _write(folder / f"{prefix}_Chimap.nii.gz")
             _write(folder / f"{prefix}_T1w.nii.gz")
-            _write(folder / f"{prefix}_space-MNI152NLin2009aAsym_Chimap.nii.gz")  # ignored
+            _write(folder / f"{prefix}_space-MNI152NLin2009aSym_Chimap.nii.gz")  # ignored
     pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects],
                   "group": ["CIS", "RRMS", "control"][: len(subjects)],
                   "age": [30.5, 41.0, 28.0][: len(subjects)]}).to_csv(
@@ -187,3 +187,11 @@ def test_structural_optional(tmp_path, good):
     cohort = load_cohort(path, require_structural=False)
     assert cohort.table.loc[0, "structural_path"] is None
     assert Path(cohort.table.loc[0, "chi_path"]).exists()
+
+
+@pytest.mark.parametrize("label", ["sub-../../x", "sub-a/b", "sub-01_x", "sub-"])
+def test_subject_labels_must_be_bids_labels(tmp_path, good, label):
+    path = _table(tmp_path, [[label, *good["sub-01"], 30]])
+    with pytest.raises(CohortError, match=r"is used in file names and must be letters and "
+                                          r"digits only \(a BIDS label\)"):
+        load_cohort(path)

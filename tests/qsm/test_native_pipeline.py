@@ -136,6 +136,20 @@ def test_rerun_reuses_complete_normalizations(native_study, tmp_path):
     pd.testing.assert_frame_equal(again.roi_table, res.roi_table)
 
 
+@pytest.mark.slow
+def test_relative_out_with_native_space(native_study, tmp_path, monkeypatch):
+    """--out relative to the working directory, the participants table elsewhere."""
+    cohort, config, res = native_study
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(res.out_dir / "normalized", tmp_path / "rel" / "run" / "normalized")
+    config = load_config({**config.to_dict(), "voxelwise": {"enabled": False}},
+                         base_dir=cohort.root)
+    again = run_study(config, Path("rel") / "run", verbose=False)
+    assert again.out_dir == tmp_path / "rel" / "run"
+    assert all(Path(p).is_file() for p in again.participants.chi_path)
+    pd.testing.assert_frame_equal(again.roi_table, res.roi_table)
+
+
 # ------------------------------------------------------------------ checks before work
 def _tiny_cohort(folder, *, bad_structural=None, structural=True):
     rows = []
@@ -248,7 +262,7 @@ def test_atlas_in_another_space_is_refused(tmp_path, native):
                               "study": {"min_subjects_per_group": 2},
                               "regression": {"clinical": ["disease_duration"]}},
                              base_dir=tmp_path)
-        where = r"'MNI152NLin2009aAsym' \(\[study\] space\)"
+        where = r"'MNI152NLin2009aSym' \(\[study\] space\)"
     with pytest.raises(ValueError, match=r"the atlas user_dseg.nii.gz is in space "
                                          rf"'MNI152NLin2009cAsym' but the χ maps are in {where}"):
         run_study(config, tmp_path / "out")

@@ -215,9 +215,9 @@ def test_user_atlas_with_unions(tmp_path):
     img_path, tsv_path = save_atlas(demo_thalamus_atlas(), tmp_path, prefix="user")
     raw = {"groups": {"A": "B"},
            "atlas": {"labels_img": img_path.name, "label_table": tsv_path.name,
-                     "space": "MNI152NLin2009aAsym", "unions": {"posterior": [4, 8]}}}
+                     "space": "MNI152NLin2009aSym", "unions": {"posterior": [4, 8]}}}
     atlas = _load_study_atlas(load_config(raw, base_dir=tmp_path))
-    assert atlas.space == "MNI152NLin2009aAsym"
+    assert atlas.space == "MNI152NLin2009aSym"
     assert {"posterior", "thalamus", "thalamus_left"} <= set(atlas.region_names)
     masks = region_masks(atlas)
     labels = np.asarray(atlas.labels_img.dataobj)

@@ -7,6 +7,8 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 
 from qsm.regression import (
+    adjusted_values,
+    check_formula,
     clinical_regressions,
     fit_term,
     group_comparisons,
@@ -52,7 +54,7 @@ def test_fit_term_equals_statsmodels(long):
     assert res["n"] == len(data)
     with pytest.raises(ValueError, match="term 'nope' is not a parameter"):
         fit_term(data, "chi ~ age", "nope")
-    with pytest.raises(ValueError, match="Cannot fit the formula 'chi ~ bogus'"):
+    with pytest.raises(ValueError, match="'chi ~ bogus' names 'bogus', which the data do not"):
         fit_term(data, "chi ~ bogus", "bogus")
 
 
@@ -122,3 +124,71 @@ def test_regional_values_checks(long):
         regional_values(roi, people, statistic="mode")
     ok = regional_values(roi, people.iloc[:1])
     assert ok.chi.item() == 1.0 and ok.roi.item() == "a"
+
+
+@pytest.mark.parametrize("formula", [
+    "chi ~ I(__import__('os').system('touch pwned'))",
+    "chi ~ np.log(age)", "chi ~ age.real", "chi ~ C(sex)[0]", "chi ~ f'{age}'",
+    "chi ~ C(sex, Treatment(__import__('os')))", "chi ~ C(sex, eval)", "chi ~ lambda",
+    "chi ~ age; import os", "chi ~ age +", "chi ~ __class__", "chi ~ age(1)", "age ~ chi",
+])
+def test_formulas_with_code_are_refused_before_patsy(long, formula, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^formula: .*") as exc:
+        check_formula(formula)
+    assert "\n" not in str(exc.value)
+    data = long[long.roi == "a"]
+    with pytest.raises(ValueError):
+        fit_term(data, formula, "age")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("formula, names", [
+    ("chi ~ patient + age + C(sex)", ["chi", "patient", "age", "sex"]),
+    ("chi ~ {variable} + age:C(sex) + (age + edss)**2 - 1", ["chi", "{variable}", "age", "sex",
+                                                            "edss"]),
+    ("chi ~ C(sex, Treatment(reference='M')) + 0", ["chi", "sex"]),
+    ("chi~C(group,Sum)+age/edss", ["chi", "group", "age", "edss"]),
+])
+def test_data_only_formulas_accepted(formula, names):
+    assert check_formula(formula) == names
+    with pytest.raises(ValueError, match=r"names 'age', which the data do not have"):
+        check_formula("chi ~ age", columns=["chi"])
+
+
+def test_restricted_formula_fits_like_statsmodels(long):
+    data = long[long.roi == "a"]
+    res = fit_term(data, "chi ~ age + C(sex, Treatment(reference='M'))", "age")
+    fit = smf.ols("chi ~ age + C(sex, Treatment(reference='M'))", data=data).fit()
+    assert res["beta"] == pytest.approx(fit.params["age"], rel=1e-12)
+
+
+def test_no_clinical_variables_gives_an_empty_table(long):
+    table = clinical_regressions(long, ["RRMS"], variables=[])
+    assert len(table) == 0 and {"variable", "region", "beta", "p_holm"} <= set(table.columns)
+
+
+def test_adjusted_values_agree_with_the_fitted_beta(long):
+    """Adjusted χ: the group difference of means and the slope equal the table's β."""
+    sub = long[long.group.isin(["SPMS", "HC_SPMS"]) & (long.roi == "c")].copy()
+    sub["patient"] = (sub.group == "SPMS").astype(float)
+    adj, intercept = adjusted_values(sub, "chi ~ patient + age + C(sex)", "patient")
+    beta = fit_term(sub, "chi ~ patient + age + C(sex)", "patient")["beta"]
+    diff = adj[sub.patient == 1].mean() - adj[sub.patient == 0].mean()
+    assert diff == pytest.approx(beta, rel=1e-10)
+    # independent: chi minus the nuisance part from a NumPy least-squares fit
+    x = np.column_stack([np.ones(len(sub)), sub.patient, sub.age, sub.sex == "M"]).astype(float)
+    b = np.linalg.lstsq(x, sub.chi.to_numpy(), rcond=None)[0]
+    z = x[:, 2:]
+    np.testing.assert_allclose(adj, sub.chi - (z - z.mean(0)) @ b[2:], rtol=1e-10)
+    assert intercept == pytest.approx(b[0] + z.mean(0) @ b[2:], rel=1e-10)
+    # continuous term with missing values: the adjusted points lie around the model's line
+    pat = long[long.group.isin(["RRMS", "SPMS"]) & (long.roi == "a")].copy()
+    pat.loc[pat.index[:3], "disease_duration"] = np.nan
+    formula = "chi ~ disease_duration + age + C(sex) + C(group)"
+    adj, intercept = adjusted_values(pat, formula, "disease_duration")
+    assert adj.iloc[:3].isna().all() and adj.iloc[3:].notna().all()
+    ok = adj.notna()
+    slope, icpt = np.polyfit(pat.disease_duration[ok], adj[ok], 1)
+    assert slope == pytest.approx(fit_term(pat, formula, "disease_duration")["beta"], rel=1e-9)
+    assert icpt == pytest.approx(intercept, rel=1e-9)

@@ -40,7 +40,7 @@ def test_participants_table(cohort):
     assert ((df.age - df.disease_duration.fillna(0)) >= 18).all()
     for rel in df.chi_path:
         assert (cohort.root / rel).is_file()
-        assert rel.endswith("_space-MNI152NLin2009aAsym_Chimap.nii.gz")
+        assert rel.endswith("_space-MNI152NLin2009aSym_Chimap.nii.gz")
 
 
 def test_noise_free_maps_carry_exactly_the_planted_effects(cohort):

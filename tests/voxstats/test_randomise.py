@@ -260,7 +260,7 @@ def test_bad_images(tmp_path, problem):
     res = randomise(paths, x, [0, 1, 0, 0], n_perm=10, rng=0)
     assert res[0].stat.size == mask.sum() - 1
     empty = np.zeros_like(volumes)
-    with pytest.raises(ValueError, match=r"mask_img: the mask is empty"):
+    with pytest.raises(ValueError, match=r"imgs: no voxel is finite in every subject and not constant"):
         randomise([nib.Nifti1Image(empty[..., i], AFFINE) for i in range(12)], x, [0, 1, 0, 0], n_perm=10)
     with pytest.raises(ValueError, match=r"imgs: expected at least 2 subjects, got 1"):
         randomise([paths[0]], x[:1], [1, 0, 0, 0], n_perm=10)
