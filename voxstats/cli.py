@@ -4,19 +4,17 @@ A thin layer over :func:`voxstats.randomise`, :func:`voxstats.tfce` and
 :func:`voxstats.cluster_table.cluster_table`.  ``voxstats randomise`` takes
 FSL randomise's option names and writes randomise's output names and value
 conventions (1 - p, or -log10 p with ``--logp``), so a randomise user only
-changes the command name.
+changes the command name. The ``randomise`` subcommand lives in
+:mod:`voxstats._cli_randomise`.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import importlib.metadata
-import json
 import logging
 import platform
-import shlex
 import sys
 from pathlib import Path
 
@@ -24,17 +22,14 @@ import nibabel as nib
 import numpy as np
 
 import voxstats
-from voxstats.checkpoint import RunInterrupted, recorded_seed
 from voxstats.cluster_table import cluster_table
-from voxstats.design_files import read_blocks, read_contrasts, read_design, read_f_contrasts
-from voxstats.image import atomic_write_text, check_img, check_same_space, save_img_atomic
+from voxstats.image import check_img, check_same_space, save_img_atomic
 from voxstats.tfce import tfce
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["main"]
 
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr")
 _VERSIONED = ("voxstats", "numpy", "scipy", "numba", "nibabel", "pandas")
 
 
@@ -53,53 +48,9 @@ def _get_parser():
     parser.add_argument("--version", action="version", version=f"voxstats {voxstats.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{randomise,tfce,cluster}")
 
-    r = sub.add_parser(
-        "randomise",
-        help="permutation GLM with FSL randomise's options and outputs",
-        description="Permutation inference with FSL randomise's option names, output names "
-        "and value conventions (t contrasts are one-sided, positive).",
-    )
-    r.add_argument("-i", dest="input", required=True, metavar="IN",
-                   help="4D NIfTI, or a text file listing 3D NIfTI paths one per line")
-    r.add_argument("-o", dest="output", required=True, metavar="OUT", help="output prefix")
-    r.add_argument("-d", dest="design", metavar="DESIGN", help="design.mat (VEST) or CSV/TSV with a header")
-    r.add_argument("-t", dest="tcon", metavar="CON", help="t contrasts: design.con or CSV/TSV naming design columns")
-    r.add_argument("-f", dest="fcon", metavar="FTS", help="F contrasts: design.fts or CSV/TSV naming t contrasts")
-    r.add_argument("-m", dest="mask", metavar="MASK", help="mask image")
-    r.add_argument("-e", dest="blocks", metavar="GRP", help="exchangeability blocks (design.grp)")
-    r.add_argument("--permuteBlocks", dest="whole_blocks", action="store_true",
-                   help="permute whole blocks (with -e) instead of within blocks")
-    r.add_argument("-n", dest="n_perm", type=int, default=5000, help="number of permutations (default 5000)")
-    r.add_argument("-T", dest="tfce", action="store_true", help="TFCE (H=2, E=0.5, 6-connectivity)")
-    r.add_argument("--T2", dest="tfce2d", action="store_true", help="2D TFCE (H=2, E=1, 26-connectivity)")
-    r.add_argument("-x", dest="vox_corrp", action="store_true", help="write voxel-wise FWE-corrected p")
-    r.add_argument("--uncorrp", action="store_true", help="write uncorrected p")
-    r.add_argument("-c", dest="cluster_e", type=float, metavar="THR", help="cluster extent FWE p, t threshold")
-    r.add_argument("-C", dest="cluster_m", type=float, metavar="THR", help="cluster mass FWE p, t threshold")
-    r.add_argument("-F", dest="cluster_e_f", type=float, metavar="THR", help="cluster extent FWE p, F threshold")
-    r.add_argument("-S", dest="cluster_m_f", type=float, metavar="THR", help="cluster mass FWE p, F threshold")
-    r.add_argument("-D", dest="demean", action="store_true", help="demean data and design")
-    r.add_argument("-1", dest="one_sample", action="store_true", help="one-sample group mean (sign flipping)")
-    r.add_argument("--seed", type=int, help="random seed (drawn and recorded when omitted)")
-    r.add_argument("--tfce_H", type=float, help="TFCE height power (default 2)")
-    r.add_argument("--tfce_E", type=float, help="TFCE extent power (default 0.5, 1 with --T2)")
-    r.add_argument("--tfce_C", type=int, choices=(6, 18, 26), help="TFCE connectivity (default 6, 26 with --T2)")
-    r.add_argument("--tfce_D", type=float, metavar="DH", help="TFCE fixed step; implies --tfce-mode fsl")
-    r.add_argument("--tfce-mode", choices=("exact", "fsl"), default=None, help="TFCE integral (default exact)")
-    r.add_argument("--n-jobs", type=int, default=1,
-                   help="threads; with --executor dask and no --scheduler, worker processes (default 1)")
-    r.add_argument("--checkpoint-dir", metavar="DIR",
-                   help="write each finished chunk of permutations to DIR, so that a killed run can resume")
-    r.add_argument("--resume", action="store_true",
-                   help="continue the run checkpointed in --checkpoint-dir (same inputs and options)")
-    r.add_argument("--executor", choices=("local", "dask"), default="local",
-                   help="run chunks here (local, default) or on a Dask cluster (needs voxstats[distributed])")
-    r.add_argument("--scheduler", metavar="ADDRESS",
-                   help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster")
-    r.add_argument("--logp", action="store_true", help="write -log10 p instead of 1 - p")
-    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    r.set_defaults(func=_run_randomise)
+    from voxstats._cli_randomise import add_parser as add_randomise
+
+    add_randomise(sub)
 
     t = sub.add_parser("tfce", help="TFCE transform of a map (like fslmaths -tfce)",
                        description="Threshold-free cluster enhancement of one statistic map.")
@@ -158,274 +109,12 @@ def _versions():
     return out
 
 
-def _is_image_path(path):
-    name = str(path).lower()
-    return name.endswith(_IMAGE_SUFFIXES) or name.endswith(".img.gz")
-
-
-def _read_image_list(path):
-    """Paths listed in a text file, one per line; relative to the list's folder."""
-    path = Path(path)
-    imgs = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise CLIError(f"-i {path}: expected a NIfTI image (.nii, .nii.gz) or a text file listing "
-                       "3D images one per line") from None
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        item = Path(line)
-        if not item.is_absolute():
-            item = path.parent / item if (path.parent / item).exists() else Path.cwd() / item
-        if not item.exists():
-            raise CLIError(f"{path}, line {lineno}: expected an existing image file, got {line!r}")
-        imgs.append(item)
-    if not imgs:
-        raise CLIError(f"{path}: expected image paths one per line, got none")
-    return imgs
-
-
 def _check_outputs(paths, overwrite):
     if overwrite:
         return
     for path in paths:
         if Path(path).exists():
             raise CLIError(f"Output file {path} exists; use --overwrite to replace it.")
-
-
-def _p_values(p, logp):
-    p = np.asarray(p, dtype=np.float64)
-    return -np.log10(p) if logp else 1.0 - p
-
-
-def _peak(img, values, mask_ijk):
-    """Return (max, ijk, xyz) of ``values`` over mask voxels ``mask_ijk``."""
-    k = int(np.argmax(values))
-    ijk = mask_ijk[k]
-    return float(values[k]), tuple(int(v) for v in ijk), tuple(nib.affines.apply_affine(img.affine, ijk))
-
-
-# --------------------------------------------------------------------------- randomise
-
-
-def _tfce_settings(args):
-    if args.tfce and args.tfce2d:
-        raise CLIError("-T and --T2 are exclusive; give one of them.")
-    tuning = (args.tfce_H, args.tfce_E, args.tfce_C, args.tfce_D, args.tfce_mode)
-    if not (args.tfce or args.tfce2d):
-        if any(v is not None for v in tuning):
-            raise CLIError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
-        return None
-    E, H, C = (1.0, 2.0, 26) if args.tfce2d else (0.5, 2.0, 6)
-    mode = args.tfce_mode or ("fsl" if args.tfce_D is not None else "exact")
-    if args.tfce_D is not None and mode != "fsl":
-        raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (or no --tfce-mode).")
-    if args.tfce_D is not None and not args.tfce_D > 0:
-        raise CLIError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
-    return {
-        "tfce_E": E if args.tfce_E is None else args.tfce_E,
-        "tfce_H": H if args.tfce_H is None else args.tfce_H,
-        "connectivity": C if args.tfce_C is None else args.tfce_C,
-        "tfce_mode": mode,
-        "tfce_dh": args.tfce_D,
-    }
-
-
-def _one_threshold(a, b, flag_a, flag_b):
-    if a is not None and b is not None and a != b:
-        raise CLIError(f"{flag_a} {a} and {flag_b} {b}: extent and mass share one cluster-forming "
-                       "threshold here; give the same value or run twice.")
-    return a if a is not None else b
-
-
-def _load_model(args):
-    """Design, t contrasts, F contrasts and blocks from the option files."""
-    if args.one_sample:
-        if args.design or args.tcon or args.fcon:
-            raise CLIError("-1 is a one-sample test on its own design; do not combine it with -d, -t or -f.")
-        return None, {"C1": np.array([1.0])}, None
-    if not args.design or not args.tcon:
-        raise CLIError("randomise needs -d DESIGN and -t CONTRASTS (or -1 for a one-sample test).")
-    design = read_design(args.design)
-    tcons = read_contrasts(args.tcon, design_columns=list(design.columns))
-    fcons = read_f_contrasts(args.fcon, t_contrasts=tcons) if args.fcon else None
-    return design, tcons, fcons
-
-
-def _randomise_outputs(args, n_t, n_f, tfce):
-    """Output file names per (kind, index): {(kind, i): {suffix: path}}."""
-    out = {}
-    for kind, n, cl_e, cl_m in (("t", n_t, args.cluster_e, args.cluster_m),
-                                ("f", n_f, args.cluster_e_f, args.cluster_m_f)):
-        for i in range(1, n + 1):
-            stat = f"{kind}stat{i}"
-            names = {"stat": stat}
-            if args.uncorrp:
-                names["vox_p"] = f"vox_p_{stat}"
-            if args.vox_corrp:
-                names["vox_corrp"] = f"vox_corrp_{stat}"
-            if tfce:
-                names["tfce"] = f"tfce_{stat}"
-                names["tfce_corrp"] = f"tfce_corrp_{stat}"
-                if args.uncorrp:
-                    names["tfce_p"] = f"tfce_p_{stat}"
-            if cl_e is not None:
-                names["clustere_corrp"] = f"clustere_corrp_{stat}"
-            if cl_m is not None:
-                names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
-            out[(kind, i)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
-    return out
-
-
-def _run_randomise(args):
-    if args.n_perm < 1:
-        raise CLIError(f"-n: expected a number of permutations >= 1 (all rearrangements are enumerated "
-                       f"when there are no more than that), got {args.n_perm}.")
-    tfce = _tfce_settings(args)
-    thr_t = _one_threshold(args.cluster_e, args.cluster_m, "-c", "-C")
-    thr_f = _one_threshold(args.cluster_e_f, args.cluster_m_f, "-F", "-S")
-    if args.whole_blocks and not args.blocks:
-        raise CLIError("--permuteBlocks needs -e BLOCKS.")
-    if args.resume and not args.checkpoint_dir:
-        raise CLIError("--resume needs --checkpoint-dir DIR.")
-    if args.scheduler and args.executor != "dask":
-        raise CLIError("--scheduler needs --executor dask.")
-    design, tcons, fcons = _load_model(args)
-    if (args.cluster_e_f is not None or args.cluster_m_f is not None) and not fcons:
-        raise CLIError("-F and -S need F contrasts (-f).")
-
-    if not Path(args.input).exists():
-        raise CLIError(f"-i: file not found: {args.input}")
-    imgs = str(args.input) if _is_image_path(args.input) else [str(p) for p in _read_image_list(args.input)]
-    n_subjects = check_img(imgs, name="-i", ndim=4).shape[3] if isinstance(imgs, str) else len(imgs)
-    if design is None:  # -1
-        design = np.ones((n_subjects, 1))
-    if len(design) != n_subjects:
-        raise CLIError(f"{args.design}: expected {n_subjects} rows (one per input image), got {len(design)}.")
-    blocks = read_blocks(args.blocks) if args.blocks else None
-    if blocks is not None and len(blocks) != n_subjects:
-        raise CLIError(f"{args.blocks}: expected {n_subjects} block labels (one per input image), got {len(blocks)}.")
-
-    outputs = _randomise_outputs(args, len(tcons), len(fcons or {}), tfce is not None)
-    json_path = Path(f"{args.output}.json")
-    _check_outputs([p for names in outputs.values() for p in names.values()] + [json_path], args.overwrite)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-
-    seed = args.seed
-    if seed is None and args.resume:
-        seed = recorded_seed(args.checkpoint_dir)
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**32))
-    options = dict(
-        f_contrasts=fcons,
-        mask_img=args.mask,
-        n_perm=args.n_perm,
-        tfce=tfce is not None,
-        cluster_threshold=thr_t,
-        cluster_threshold_f=thr_f,
-        two_sided=False,
-        demean=args.demean,
-        sign_flip=args.one_sample,
-        exchangeability_blocks=blocks,
-        whole_blocks=args.whole_blocks,
-        rng=seed,
-        n_jobs=args.n_jobs,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        executor=args.executor,
-        scheduler=args.scheduler,
-        verbose=not args.quiet,
-    )
-    if tfce is not None:
-        options.update(tfce)
-    try:
-        res = voxstats.randomise(imgs, design, tcons, **options)
-    except RunInterrupted as stop:
-        again = list(args.argv) + ([] if args.resume else ["--resume"])
-        again += [] if args.seed is not None else ["--seed", str(seed)]
-        print(f"voxstats randomise: stopped by {stop.signal_name}; finished chunks are kept in "
-              f"{args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}", file=sys.stderr)
-        return 128 + stop.signum
-
-    written = []
-    mask_data = np.asarray(res.mask_img.dataobj) != 0
-    mask_ijk = np.argwhere(mask_data)
-    summary = []
-    counts = {"t": 0, "f": 0}
-    for contrast in res.contrasts:
-        kind = "t" if contrast.kind == "t" else "f"
-        counts[kind] += 1
-        index = counts[kind]
-        names = outputs[(kind, index)]
-        maps = {
-            "stat": contrast.stat,
-            "vox_p": None if "vox_p" not in names else _p_values(contrast.p, args.logp),
-            "vox_corrp": None if "vox_corrp" not in names else _p_values(contrast.p_fwe, args.logp),
-            "tfce": contrast.tfce,
-            "tfce_corrp": None if contrast.tfce_p_fwe is None else _p_values(contrast.tfce_p_fwe, args.logp),
-            "tfce_p": None if contrast.tfce_p is None else _p_values(contrast.tfce_p, args.logp),
-            "clustere_corrp": None if contrast.cluster_extent_p_fwe is None
-            else _p_values(contrast.cluster_extent_p_fwe, args.logp),
-            "clusterm_corrp": None if contrast.cluster_mass_p_fwe is None
-            else _p_values(contrast.cluster_mass_p_fwe, args.logp),
-        }
-        for key, path in names.items():
-            img = res.to_img(np.asarray(maps[key], dtype=np.float32))
-            save_img_atomic(img, path)
-            written.append(str(path))
-        peak, ijk, xyz = _peak(res.mask_img, np.asarray(contrast.stat), mask_ijk)
-        summary.append({
-            "name": contrast.name,
-            "output": f"{kind}stat{index}",
-            "n_fwe_voxel": int(np.sum(np.asarray(contrast.p_fwe) < 0.05)),
-            "n_fwe_tfce": None if contrast.tfce_p_fwe is None else int(np.sum(np.asarray(contrast.tfce_p_fwe) < 0.05)),
-            "max_stat": peak,
-            "max_voxel": list(ijk),
-            "max_mm": [round(float(v), 3) for v in xyz],
-            "tfce_dh": contrast.tfce_dh,
-        })
-
-    inputs = [args.input] + ([] if _is_image_path(args.input) else imgs)
-    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks) if p]
-    record = {
-        "command": "voxstats randomise",
-        "argv": args.argv,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
-        "library_call": {k: v for k, v in options.items() if k not in ("f_contrasts", "exchangeability_blocks")},
-        "seed": seed,
-        "n_perm_requested": args.n_perm,
-        "n_perm": int(res.n_perm),
-        "exhaustive": bool(res.exhaustive),
-        "n_possible": int(res.n_possible),
-        "scheme": res.scheme,
-        "df": res.df if isinstance(res.df, (int, float, type(None))) else np.asarray(res.df).tolist(),
-        "n_subjects": n_subjects,
-        "n_voxels": int(mask_data.sum()),
-        "t_contrasts": {k: np.asarray(v).tolist() for k, v in tcons.items()},
-        "f_contrasts": None if not fcons else {k: np.asarray(v).tolist() for k, v in fcons.items()},
-        "p_convention": "-log10(p)" if args.logp else "1-p",
-        "versions": _versions(),
-        "sha256": {str(p): _sha256(p) for p in inputs},
-        "outputs": written,
-        "summary": summary,
-    }
-    atomic_write_text(json_path, json.dumps(record, indent=2, default=str) + "\n")
-    if not args.quiet:
-        exact = "exhaustive" if res.exhaustive else "random"
-        print(f"{res.n_perm} permutations ({exact}, {res.scheme}), seed {seed}, "
-              f"{record['n_voxels']} voxels; outputs {args.output}_*.nii.gz and {json_path}")
-        for s in summary:
-            tfce_txt = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
-            mm = ", ".join(f"{v:.1f}" for v in s["max_mm"])
-            print(f"{s['output']} ({s['name']}): FWE p<0.05 voxels: voxel {s['n_fwe_voxel']}{tfce_txt}; "
-                  f"max {s['max_stat']:.4g} at voxel {tuple(s['max_voxel'])} = ({mm}) mm")
-    return 0
-
-
-# --------------------------------------------------------------------------- tfce, cluster
 
 
 def _run_tfce(args):

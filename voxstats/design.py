@@ -89,7 +89,8 @@ class Contrast:
 
     @property
     def rank(self):
-        return self.weights.shape[0]
+        """Rank of the weights: the F test's numerator degrees of freedom (1 for t)."""
+        return int(np.linalg.matrix_rank(self.weights))
 
 
 def make_design(design, *, demean=False, allow_rank_deficient=False):
@@ -235,8 +236,6 @@ def _check_contrast(weights, design, label):
         raise ValueError(f"{label}: NaN or infinite weight")
     if not np.any(weights):
         raise ValueError(f"{label}: all weights are zero")
-    if np.linalg.matrix_rank(weights) < weights.shape[0]:
-        raise ValueError(f"{label}: its {weights.shape[0]} rows are linearly dependent")
     # Estimable: each row lies in the row space of the design.
     _, s, vt = np.linalg.svd(design.matrix, full_matrices=True)
     null_space = vt[design.rank:]
@@ -262,7 +261,9 @@ def make_contrasts(contrasts, design, *, f_contrasts=None):
         CSV/TSV whose header names the design's columns), as ``-t``.
     design : Design
     f_contrasts : dict, list, str, path or None
-        F contrasts: ``{name: (q, n_regressors) matrix}`` or a list of matrices.
+        F contrasts: ``{name: (k, n_regressors) matrix}`` or a list of matrices.
+        Rows may be linearly dependent (as in randomise): the F test is on
+        their row space, with as many numerator degrees of freedom as its rank.
         A file name is read by :func:`voxstats.design_files.read_f_contrasts`
         (FSL ``design.fts``, or CSV/TSV naming t contrasts), as ``-f``: each F
         contrast stacks the t contrasts it selects.
@@ -305,7 +306,13 @@ def make_contrasts(contrasts, design, *, f_contrasts=None):
         for name, value in items:
             weights = _as_weights(value, design, f"F contrast '{name}'")
             _check_contrast(weights, design, f"F contrast '{name}'")
-            result.append(Contrast(name=str(name), kind="F", weights=weights))
+            contrast = Contrast(name=str(name), kind="F", weights=weights)
+            if contrast.rank < weights.shape[0]:
+                logger.warning("F contrast '%s': its %d rows have rank %d; F is divided by the rank (its "
+                               "numerator df). FSL randomise divides by the number of rows: its fstat is "
+                               "%d/%d times smaller (p-values of the statistic are the same)", name,
+                               weights.shape[0], contrast.rank, contrast.rank, weights.shape[0])
+            result.append(contrast)
     if not result:
         raise ValueError("contrasts: expected at least one t or F contrast, got none")
     names = [c.name for c in result]

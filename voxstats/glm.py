@@ -103,7 +103,7 @@ def effect_basis(design, contrast):
     a = m @ pinv_xtx @ c.T
     a = a - nuisance @ (nuisance.T @ a)
     tested = _orthonormal(a)
-    if tested.shape[1] != c.shape[0]:
+    if tested.shape[1] != contrast.rank:
         raise ValueError(f"contrast '{contrast.name}': not estimable with this design")
     if contrast.kind == "t":
         tested = a / np.linalg.norm(a)
@@ -142,7 +142,8 @@ def contrast_statistic(data, design, contrast):
         raise ValueError(f"data has {n} subjects (rows) but the design has {design.n_subjects}")
     pinv_m = linalg.pinv(m)
     pinv_xtx = linalg.pinv(m.T @ m)
-    middle = linalg.inv(c @ pinv_xtx @ c.T)
+    middle = linalg.pinv(c @ pinv_xtx @ c.T)  # pinv: the rows may be dependent (rank q)
+    q = contrast.rank
     df = design.df
     stat = np.zeros(n_vox)
     for start in range(0, n_vox, _CHUNK):
@@ -156,7 +157,7 @@ def contrast_statistic(data, design, contrast):
             if contrast.kind == "t":
                 value = effect[0] / np.sqrt(sigma2 * (c @ pinv_xtx @ c.T)[0, 0])
             else:
-                value = np.einsum("iv,ij,jv->v", effect, middle, effect) / (c.shape[0] * sigma2)
+                value = np.einsum("iv,ij,jv->v", effect, middle, effect) / (q * sigma2)
         scale = np.einsum("ij,ij->j", y, y)
         degenerate = ~(rss > 1e-20 * np.maximum(scale, 1e-300)) | ~np.isfinite(value)
         value[degenerate] = 0.0

@@ -339,7 +339,7 @@ def study(tmp_path, problem):
 
 def _argv(study, out, *extra):
     return ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(study / out), "-d",
-            str(study / "design.mat"), "-t", str(study / "design.con"), "-n", "200", "-T", "-x",
+            str(study / "design.mat"), "-t", str(study / "design.con"), "-n", "200", "-T", "-R", "-x",
             "-c", "2.0", "--quiet", *extra]
 
 
@@ -369,7 +369,8 @@ def _outputs(study, prefix):
 
 def _assert_same_outputs(study, a, b):
     out_a, out_b = _outputs(study, a), _outputs(study, b)
-    assert len(out_a) == 2 * 5  # tstat, vox_corrp, tfce, tfce_corrp, clustere_corrp per contrast
+    # tstat, vox_corrp, tfce_corrp, clustere_corrp, and with -R tfce and clustere, per contrast
+    assert len(out_a) == 2 * 6
     assert out_a.keys() == out_b.keys()
     for key in out_a:
         np.testing.assert_array_equal(out_a[key], out_b[key], err_msg=key)

@@ -73,16 +73,20 @@ def test_randomise_matches_library(study, tmp_path, capsys):
     out = tmp_path / "res" / "rand"
     argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-d", str(root / "design.mat"),
             "-t", str(root / "design.con"), "-f", str(root / "design.fts"), "-m", str(root / "mask.nii.gz"),
-            "-n", str(NPERM), "-T", "-x", "--uncorrp", "-c", "2.0", "-C", "2.0", "-F", "3", "--seed", "7"]
+            "-n", str(NPERM), "-T", "-x", "--uncorrp", "-R", "-c", "2.0", "-C", "2.5", "-F", "3",
+            "--seed", "7"]
     assert main(argv) == 0
     res = _library(study, f_contrasts={"F1": np.array([[1.0, -1, 0], [0, 0, 1]])},
-                   mask_img=str(root / "mask.nii.gz"), tfce=True, cluster_threshold=2.0,
-                   cluster_threshold_f=3.0)
+                   mask_img=str(root / "mask.nii.gz"), tfce=True, tfce_mode="fsl", cluster_threshold=2.0,
+                   cluster_mass_threshold=2.5, cluster_threshold_f=3.0)
     names = sorted(p.name for p in out.parent.iterdir())
+    # randomise's names: raw TFCE/cluster images with -R only, vox_p with -x only
     expected = sorted(
         [f"rand_{n}{s}.nii.gz" for s in ("tstat1", "tstat2", "tstat3")
-         for n in ("", "vox_p_", "vox_corrp_", "tfce_", "tfce_p_", "tfce_corrp_", "clustere_corrp_", "clusterm_corrp_")]
-        + [f"rand_{n}fstat1.nii.gz" for n in ("", "vox_p_", "vox_corrp_", "tfce_", "tfce_p_", "tfce_corrp_", "clustere_corrp_")]
+         for n in ("", "vox_p_", "vox_corrp_", "tfce_", "tfce_p_", "tfce_corrp_", "clustere_",
+                   "clustere_corrp_", "clusterm_", "clusterm_corrp_")]
+        + [f"rand_{n}fstat1.nii.gz" for n in ("", "vox_p_", "vox_corrp_", "tfce_", "tfce_p_", "tfce_corrp_",
+                                              "clustere_", "clustere_corrp_")]
         + ["rand.json"]
     )
     assert names == expected  # no temporary files left, nothing else written
@@ -96,8 +100,11 @@ def test_randomise_matches_library(study, tmp_path, capsys):
             _assert_map(f"{out}_tfce_p_{stat}.nii.gz", res, 1 - c.tfce_p)
             _assert_map(f"{out}_tfce_corrp_{stat}.nii.gz", res, 1 - c.tfce_p_fwe)
             _assert_map(f"{out}_clustere_corrp_{stat}.nii.gz", res, 1 - c.cluster_extent_p_fwe)
+            _assert_map(f"{out}_clustere_{stat}.nii.gz", res, c.cluster_extent)
             if kind == "t":
                 _assert_map(f"{out}_clusterm_corrp_{stat}.nii.gz", res, 1 - c.cluster_mass_p_fwe)
+                _assert_map(f"{out}_clusterm_{stat}.nii.gz", res, c.cluster_mass)
+                assert c.cluster_mass_threshold == 2.5 and c.cluster_threshold == 2.0
     # the effect is found: A>B significant somewhere, values in randomise's 1-p convention
     corrp = _load(f"{out}_tfce_corrp_tstat1.nii.gz")
     assert corrp.max() > 0.95 and corrp.min() >= 0
@@ -107,6 +114,7 @@ def test_randomise_matches_library(study, tmp_path, capsys):
     assert record["exhaustive"] == bool(res.exhaustive)
     assert record["library_call"]["two_sided"] is False
     assert record["library_call"]["tfce_E"] == 0.5 and record["library_call"]["connectivity"] == 6
+    assert record["tfce_mode"] == "fsl" and record["cluster_connectivity"] == 26
     assert record["versions"]["numpy"] == np.__version__
     for name in ("all.nii.gz", "design.mat", "design.con", "design.fts", "mask.nii.gz"):
         digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
@@ -122,7 +130,13 @@ def test_randomise_matches_library(study, tmp_path, capsys):
     assert f"tstat1 (A>B): FWE p<0.05 voxels: voxel {n_vox}, TFCE {n_tfce}; max {c.stat[k]:.4g} at voxel {ijk}" in text
     xyz = AFFINE[:3, :3] @ ijk + AFFINE[:3, 3]
     assert "= ({:.1f}, {:.1f}, {:.1f}) mm".format(*xyz) in text
-    assert f"{res.n_perm} permutations" in text
+    assert f"{res.n_perm} permutations" in text and "one-sided (t > 0), TFCE fsl" in text
+    # randomise's critical values: the sorted null maxima at ceil(0.95 N), printed with %g
+    for stat, c in (("tstat1", res.contrasts[0]), ("fstat1", res.contrasts[3])):
+        for label, null in (("vox", c.null_max), ("tfce", c.null_max_tfce), ("clustere", c.null_max_extent)):
+            value = np.sort(null)[int(np.ceil(0.95 * null.size)) - 1]
+            assert f"Critical Value for: {out}_{label}_{stat} is: {value:g}\n" in text
+    assert text.index("rand_vox_fstat1") < text.index("rand_vox_tstat1")  # F first, as randomise
 
 
 def test_logp_list_input_csv_design(study, tmp_path, capsys):
@@ -147,7 +161,7 @@ def test_one_sample_T2_and_fixed_step(study, tmp_path):
     root = study["root"]
     out = tmp_path / "os"
     argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-1", "--T2", "--tfce_D", "0.5",
-            "-n", "40", "--seed", "3", "--quiet"]
+            "-n", "40", "--seed", "3", "--quiet", "-R"]
     assert main(argv) == 0
     res = voxstats.randomise(str(root / "all.nii.gz"), np.ones((N, 1)), {"C1": [1.0]}, n_perm=40, rng=3,
                              two_sided=False, sign_flip=True, tfce=True, tfce_E=1.0, tfce_H=2.0,
@@ -206,10 +220,18 @@ def test_refuses_to_overwrite(study, tmp_path, capsys):
         (["--tfce_H", "3"], "need -T or --T2"),
         (["-T", "--tfce_D", "0.1", "--tfce-mode", "exact"], "--tfce_D sets a fixed step"),
         (["-T", "--tfce_D", "0"], "--tfce_D: expected a step > 0, got 0.0"),
-        (["-c", "2", "-C", "3"], "-c 2.0 and -C 3.0: extent and mass share one cluster-forming threshold"),
+        (["-c", "0"], "-c: expected a cluster-forming threshold > 0, got 0.0."),
+        (["--fonly"], "--fonly needs F contrasts (-f)."),
+        (["--vxl", "1"], "--vxl and --vxf go together"),
+        (["-v", "0"], "-v: expected a sigma > 0 mm, got 0.0."),
+        (["-Q"], "-Q prints randomise_parallel's job split; voxstats splits the work itself"),
+        (["--permout"], "--permout would write one statistic image per permutation"),
+        (["-U", "0"], "-U 0: only Freedman-Lane (-U 1, randomise's default) is implemented."),
+        (["--twopass"], "--twopass (cluster normalisation) is not implemented"),
+        (["--skipTo", "9"], "--skipTo 9: expected 1..3 (F contrasts first, then t)."),
         (["-F", "2"], "-F and -S need F contrasts (-f)"),
         (["--permuteBlocks"], "--permuteBlocks needs -e BLOCKS"),
-        (["-n", "0"], "-n: expected a number of permutations >= 1 (all rearrangements are enumerated"),
+        (["-n=-5"], "-n: expected a number of permutations >= 0 (0: all distinct ones), got -5."),
     ],
 )
 def test_option_errors(study, tmp_path, capsys, extra, message):
@@ -236,11 +258,11 @@ def test_file_errors(study, tmp_path, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(f"{root / 'sub00.nii.gz'}\n\nmissing.nii.gz\n")
     assert main(base + ["-i", str(lst), "-1"]) == 1
-    assert f"{lst}, line 3: expected an existing image file, got 'missing.nii.gz'" in capsys.readouterr().err
+    assert f"{lst}, line 3: expected an existing image file" in capsys.readouterr().err
     assert main(base + ["-i", str(root / "all.nii.gz"), "-d", str(root / "design.mat")]) == 1
     assert "randomise needs -d DESIGN and -t CONTRASTS" in capsys.readouterr().err
     assert main(base + ["-i", str(root / "all.nii.gz"), "-1", "-d", str(root / "design.mat")]) == 1
-    assert "do not combine it with -d, -t or -f" in capsys.readouterr().err
+    assert "randomise needs -d DESIGN and -t CONTRASTS" in capsys.readouterr().err
     assert main(base + ["-i", str(tmp_path / "nothing.nii.gz"), "-1"]) == 1
     assert "-i: file not found" in capsys.readouterr().err
     grp = tmp_path / "g.grp"

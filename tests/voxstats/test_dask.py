@@ -124,7 +124,7 @@ def test_cli_dask_scheduler_equals_local(problem, client, tmp_path):
     write_design(tmp_path / "d.mat", pd.DataFrame(problem["design"], columns=["c", "g", "x"]))
     write_contrasts(tmp_path / "d.con", {"g": [0.0, 1, 0]})
     common = ["randomise", "-i", str(tmp_path / "all.nii.gz"), "-d", str(tmp_path / "d.mat"),
-              "-t", str(tmp_path / "d.con"), "-n", "60", "-T", "-x", "--seed", "3", "--quiet"]
+              "-t", str(tmp_path / "d.con"), "-n", "60", "-T", "-R", "-x", "--seed", "3", "--quiet"]
     assert main(common + ["-o", str(tmp_path / "local")]) == 0
     assert main(common + ["-o", str(tmp_path / "dask"), "--executor", "dask",
                           "--scheduler", client.scheduler.address]) == 0

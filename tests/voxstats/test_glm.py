@@ -310,3 +310,19 @@ def test_glm_estimates_match_statsmodels(demean):
     res = permuted_glm(y, x, cons[0].weights, demean=demean, glm_output=True, n_perm=10, rng=0)
     np.testing.assert_array_equal(res.glm.pe, pe)
     assert res.glm.cope.shape == (1, y.shape[1])
+
+
+def test_f_contrast_with_dependent_rows_tests_their_row_space():
+    """randomise accepts design.fts selecting [1 -1] and [-1 1]: an F on one dimension, F = t^2."""
+    x, y, _, _ = _problem(30, n=16)
+    design = make_design(x)
+    (f_con,) = make_contrasts(None, design, f_contrasts=[[[0, 1, -1, 0], [0, -1, 1, 0], [0, 2, -2, 0]]])
+    assert f_con.rank == 1
+    fval, _ = contrast_statistic(y, design, f_con)
+    for v in range(y.shape[1]):
+        want = sm.OLS(y[:, v], x).fit().f_test(np.array([[0, 1, -1, 0]]))
+        assert fval[v] == pytest.approx(float(np.squeeze(want.fvalue)), rel=1e-9)
+    res = permuted_glm(y, x, None, f_contrasts=[f_con.weights], n_perm=30, rng=0)
+    np.testing.assert_allclose(res[0].stat, fval, rtol=1e-12)
+    t_res = permuted_glm(y, x, [0, 1, -1, 0], n_perm=30, rng=0)
+    np.testing.assert_allclose(res[0].null_max, t_res[0].null_max ** 2, rtol=1e-5)

@@ -1,0 +1,180 @@
+"""``voxstats randomise``'s randomise flags, against independent NumPy/statsmodels references.
+
+Output names, the -N/-P text formats and the printed lines follow FSL randomise
+2.9 (checked by hand against a build of it on the same kind of toy data).
+"""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import statsmodels.api as sm
+
+import voxstats
+from voxstats.cli import main
+from voxstats.design_files import write_contrasts, write_design, write_f_contrasts
+
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+SHAPE = (5, 4, 3)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """8 subjects, 4+4, an effect in one corner (as the randomise toy data), FSL files."""
+    root = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(SHAPE + (8,)).astype(np.float32) + 10
+    data[1:4, 1:3, 1:3, :4] += 1.5
+    nib.save(nib.Nifti1Image(data, AFFINE), root / "data.nii.gz")
+    x = np.repeat(np.eye(2), 4, axis=0)
+    write_design(root / "design.mat", x)
+    write_contrasts(root / "design.con", {"g1>g2": [1.0, -1], "g2>g1": [-1.0, 1]})
+    write_f_contrasts(root / "design.fts", [[1, 1]], t_names=["g1>g2", "g2>g1"])
+    return {"root": root, "data": data, "x": x}
+
+
+def _argv(toy, out, *extra):
+    root = toy["root"]
+    return ["randomise", "-i", str(root / "data.nii.gz"), "-o", str(out), "-d", str(root / "design.mat"),
+            "-t", str(root / "design.con"), "--seed", "1", *extra]
+
+
+def _t_map(data, x, c):
+    """OLS t of every voxel of (x, y, z, n) data, float64."""
+    y = data.reshape(-1, data.shape[-1]).T.astype(np.float64)
+    pinv = np.linalg.pinv(x)
+    beta = pinv @ y
+    resid = y - x @ beta
+    s2 = (resid ** 2).sum(0) / (x.shape[0] - np.linalg.matrix_rank(x))
+    return (c @ beta) / np.sqrt(s2 * (c @ pinv @ pinv.T @ c))
+
+
+def test_permutation_and_null_text_files(toy, tmp_path, capsys):
+    """-P: row k gives each subject's design row (1-based); -N: the maxima of those relabellings."""
+    out = tmp_path / "r"
+    assert main(_argv(toy, out, "-x", "-N", "-P", "-n", "40320")) == 0
+    capsys.readouterr()
+    record = json.loads((tmp_path / "r.json").read_text())
+    n_perm = record["n_perm"]
+    for stat, c in (("tstat1", np.array([1.0, -1])), ("tstat2", np.array([-1.0, 1]))):
+        text = (tmp_path / f"r_perm_{stat}.txt").read_text()
+        rows = text.splitlines()
+        assert len(rows) == n_perm and rows[0] == " ".join(f"{v:f}" for v in range(1, 9)) + " "
+        perms = np.loadtxt(tmp_path / f"r_perm_{stat}.txt").astype(int)
+        null_text = (tmp_path / f"r_vox_corrp_{stat}.txt").read_text().splitlines()
+        assert len(null_text) == n_perm and all(line.endswith(" ") for line in null_text)
+        null = np.array([float(v) for v in null_text])
+        for k in range(0, n_perm, max(1, n_perm // 60)):  # X_perm = X[p - 1]
+            want = _t_map(toy["data"], toy["x"][perms[k] - 1], c).max()
+            assert null[k] == pytest.approx(want, abs=2e-6)
+        # 1 - p of the FWE map is the share of null maxima below the observed t (randomise's count)
+        corrp = np.asarray(nib.load(tmp_path / f"r_vox_corrp_{stat}.nii.gz").dataobj)
+        t_obs = _t_map(toy["data"], toy["x"], c)
+        for v in np.argsort(t_obs)[-3:]:
+            assert corrp.ravel()[v] == pytest.approx(np.mean(null < t_obs[v] - 1e-5), abs=1e-6)
+
+
+def test_q_prints_the_exhaustive_count_and_exits(toy, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["randomise", "-i", str(toy["root"] / "data.nii.gz"), "-o", str(out), "-1", "-q"]) == 0
+    assert capsys.readouterr().out == ("One-sample design detected; sign-flipping instead of permuting.\n"
+                                       "256 sign-flips required for exhaustive test of t-test 1\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_glm_output_matches_statsmodels(toy, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(_argv(toy, out, "--glm_output", "-n", "100")) == 0
+    printed = capsys.readouterr().out
+    assert "Warning! No output options selected. Outputing raw tstat only" in printed
+    assert sorted(p.name for p in tmp_path.glob("g_*")) == sorted(
+        ["g_tstat1.nii.gz", "g_tstat2.nii.gz", "g_glm_pe.nii.gz", "g_glm_cope.nii.gz", "g_glm_varcope.nii.gz",
+         "g_glm_sigmasqr.nii.gz"])
+    assert json.loads((tmp_path / "g.json").read_text())["n_perm"] == 1  # nothing to permute for
+    pe = np.asarray(nib.load(tmp_path / "g_glm_pe.nii.gz").dataobj)
+    cope = np.asarray(nib.load(tmp_path / "g_glm_cope.nii.gz").dataobj)
+    varcope = np.asarray(nib.load(tmp_path / "g_glm_varcope.nii.gz").dataobj)
+    s2 = np.asarray(nib.load(tmp_path / "g_glm_sigmasqr.nii.gz").dataobj)
+    assert pe.shape == SHAPE + (2,) and cope.shape == SHAPE + (2,) and s2.shape == SHAPE
+    for ijk in ((0, 0, 0), (2, 1, 1), (4, 3, 2)):
+        fit = sm.OLS(toy["data"][ijk].astype(np.float64), toy["x"]).fit()
+        np.testing.assert_allclose(pe[ijk], fit.params, rtol=1e-5)
+        assert s2[ijk] == pytest.approx(fit.mse_resid, rel=1e-5)
+        test = fit.t_test(np.array([[1.0, -1]]))
+        assert cope[ijk][0] == pytest.approx(float(test.effect.squeeze()), rel=1e-5)
+        assert varcope[ijk][1] == pytest.approx(float(test.sd.squeeze()) ** 2, rel=1e-5)
+
+
+def test_fonly_and_skipto(toy, tmp_path, capsys):
+    root = toy["root"]
+    assert main(_argv(toy, tmp_path / "f", "-f", str(root / "design.fts"), "--fonly", "-x", "-n", "50",
+                      "--quiet")) == 0
+    assert sorted(p.name for p in tmp_path.glob("f_*")) == ["f_fstat1.nii.gz", "f_vox_corrp_fstat1.nii.gz"]
+    # contrasts numbered F first, then t: 2 is the first t contrast, written under its own number
+    assert main(_argv(toy, tmp_path / "s", "-f", str(root / "design.fts"), "--skipTo", "3", "-x", "-n", "50",
+                      "--quiet")) == 0
+    assert sorted(p.name for p in tmp_path.glob("s_*")) == ["s_tstat2.nii.gz", "s_vox_corrp_tstat2.nii.gz"]
+    t2 = np.asarray(nib.load(tmp_path / "s_tstat2.nii.gz").dataobj).ravel()
+    np.testing.assert_allclose(t2, _t_map(toy["data"], toy["x"], np.array([-1.0, 1])), rtol=1e-5, atol=1e-6)
+
+
+def test_one_sample_with_a_design_sign_flips_it(toy, tmp_path):
+    """-1 with -d/-t: sign flipping of the given design (randomise forces flipping)."""
+    root = toy["root"]
+    rng = np.random.default_rng(3)
+    x = np.column_stack([np.ones(8), rng.normal(size=8)])
+    write_design(tmp_path / "os.mat", x)
+    write_contrasts(tmp_path / "os.con", {"mean": [1.0, 0]})
+    out = tmp_path / "o"
+    assert main(["randomise", "-i", str(root / "data.nii.gz"), "-o", str(out), "-1", "-d", str(tmp_path / "os.mat"),
+                 "-t", str(tmp_path / "os.con"), "-x", "-n", "64", "--seed", "4", "--quiet"]) == 0
+    res = voxstats.randomise(str(root / "data.nii.gz"), x, [1.0, 0], n_perm=64, rng=4, two_sided=False,
+                             sign_flip=True, permute=False)
+    assert res.scheme == "sign-flip"
+    corrp = np.asarray(nib.load(tmp_path / "o_vox_corrp_tstat1.nii.gz").dataobj)
+    np.testing.assert_allclose(corrp[np.asarray(res.mask_img.dataobj) > 0], 1 - res[0].p_fwe, atol=1e-6)
+
+
+def test_variance_smoothing_and_voxelwise_evs_on_the_command_line(toy, tmp_path):
+    root = toy["root"]
+    res = voxstats.randomise(str(root / "data.nii.gz"), toy["x"], [1.0, -1], n_perm=40, rng=1,
+                             two_sided=False, variance_smoothing=4.0)
+    assert main(_argv(toy, tmp_path / "v", "-v", "4", "-x", "-n", "40", "--quiet")) == 0
+    inside = np.asarray(res.mask_img.dataobj) > 0
+    got = np.asarray(nib.load(tmp_path / "v_tstat1.nii.gz").dataobj)[inside]
+    np.testing.assert_allclose(got, res[0].stat, rtol=1e-6)
+    assert res.settings["voxel_size"] == [2.0, 2.0, 3.0]  # from the images' header
+    # --vxl/--vxf: EV 2 replaced by a voxel-wise regressor image
+    rng = np.random.default_rng(5)
+    ev = rng.uniform(0, 1, SHAPE + (8,)).astype(np.float32)
+    nib.save(nib.Nifti1Image(ev, AFFINE), tmp_path / "ev.nii.gz")
+    x = np.column_stack([np.ones(8), np.repeat([1.0, 0], 4), ev.mean(axis=(0, 1, 2))])
+    write_design(tmp_path / "vx.mat", x)
+    write_contrasts(tmp_path / "vx.con", {"group": [0, 1.0, 0]})
+    assert main(["randomise", "-i", str(root / "data.nii.gz"), "-o", str(tmp_path / "w"), "-d", str(tmp_path / "vx.mat"),
+                 "-t", str(tmp_path / "vx.con"), "--vxl", "3", "--vxf", str(tmp_path / "ev.nii.gz"), "-x", "-n", "30",
+                 "--seed", "2", "--quiet"]) == 0
+    t = np.asarray(nib.load(tmp_path / "w_tstat1.nii.gz").dataobj)
+    for ijk in ((0, 0, 0), (2, 1, 1)):
+        xv = x.copy()
+        xv[:, 2] = ev[ijk]
+        want = sm.OLS(toy["data"][ijk].astype(np.float64), xv).fit().tvalues[1]
+        assert t[ijk] == pytest.approx(want, rel=1e-4)
+
+
+def test_cluster_thresholds_of_their_own_and_tfce_exact_upgrade(toy, tmp_path, capsys):
+    assert main(_argv(toy, tmp_path / "c", "-c", "2.5", "-C", "3.5", "-T", "--tfce-mode", "exact", "-n", "60")) == 0
+    printed = capsys.readouterr().out
+    assert "TFCE exact" in printed
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["tfce_mode"] == "exact" and record["library_call"]["cluster_mass_threshold"] == 3.5
+    t = _t_map(toy["data"], toy["x"], np.array([1.0, -1])).reshape(SHAPE)
+    from scipy import ndimage
+
+    extent = np.asarray(nib.load(tmp_path / "c_clustere_corrp_tstat1.nii.gz").dataobj)
+    mass = np.asarray(nib.load(tmp_path / "c_clusterm_corrp_tstat1.nii.gz").dataobj)
+    lab_e, _ = ndimage.label(t >= 2.5, structure=np.ones((3, 3, 3)))
+    lab_m, _ = ndimage.label(t >= 3.5, structure=np.ones((3, 3, 3)))
+    assert ((extent > 0) <= (lab_e > 0)).all() and ((mass > 0) <= (lab_m > 0)).all()
+    assert (lab_e > 0).sum() > (lab_m > 0).sum() > 0

@@ -1,0 +1,631 @@
+"""``voxstats randomise``: FSL randomise's command line on voxstats' engine.
+
+Every randomise 2.9 flag is accepted with randomise's meaning, output names
+and value conventions (1 - p; ``--logp`` writes -log10 p); the critical values
+are printed at the end as randomise prints them. The few flags voxstats does
+not implement stop with one line saying why and what to use instead. The
+command only translates: every option maps to an argument of
+:func:`voxstats.randomise`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FLAGS", "add_parser", "run"]
+
+#: Library parameter -> command-line flag, for error messages.
+FLAGS = {
+    "imgs": "-i", "mask_img": "-m", "design": "-d", "contrasts": "-t", "f_contrasts": "-f",
+    "exchangeability_blocks": "-e", "n_perm": "-n", "tfce_H": "--tfce_H", "tfce_E": "--tfce_E",
+    "H": "--tfce_H", "E": "--tfce_E", "tfce_dh": "--tfce_D", "dh": "--tfce_D",
+    "connectivity": "--tfce_C", "tfce_mode": "--tfce-mode", "mode": "--tfce-mode",
+    "cluster_connectivity": "--cluster-connectivity", "n_jobs": "--n-jobs",
+    "checkpoint_dir": "--checkpoint-dir", "scheduler": "--scheduler", "executor": "--executor",
+    "cluster_threshold": "-c", "cluster_mass_threshold": "-C", "cluster_threshold_f": "-F",
+    "cluster_mass_threshold_f": "-S", "variance_smoothing": "-v", "voxelwise_evs": "--vxl/--vxf",
+    "rng": "--seed", "output": "-o", "demean": "-D",
+}
+
+# randomise flags voxstats does not implement: flag -> why, and what to use instead
+_UNSUPPORTED = {
+    "parallel_info": ("-Q", "prints randomise_parallel's job split; voxstats splits the work itself: "
+                      "use --n-jobs, or --executor dask for a cluster"),
+    "permout": ("--permout", "would write one statistic image per permutation; use -N for the null "
+                "distributions or --checkpoint-dir to keep the work"),
+    "multi": ("--multi", "multivariate (Pillai) statistics are not implemented"),
+    "detect_null": ("--detectNull", "is not implemented (every row is permuted)"),
+    "film": ("--film", "FEAT-style output names and z images are not implemented"),
+}
+
+
+def add_parser(sub, formatter_class=argparse.HelpFormatter):
+    """Add the ``randomise`` subcommand to an argparse subparsers object."""
+    r = sub.add_parser(
+        "randomise",
+        formatter_class=formatter_class,
+        help="permutation GLM with FSL randomise's options and outputs",
+        description="Permutation inference with FSL randomise 2.9's options, output names and value "
+        "conventions: t contrasts are one-sided (positive), maps store 1-p, TFCE is randomise's "
+        "stepped sum (--tfce-mode exact for the exact integral), clusters are 26-connected.",
+    )
+    add = r.add_argument
+    add("-i", dest="input", required=True, metavar="IN",
+        help="4D NIfTI, or a text file listing 3D NIfTI paths one per line")
+    add("-o", dest="output", required=True, metavar="OUT", help="output prefix")
+    add("-d", dest="design", metavar="DESIGN", help="design.mat (VEST) or CSV/TSV with a header")
+    add("-t", dest="tcon", metavar="CON", help="t contrasts: design.con or CSV/TSV naming design columns")
+    add("-f", dest="fcon", metavar="FTS", help="F contrasts: design.fts or CSV/TSV naming t contrasts")
+    add("-m", dest="mask", metavar="MASK", help="mask image: voxels finite and non-zero (default: voxels "
+        "not constant across subjects, as randomise)")
+    add("--norcmask", action="store_true", help="without -m, keep voxels constant across subjects")
+    add("-e", dest="blocks", metavar="GRP", help="exchangeability blocks (design.grp)")
+    add("--permuteBlocks", dest="whole_blocks", action="store_true",
+        help="permute whole blocks (with -e) instead of within blocks")
+    add("--effective_design", metavar="MAT",
+        help="alternative design whose rows decide which rearrangements are distinct")
+    add("-q", dest="how_many", action="store_true",
+        help="print how many permutations an exhaustive test needs, and exit")
+    add("-n", dest="n_perm", type=int, default=5000,
+        help="number of permutations; 0 for all distinct ones (exhaustive)")
+    add("-x", dest="vox_corrp", action="store_true", help="write voxel-wise FWE-corrected p")
+    add("--fonly", action="store_true", help="F contrasts only (skip the t contrasts)")
+    add("-T", dest="tfce", action="store_true", help="TFCE (H=2, E=0.5, 6-connectivity)")
+    add("--T2", dest="tfce2d", action="store_true", help="2D TFCE (H=2, E=1, 26-connectivity)")
+    add("-c", dest="cluster_e", type=float, metavar="THR", help="cluster extent FWE p at this t threshold")
+    add("-C", dest="cluster_m", type=float, metavar="THR", help="cluster mass FWE p at this t threshold")
+    add("-F", dest="cluster_e_f", type=float, metavar="THR", help="cluster extent FWE p at this F threshold")
+    add("-S", dest="cluster_m_f", type=float, metavar="THR", help="cluster mass FWE p at this F threshold")
+    add("--tfce_H", type=float, help="TFCE height power (default 2)")
+    add("--tfce_E", type=float, help="TFCE extent power (default 0.5, 1 with --T2)")
+    add("--tfce_C", type=int, choices=(6, 18, 26), help="TFCE connectivity (default 6, 26 with --T2)")
+    add("--tfce_D", type=float, metavar="DH", help="TFCE step (default: max of the unpermuted map / 100)")
+    add("-v", dest="var_smooth", type=float, metavar="MM",
+        help="variance smoothing for t contrasts (pseudo-t), Gaussian sigma in mm")
+    add("--quiet", action="store_true", help="no progress bars, messages or summary")
+    add("--twopass", action="store_true", help="cluster normalisation (not implemented: see README)")
+    add("-R", "--raw", dest="raw", action="store_true",
+        help="also write the raw TFCE and cluster-size/mass images (tfce_tstat1, clustere_tstat1, ...)")
+    add("--uncorrp", action="store_true", help="write uncorrected p (vox_p_ with -x, tfce_p_ with -T)")
+    add("-P", dest="text_perm", action="store_true",
+        help="write the permutation vectors (perm_tstat1.txt: design row of each subject, 1-based)")
+    add("-N", dest="text_null", action="store_true",
+        help="write the null distribution of each maximum (vox_corrp_tstat1.txt, ...)")
+    add("--seed", type=int, help="random seed (drawn and recorded when omitted)")
+    add("--vxl", metavar="N,N", help="positions (1-based) of voxel-wise EVs in the design, comma-separated")
+    add("--vxf", metavar="IMG,IMG", help="4D images of the voxel-wise EVs, in --vxl's order, comma-separated")
+    add("--glm_output", action="store_true", help="write the unpermuted GLM's PE, COPE, VARCOPE, sigma^2")
+    add("-D", dest="demean", action="store_true", help="demean data and design (df = n - rank - 1)")
+    add("-1", dest="one_sample", action="store_true",
+        help="one-sample test by sign flipping (of the -d design if given, else a column of ones)")
+    add("--skipTo", type=int, metavar="K",
+        help="analyse only contrast K (F contrasts first, then t, numbered from 1)")
+    add("-U", dest="confound_mode", type=int, default=1,
+        help="confound mode; only 1 (Freedman-Lane, randomise's default) is implemented")
+    add("--debug", action="store_true", help="debug messages")
+    add("-V", dest="verbose_old", action="store_true", help="ignored (randomise: deprecated)")
+    for dest, (flag, _) in _UNSUPPORTED.items():
+        add(flag, dest=dest, action="store_true", help=argparse.SUPPRESS)
+    # voxstats' additions
+    add("--tfce-mode", choices=("fsl", "exact"), default=None,
+        help="TFCE integral: fsl (randomise's stepped sum, default) or exact (no step error)")
+    add("--cluster-connectivity", type=int, choices=(6, 18, 26), default=26,
+        help="cluster neighbourhood (randomise: 26, whatever --tfce_C)")
+    add("--n-jobs", type=int, default=1,
+        help="threads, -1 for all; with --executor dask and no --scheduler, worker processes")
+    add("--checkpoint-dir", metavar="DIR",
+        help="write each finished chunk of permutations to DIR, so that a killed run can resume")
+    add("--resume", action="store_true",
+        help="continue the run checkpointed in --checkpoint-dir (same inputs and options)")
+    add("--executor", choices=("local", "dask"), default="local",
+        help="run chunks here (local) or on a Dask cluster (needs voxstats[distributed])")
+    add("--scheduler", metavar="ADDRESS",
+        help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster")
+    add("--logp", action="store_true", help="write -log10 p instead of 1 - p")
+    add("--overwrite", action="store_true", help="replace existing outputs")
+    r.set_defaults(func=run)
+    return r
+
+
+class CLIError(ValueError):
+    """An error reported as one line on stderr, exit code 1 (a ValueError, as ``main`` reports them)."""
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _check_flags(args):
+    for dest, (flag, why) in _UNSUPPORTED.items():
+        if getattr(args, dest):
+            raise CLIError(f"{flag} {why}.")
+    if args.confound_mode != 1:
+        raise CLIError(f"-U {args.confound_mode}: only Freedman-Lane (-U 1, randomise's default) is "
+                       "implemented.")
+    if args.twopass:
+        raise CLIError("--twopass (cluster normalisation) is not implemented; run without it "
+                       "(see README, 'voxstats randomise').")
+    if args.n_perm < 0:
+        raise CLIError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
+    if args.whole_blocks and not args.blocks:
+        raise CLIError("--permuteBlocks needs -e BLOCKS.")
+    if args.resume and not args.checkpoint_dir:
+        raise CLIError("--resume needs --checkpoint-dir DIR.")
+    if args.scheduler and args.executor != "dask":
+        raise CLIError("--scheduler needs --executor dask.")
+    if args.fonly and not args.fcon:
+        raise CLIError("--fonly needs F contrasts (-f).")
+    if (args.cluster_e_f is not None or args.cluster_m_f is not None) and not args.fcon:
+        raise CLIError("-F and -S need F contrasts (-f).")
+    if bool(args.vxl) != bool(args.vxf):
+        raise CLIError("--vxl and --vxf go together: give both, with as many entries.")
+    if args.var_smooth is not None and not args.var_smooth > 0:
+        raise CLIError(f"-v: expected a sigma > 0 mm, got {args.var_smooth}.")
+    for flag, value in (("-c", args.cluster_e), ("-C", args.cluster_m), ("-F", args.cluster_e_f),
+                        ("-S", args.cluster_m_f)):
+        if value is not None and not value > 0:
+            raise CLIError(f"{flag}: expected a cluster-forming threshold > 0, got {value}.")
+
+
+def _tfce_settings(args):
+    if args.tfce and args.tfce2d:
+        raise CLIError("-T and --T2 are exclusive; give one of them.")
+    tuning = (args.tfce_H, args.tfce_E, args.tfce_C, args.tfce_D, args.tfce_mode)
+    if not (args.tfce or args.tfce2d):
+        if any(v is not None for v in tuning):
+            raise CLIError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
+        return None
+    E, H, C = (1.0, 2.0, 26) if args.tfce2d else (0.5, 2.0, 6)
+    mode = args.tfce_mode or "fsl"
+    if args.tfce_D is not None and mode != "fsl":
+        raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default).")
+    if args.tfce_D is not None and not args.tfce_D > 0:
+        raise CLIError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
+    return {"tfce_E": E if args.tfce_E is None else args.tfce_E,
+            "tfce_H": H if args.tfce_H is None else args.tfce_H,
+            "connectivity": C if args.tfce_C is None else args.tfce_C,
+            "tfce_mode": mode, "tfce_dh": args.tfce_D}
+
+
+def _load_model(args, n_subjects):
+    """Design (DataFrame or ones), t contrasts and F contrasts, as dicts in file order."""
+    import numpy as np
+    import pandas as pd
+
+    from voxstats.design_files import read_contrasts, read_design, read_f_contrasts
+
+    if args.design:
+        design = read_design(args.design)
+    elif args.one_sample:
+        design = pd.DataFrame({"EV1": np.ones(n_subjects)})
+    else:
+        raise CLIError("randomise needs -d DESIGN and -t CONTRASTS (or -1 for a one-sample test).")
+    if len(design) != n_subjects:
+        raise CLIError(f"{args.design}: expected {n_subjects} rows (one per input image), got {len(design)}.")
+    if args.tcon:
+        tcons = read_contrasts(args.tcon, design_columns=list(design.columns))
+    elif args.one_sample and not args.design:
+        tcons = {"C1": np.array([1.0])}
+    else:
+        raise CLIError("randomise needs -d DESIGN and -t CONTRASTS (or -1 for a one-sample test).")
+    fcons = read_f_contrasts(args.fcon, t_contrasts=tcons) if args.fcon else {}
+    return design, tcons, fcons
+
+
+def _selected(args, tcons, fcons):
+    """The contrasts to analyse after --fonly and --skipTo: (t dict, F dict)."""
+    if args.fonly:
+        tcons = {}
+    if args.skipTo:
+        k = args.skipTo
+        n_f = len(fcons)
+        if not 1 <= k <= n_f + len(tcons):
+            raise CLIError(f"--skipTo {k}: expected 1..{n_f + len(tcons)} (F contrasts first, then t).")
+        if k <= n_f:
+            name = list(fcons)[k - 1]
+            return {}, {name: fcons[name]}
+        name = list(tcons)[k - n_f - 1]
+        return {name: tcons[name]}, {}
+    return tcons, fcons
+
+
+def _voxelwise(args, design):
+    if not args.vxl:
+        return None
+    try:
+        numbers = [int(v) for v in args.vxl.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"--vxl: expected comma-separated EV numbers, got {args.vxl!r}.") from None
+    files = [f.strip() for f in args.vxf.split(",") if f.strip()]
+    if len(numbers) != len(files):
+        raise CLIError(f"--vxl has {len(numbers)} entries but --vxf has {len(files)}; give one image per EV.")
+    out = {}
+    for number, path in zip(numbers, files):
+        if not 1 <= number <= design.shape[1]:
+            raise CLIError(f"--vxl {number}: expected an EV number from 1 to {design.shape[1]} (the design's "
+                           "columns); negative positions are not implemented.")
+        if not Path(path).is_file():
+            raise CLIError(f"--vxf: file not found: {path}")
+        out[number - 1] = path
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _stat_names(kind, index):
+    return f"{kind}stat{index}"
+
+
+def _outputs(args, contrasts, tfce, glm):
+    """{(kind, index): {key: path}} of the images each contrast writes, as randomise names them."""
+    out = {}
+    for kind, index in contrasts:
+        stat = _stat_names(kind, index)
+        ext, mass = (args.cluster_e, args.cluster_m) if kind == "t" else (args.cluster_e_f, args.cluster_m_f)
+        names = {"stat": stat}
+        if args.vox_corrp:
+            names["vox_corrp"] = f"vox_corrp_{stat}"
+            if args.uncorrp:
+                names["vox_p"] = f"vox_p_{stat}"
+        if tfce:
+            names["tfce_corrp"] = f"tfce_corrp_{stat}"
+            if args.uncorrp:
+                names["tfce_p"] = f"tfce_p_{stat}"
+            if args.raw:
+                names["tfce"] = f"tfce_{stat}"
+        if ext is not None:
+            names["clustere_corrp"] = f"clustere_corrp_{stat}"
+            if args.raw:
+                names["clustere"] = f"clustere_{stat}"
+        if mass is not None:
+            names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
+            if args.raw:
+                names["clusterm"] = f"clusterm_{stat}"
+        out[(kind, index)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
+    return out
+
+
+def _text_outputs(args, contrasts, tfce):
+    """{(kind, index): {key: path}} of the -N and -P text files."""
+    out = {}
+    for kind, index in contrasts:
+        stat = _stat_names(kind, index)
+        ext, mass = (args.cluster_e, args.cluster_m) if kind == "t" else (args.cluster_e_f, args.cluster_m_f)
+        names = {}
+        if args.text_null:
+            if args.vox_corrp:
+                names["null_max"] = f"vox_corrp_{stat}"
+            if tfce:
+                names["null_max_tfce"] = f"tfce_corrp_{stat}"
+            if ext is not None:
+                names["null_max_extent"] = f"clustere_corrp_{stat}"
+            if mass is not None:
+                names["null_max_mass"] = f"clusterm_corrp_{stat}"
+        if args.text_perm:
+            names["perm"] = f"perm_{stat}"
+        out[(kind, index)] = {key: Path(f"{args.output}_{name}.txt") for key, name in names.items()}
+    return out
+
+
+def _glm_outputs(args):
+    if not args.glm_output:
+        return {}
+    return {key: Path(f"{args.output}_glm_{key}.nii.gz") for key in ("pe", "cope", "varcope", "sigmasqr")}
+
+
+def _p_values(p, logp):
+    import numpy as np
+
+    p = np.asarray(p, dtype=np.float64)
+    return -np.log10(p) if logp else 1.0 - p
+
+
+def _fixed(values):
+    """One value per line as randomise writes a column (``%f`` and a space)."""
+    return "".join(f"{float(v):f} \n" for v in values)
+
+
+def _permutation_lines(schedule):
+    """randomise's -P rows: design row (1-based) of each subject; signs for sign flipping."""
+    import numpy as np
+
+    lines = []
+    for start in range(0, schedule.n_perm, 4096):
+        perms, signs = schedule.rows(start, min(start + 4096, schedule.n_perm))
+        for perm, sign in zip(perms, signs):
+            inverse = np.empty_like(perm)
+            inverse[perm] = np.arange(perm.size)
+            if not schedule.permute:  # pure sign flipping: randomise writes the signs
+                row = sign.astype(float)
+            elif schedule.sign_flip:  # both (not in randomise): signed design rows
+                row = sign[inverse] * (inverse + 1.0)
+            else:
+                row = inverse + 1.0
+            lines.append(" ".join(f"{v:f}" for v in row) + " \n")
+    return "".join(lines)
+
+
+def _save_4d(masker, rows, path):
+    import nibabel as nib
+    import numpy as np
+
+    from voxstats.outputs import save_img_atomic
+
+    if not hasattr(masker, "affine"):
+        raise CLIError("--glm_output writes 4D NIfTI images and needs volume inputs.")
+    volumes = [np.asarray(masker.unmask(np.asarray(row, dtype=np.float32)).dataobj) for row in rows]
+    # one volume is written 3D, as randomise's save_volume4D does
+    data = volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=-1)
+    img = nib.Nifti1Image(data.astype(np.float32), masker.affine)
+    img.set_data_dtype(np.float32)
+    save_img_atomic(img, path)
+
+
+def _maps(contrast, names, logp):
+    values = {
+        "stat": contrast.stat, "tfce": contrast.tfce, "clustere": contrast.cluster_extent,
+        "clusterm": contrast.cluster_mass,
+        "vox_p": contrast.p, "vox_corrp": contrast.p_fwe, "tfce_p": contrast.tfce_p,
+        "tfce_corrp": contrast.tfce_p_fwe, "clustere_corrp": contrast.cluster_extent_p_fwe,
+        "clusterm_corrp": contrast.cluster_mass_p_fwe,
+    }
+    return {key: values[key] if key in ("stat", "tfce", "clustere", "clusterm")
+            else _p_values(values[key], logp) for key in names}
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _inputs(args):
+    """-i as the library takes it, and the number of subjects (headers only)."""
+    from voxstats.image import check_img
+    from voxstats.loading import is_image_path, read_image_list
+
+    if is_image_path(args.input):
+        if not Path(args.input).exists():
+            raise CLIError(f"-i: file not found: {args.input}")
+        return str(args.input), check_img(args.input, name="-i", ndim=4).shape[3]
+    imgs = [str(p) for p in read_image_list(args.input, name="-i")]
+    return imgs, len(imgs)
+
+
+def _print_how_many(n_possible, contrasts, flipping):
+    if flipping:
+        print("One-sample design detected; sign-flipping instead of permuting.")
+    what = "sign-flips" if flipping else "permutations"
+    for kind, index in contrasts:
+        test = "t-test" if kind == "t" else "f-test"
+        print(f"{n_possible} {what} required for exhaustive test of {test} {index}")
+
+
+def _n_possible(args, design, blocks):
+    """(number of distinct rearrangements, sign flipping?) as the library will count them."""
+    import numpy as np
+
+    from voxstats import make_schedule
+
+    matrix = np.asarray(design, dtype=float)
+    flipping = bool(args.one_sample or np.all(matrix == matrix[0]))
+    schedule = make_schedule(len(design), 1, permute=not flipping, sign_flip=flipping,
+                             exchangeability_blocks=blocks, whole_blocks=args.whole_blocks, rng=0)
+    return schedule.n_possible, flipping
+
+
+_MAX_EXHAUSTIVE = 10_000_000
+
+
+def _exhaustive(args, design, blocks):
+    """-n 0: every distinct rearrangement (randomise); refused when there are too many."""
+    n_possible, _ = _n_possible(args, design, blocks)
+    if n_possible > _MAX_EXHAUSTIVE:
+        raise CLIError(f"-n 0 asks for all {n_possible:.3g} distinct rearrangements, more than "
+                       f"{_MAX_EXHAUSTIVE:,} can be enumerated; give a number of permutations instead.")
+    return n_possible
+
+
+def run(args):
+    """Run ``voxstats randomise`` with parsed arguments; returns the exit code."""
+    import numpy as np
+
+    import voxstats
+    from voxstats.checkpoint import RunInterrupted, recorded_seed
+    from voxstats.design_files import read_blocks, read_design
+    from voxstats.outputs import atomic_write_text, check_outputs
+    from voxstats.results import critical_value
+
+    _check_flags(args)
+    tfce = _tfce_settings(args)
+    if args.debug:
+        logging.getLogger("voxstats").setLevel(logging.DEBUG)
+    imgs, n_subjects = _inputs(args)
+    design, tcons, fcons = _load_model(args, n_subjects)
+    tsel, fsel = _selected(args, tcons, fcons)
+    contrasts = [("f", list(fcons).index(k) + 1) for k in fsel] + [("t", list(tcons).index(k) + 1) for k in tsel]
+    blocks = read_blocks(args.blocks) if args.blocks else None
+    if blocks is not None and len(blocks) != n_subjects:
+        raise CLIError(f"{args.blocks}: expected {n_subjects} block labels (one per input image), got {len(blocks)}.")
+    if args.how_many:
+        n_possible, flipping = _n_possible(args, design, blocks)
+        _print_how_many(n_possible, contrasts, flipping)
+        return 0
+    effective = None
+    if args.effective_design:
+        effective = read_design(args.effective_design).to_numpy()
+        if len(effective) != n_subjects:
+            raise CLIError(f"{args.effective_design}: expected {n_subjects} rows, got {len(effective)}.")
+        raise CLIError("--effective_design is not implemented yet (the rearrangements come from -d's "
+                       "rows); run without it.")
+    voxelwise = _voxelwise(args, design)
+
+    outputs = _outputs(args, contrasts, tfce is not None, args.glm_output)
+    texts = _text_outputs(args, contrasts, tfce is not None)
+    glm_paths = _glm_outputs(args)
+    json_path = Path(f"{args.output}.json")
+    every = ([p for names in outputs.values() for p in names.values()]
+             + [p for names in texts.values() for p in names.values()] + list(glm_paths.values()) + [json_path])
+    check_outputs(every, overwrite=args.overwrite, flag="-o")
+    if args.norcmask and args.mask:
+        logger.warning("--norcmask has no effect with -m (as in randomise): the mask is -m's")
+
+    any_output = (args.vox_corrp or tfce is not None
+                  or any(v is not None for v in (args.cluster_e, args.cluster_m, args.cluster_e_f, args.cluster_m_f)))
+    n_perm = args.n_perm if any_output else 1
+    if not any_output and not args.quiet:
+        print("Warning! No output options selected. Outputing raw tstat only")
+    seed = args.seed
+    if seed is None and args.resume:
+        seed = recorded_seed(args.checkpoint_dir)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
+    options = dict(
+        f_contrasts={k: np.asarray(v) for k, v in fsel.items()} or None,
+        mask_img=args.mask, keep_constant=args.norcmask, n_perm=n_perm, tfce=tfce is not None,
+        cluster_threshold=args.cluster_e, cluster_mass_threshold=args.cluster_m,
+        cluster_threshold_f=args.cluster_e_f, cluster_mass_threshold_f=args.cluster_m_f,
+        cluster_connectivity=args.cluster_connectivity, two_sided=False, demean=args.demean,
+        sign_flip=args.one_sample, permute=False if args.one_sample else None,
+        exchangeability_blocks=blocks, whole_blocks=args.whole_blocks,
+        variance_smoothing=args.var_smooth, voxelwise_evs=voxelwise, glm_output=args.glm_output,
+        rng=seed, n_jobs=args.n_jobs, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+        executor=args.executor, scheduler=args.scheduler, verbose=not args.quiet,
+    )
+    if tfce is not None:
+        options.update(tfce)
+    if n_perm == 0:  # randomise: all distinct rearrangements
+        options["n_perm"] = _exhaustive(args, design, blocks)
+    try:
+        res = voxstats.randomise(imgs, design, {k: np.asarray(v) for k, v in tsel.items()} or None, **options)
+    except RunInterrupted as stop:
+        again = list(args.argv) + ([] if args.resume else ["--resume"])
+        again += [] if args.seed is not None else ["--seed", str(seed)]
+        print(f"voxstats randomise: stopped by {stop.signal_name}; finished chunks are kept in "
+              f"{args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}", file=sys.stderr)
+        return 128 + stop.signum
+
+    # results come t first then F; randomise's order (and numbering) is F first, then t
+    by_key = {}
+    t_results = [c for c in res.contrasts if c.kind == "t"]
+    f_results = [c for c in res.contrasts if c.kind == "F"]
+    for (kind, index), contrast in zip([k for k in contrasts if k[0] == "t"], t_results):
+        by_key[(kind, index)] = contrast
+    for (kind, index), contrast in zip([k for k in contrasts if k[0] == "f"], f_results):
+        by_key[(kind, index)] = contrast
+    written, p_maps, summary, critical = [], [], [], []
+    for key in contrasts:
+        contrast, names = by_key[key], outputs[key]
+        stat = _stat_names(*key)
+        for name, values in _maps(contrast, names, args.logp).items():
+            res.masker.save(np.asarray(values, dtype=np.float32), names[name])
+            written.append(str(names[name]))
+            if name.endswith(("_p", "_corrp")):
+                p_maps.append(str(names[name]))
+        for name, path in texts[key].items():
+            text = _permutation_lines(res.schedule) if name == "perm" else _fixed(getattr(contrast, name))
+            atomic_write_text(path, text)
+            written.append(str(path))
+        for label, field, wanted in (("vox", "null_max", args.vox_corrp),
+                                     ("clustere", "null_max_extent", "clustere_corrp" in names),
+                                     ("clusterm", "null_max_mass", "clusterm_corrp" in names),
+                                     ("tfce", "null_max_tfce", tfce is not None)):
+            if wanted and res.n_perm > 1:
+                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(contrast, field))))
+        index, xyz = _peak(res.masker, np.asarray(contrast.stat))
+        summary.append({
+            "name": contrast.name, "output": stat, "kind": contrast.kind, "tail": contrast.tail,
+            "n_fwe_voxel": int(np.sum(np.asarray(contrast.p_fwe) < 0.05)),
+            "n_fwe_tfce": None if contrast.tfce_p_fwe is None else int(np.sum(contrast.tfce_p_fwe < 0.05)),
+            "max_stat": float(np.max(contrast.stat)) if contrast.stat.size else None,
+            "max_voxel": None if index is None else list(index),
+            "max_mm": None if xyz is None else [round(float(v), 3) for v in xyz],
+            "tfce_dh": contrast.tfce_dh,
+        })
+    if res.glm is not None:
+        rows = {"pe": res.glm.pe, "cope": res.glm.cope, "varcope": res.glm.varcope,
+                "sigmasqr": res.glm.sigmasqr[np.newaxis]}
+        for key, path in glm_paths.items():
+            _save_4d(res.masker, rows[key], path)
+            written.append(str(path))
+
+    record = _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps,
+                     summary, critical)
+    atomic_write_text(json_path, json.dumps(record, indent=2, default=str) + "\n")
+    if not args.quiet:
+        for name, value in critical:
+            print(f"Critical Value for: {name} is: {value:g}")
+        _print_summary(args, res, seed, record, summary, tfce, json_path)
+    return 0
+
+
+def _peak(masker, values):
+    import numpy as np
+
+    if not values.size:
+        return None, None
+    k = int(np.argmax(values))
+    if not hasattr(masker, "position"):
+        return (k,), None
+    return masker.position(k)
+
+
+def _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps, summary,
+            critical):
+    import numpy as np
+
+    from voxstats.cli import _sha256, _versions
+
+    inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
+    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks) if p]
+    inputs += [] if not args.vxf else [f.strip() for f in args.vxf.split(",") if f.strip()]
+    call = {k: v for k, v in options.items() if k not in ("f_contrasts", "exchangeability_blocks")}
+    return {
+        "command": "voxstats randomise",
+        "argv": args.argv,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
+        "library_call": call,
+        "seed": seed,
+        "n_perm_requested": args.n_perm,
+        "n_perm": int(res.n_perm),
+        "exhaustive": bool(res.exhaustive),
+        "n_possible": int(res.n_possible),
+        "scheme": res.scheme,
+        "tail": "one-sided: t > 0 (randomise); F upper tail",
+        "tfce_mode": None if tfce is None else tfce["tfce_mode"],
+        "cluster_connectivity": args.cluster_connectivity,
+        "df": res.df if isinstance(res.df, (int, float, type(None))) else np.asarray(res.df).tolist(),
+        "n_subjects": n_subjects,
+        "n_voxels": int(res.masker.n_elements),
+        "t_contrasts": {k: np.asarray(v).tolist() for k, v in tcons.items()},
+        "f_contrasts": None if not fcons else {k: np.asarray(v).tolist() for k, v in fcons.items()},
+        "p_convention": "-log10(p)" if args.logp else "1-p",
+        "critical_values": {name: value for name, value in critical},
+        "versions": _versions(),
+        "sha256": {str(p): _sha256(p) for p in inputs},
+        "outputs": written,
+        "p_maps": p_maps,
+        "summary": summary,
+    }
+
+
+def _print_summary(args, res, seed, record, summary, tfce, json_path):
+    exact = "exhaustive" if res.exhaustive else "random"
+    tfce_txt = "" if tfce is None else f", TFCE {tfce['tfce_mode']}"
+    print(f"{res.n_perm} permutations ({exact}, {res.scheme}), seed {seed}, {record['n_voxels']} voxels, "
+          f"one-sided (t > 0){tfce_txt}; outputs {args.output}_* and {json_path}")
+    for s in summary:
+        tfce_count = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
+        where = ""
+        if s["max_voxel"] is not None:
+            where = f" at voxel {tuple(s['max_voxel'])}"
+        if s["max_mm"] is not None:
+            where += " = ({}) mm".format(", ".join(f"{v:.1f}" for v in s["max_mm"]))
+        print(f"{s['output']} ({s['name']}): FWE p<0.05 voxels: voxel {s['n_fwe_voxel']}{tfce_count}; "
+              f"max {s['max_stat']:.4g}{where}")
