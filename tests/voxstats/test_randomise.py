@@ -346,3 +346,65 @@ def test_copy_false_overwrites_float32_data_with_identical_results():
     data64 = original.astype(np.float64)
     permuted_glm(data64, design, [0, 1, 0], copy=False, mask=mask, n_perm=10, rng=0)
     np.testing.assert_array_equal(data64, original.astype(np.float64))
+
+
+# --- issue 14: what a result says about itself -------------------------------------------------
+
+
+def test_tail_is_named_in_the_result_and_the_summary(problem):
+    volumes, x, mask = problem
+    data = np.moveaxis(volumes, -1, 0)[:, mask]
+    both = permuted_glm(data, x, {"cov+": [0, 1, 0, 0]}, f_contrasts={"F": [[0, 1, 0, 0]]}, n_perm=20, rng=0)
+    one = permuted_glm(data, x, {"cov+": [0, 1, 0, 0]}, n_perm=20, rng=0, two_sided=False)
+    assert both["cov+"].tail == "two-sided" and one["cov+"].tail == "greater" and both["F"].tail == "greater"
+    # opposite contrasts: the same two-sided p, but one-sided p that differ
+    neg = permuted_glm(data, x, {"cov-": [0, -1, 0, 0]}, n_perm=20, rng=0, two_sided=False)
+    assert not np.array_equal(one[0].p, neg[0].p)
+    lines = both.summary().splitlines()
+    assert "tail" in lines[1] and lines[2].split()[:3] == ["cov+", "t", "two-sided"]
+    assert lines[3].split()[:3] == ["F", "F", "greater"]
+    assert one.summary().splitlines()[2].split()[2] == "greater"
+    top = np.abs(both["cov+"].stat).max()
+    assert f"{top:.4g}" in lines[2] and str(int(np.sum(both["cov+"].p_fwe < 0.05))) in lines[2].split()
+
+
+def test_one_progress_bar_per_contrast_counts_the_schedule(problem, capsys):
+    volumes, x, mask = problem
+    data = np.moveaxis(volumes, -1, 0)[:, mask]
+    permuted_glm(data, x, {"a": [0, 1, 0, 0], "b": [0, 0, 1, 0]}, n_perm=37, rng=0, verbose=True)
+    err = capsys.readouterr().err
+    assert "a (1/2)" in err and "b (2/2)" in err
+    assert err.count("37/37") >= 2 and "74" not in err  # not the contrasts' total
+
+
+def test_design_contrast_and_block_files_in_the_api(problem, tmp_path):
+    from voxstats.design_files import write_blocks, write_contrasts, write_design, write_f_contrasts
+
+    volumes, x, mask = problem
+    imgs = [nib.Nifti1Image(volumes[..., i], AFFINE) for i in range(volumes.shape[-1])]
+    cons = {"cov": [0.0, 1, 0, 0], "grp": [0.0, 0, 0, 1]}
+    blocks = np.repeat([1, 2, 3], 4)
+    write_design(tmp_path / "design.mat", x)
+    write_contrasts(tmp_path / "design.con", cons)
+    write_f_contrasts(tmp_path / "design.fts", [[1, 1]], t_names=list(cons))
+    write_blocks(tmp_path / "design.grp", blocks)
+    (tmp_path / "design.csv").write_text("one,cov,iq,grp\n" + "\n".join(",".join(repr(float(v)) for v in r) for r in x) + "\n")
+    (tmp_path / "con.csv").write_text("name,grp,cov,iq,one\ncov,0,1,0,0\ngrp,1,0,0,0\n")
+    kwargs = dict(n_perm=30, rng=2)
+    want = randomise(imgs, x, cons, f_contrasts={"F1": [cons["cov"], cons["grp"]]},
+                     exchangeability_blocks=blocks, **kwargs)
+    from_vest = randomise(imgs, str(tmp_path / "design.mat"), str(tmp_path / "design.con"),
+                          f_contrasts=tmp_path / "design.fts", exchangeability_blocks=str(tmp_path / "design.grp"),
+                          **kwargs)
+    from_csv = randomise(imgs, tmp_path / "design.csv", tmp_path / "con.csv",
+                         f_contrasts={"F1": [cons["cov"], cons["grp"]]}, exchangeability_blocks=blocks, **kwargs)
+    for got in (from_vest, from_csv):
+        assert [c.name for c in got.contrasts] == ["cov", "grp", "F1"]
+        for a, b in zip(got.contrasts, want.contrasts):
+            np.testing.assert_array_equal(a.stat, b.stat)
+            np.testing.assert_array_equal(a.p_fwe, b.p_fwe)
+    assert from_csv.design_names == ("one", "cov", "iq", "grp")
+    with pytest.raises(ValueError, match=r"exchangeability_blocks: no such file 'nope.grp'"):
+        randomise(imgs, x, cons, exchangeability_blocks="nope.grp", **kwargs)
+    with pytest.raises(ValueError, match=r"design: no such file 'design.csv' \(a string names a file"):
+        randomise(imgs, "design.csv", cons, **kwargs)
