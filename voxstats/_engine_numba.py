@@ -20,7 +20,7 @@ VOXEL_BLOCK = 4096  # voxels per parallel task of :func:`exceedances`
 def stats_from_projection(proj, sum_sq, df, p, q, f_test, out):
     """t or F statistics of a group of rearrangements from their projections.
 
-    ``proj`` is (n_maps * p, n_voxels) (float64): for map b, rows b*p .. b*p+p-1
+    ``proj`` is (n_maps * p, n_voxels) (float64 or float32): for map b, rows b*p .. b*p+p-1
     hold the data's coordinates g on the basis [tested (q vectors), nuisance];
     ``sum_sq`` is each voxel's sum of squares, so RSS = sum_sq - |g|^2. Then
     t = g0 / sqrt(RSS / df) (q = 1) or F = (|g[:q]|^2 / q) / (RSS / df), and 0

@@ -20,10 +20,14 @@ design rows, or of groups that the contrast treats alike) must give equal
 statistics, or the count of null values >= the observed one depends on
 rounding. The basis is float64, its rows for equal design rows are made
 bit-identical, each rearrangement's numbers depend on its own row only, and
-projections and statistics are computed in float64 before being rounded to
-float32 (as FSL randomise computes in double and compares in float). Twins
-then round to the same float32 value, and the observed maps are the identity
-rearrangement computed by the same kernels.
+the observed maps are the identity rearrangement computed by the same kernels.
+When the design has repeated rows (groups: the designs whose rearrangements
+can tie), projections and statistics are computed in float64 and rounded to
+float32, as FSL randomise computes in double and compares in float, so twins
+round to the same value. With all design rows distinct (a continuous
+covariate), no two rearrangements are equal in exact arithmetic unless the
+covariate's values were placed symmetrically on purpose, and the products
+are float32 (about twice as fast).
 """
 
 import logging
@@ -90,6 +94,9 @@ class ContrastJob:
         (randomise ``-v``).
     voxelwise : voxstats.voxelwise.VoxelwiseBasis or None
         Per-voxel bases (randomise ``--vxl``); ``basis`` is then unused.
+    precise : bool
+        Projections in float64 (the design has repeated rows, so rearrangements
+        can tie); float32 otherwise.
     """
 
     name: str
@@ -113,6 +120,7 @@ class ContrastJob:
     active: np.ndarray | None = None
     smoother: object = None
     voxelwise: object = None
+    precise: bool = True
 
     @property
     def n_voxels(self):
@@ -218,8 +226,9 @@ def _group_statistics(job, perms, signs, pool, out, width):
     (GROUP * width, block) and a compiled kernel turns them into t or F while
     they are still in cache.
     """
+    dtype = np.float64 if job.precise else np.float32
     a = np.ascontiguousarray(np.vstack([_rearranged_rows(job, perms[b], signs[b])[:width]
-                                        for b in range(perms.shape[0])]))
+                                        for b in range(perms.shape[0])]), dtype=dtype)
     f_test = job.kind == "F"
     smoothing = job.smoother is not None and not f_test
     if smoothing:
@@ -228,7 +237,7 @@ def _group_statistics(job, perms, signs, pool, out, width):
 
     def block(start):
         stop = min(start + VOXEL_BLOCK, job.n_voxels)
-        proj = a @ job.data[:, start:stop].astype(np.float64)
+        proj = a @ job.data[:, start:stop].astype(dtype, copy=False)
         if smoothing:
             _engine_numba.t_components(proj, job.sum_sq[start:stop], float(job.df), width,
                                        effect[:, start:stop], variance[:, start:stop])

@@ -107,6 +107,11 @@ def _constant_voxels(data):
     return out
 
 
+def _has_repeated_rows(matrix):
+    """True when two subjects share a design row: rearrangements can then tie exactly."""
+    return np.unique(np.asarray(matrix), axis=0).shape[0] < np.shape(matrix)[0]
+
+
 def _check_threshold(name, value):
     if value is not None and (not np.isfinite(value) or value <= 0):
         raise ValueError(f"Invalid value for the '{name}' parameter: expected a number > 0, got {value!r}")
@@ -432,7 +437,8 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
                               fsl=mode == "fsl", dh=dh, cluster_threshold=threshold, reduced=reduced,
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
                               active=None if active.all() else active,
-                              smoother=smoother if contrast.kind == "t" else None, voxelwise=vbasis)
+                              smoother=smoother if contrast.kind == "t" else None, voxelwise=vbasis,
+                              precise=_has_repeated_rows(design.matrix))
 
 
 def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
