@@ -310,7 +310,7 @@ def make_contrasts(contrasts, design, *, f_contrasts=None):
             if contrast.rank < weights.shape[0]:
                 logger.warning("F contrast '%s': its %d rows have rank %d; F is divided by the rank (its "
                                "numerator df). FSL randomise divides by the number of rows: its fstat is "
-                               "%d/%d times smaller (p-values of the statistic are the same)", name,
+                               "%d/%d of this one (p-values of the statistic are the same)", name,
                                weights.shape[0], contrast.rank, contrast.rank, weights.shape[0])
             result.append(contrast)
     if not result:
