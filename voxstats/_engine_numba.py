@@ -113,3 +113,25 @@ def exceedances(values, observed, absolute, active, counts, maxima):
             if x > best:
                 best = x
         maxima[b] = best
+
+
+@njit(nogil=True, **JIT_STRICT)
+def voxelwise_projection(basis, data, perm, signs, out):
+    """Projections of one rearrangement on per-voxel bases (randomise ``--vxl``).
+
+    ``out[k, v] = sum_j basis[j, k, v] * signs[j] * data[perm[j], v]``, summed
+    over subjects ``j`` in order: the coordinates of the rearranged data
+    ``Y*_j = signs_j * W[perm_j]`` on voxel ``v``'s own basis. ``basis`` is
+    (n_subjects, p, n_voxels), ``data`` (n_subjects, n_voxels), ``out`` (p, n_voxels)
+    float64.
+    """
+    n, p, n_vox = basis.shape
+    for k in range(p):
+        for v in range(n_vox):
+            out[k, v] = 0.0
+    for j in range(n):
+        src = perm[j]
+        sign = np.float64(signs[j])
+        for k in range(p):
+            for v in range(n_vox):
+                out[k, v] += np.float64(basis[j, k, v]) * (sign * np.float64(data[src, v]))

@@ -34,7 +34,8 @@ class VoxelwiseBasis:
 
     Attributes
     ----------
-    basis : (n_voxels, n_subjects, p) ndarray of float32
+    basis : (n_subjects, p, n_voxels) ndarray of float32
+        Column ``v`` holds voxel ``v``'s orthonormal basis (subjects x p).
     q : int
         Dimension of the tested space.
     df : int
@@ -112,7 +113,7 @@ def voxelwise_basis(design, contrast, evs, n_voxels):
         probe[:, column] = rng.standard_normal(n)
     full_rank = int(np.linalg.matrix_rank(probe))
     nuisance_rank = int(np.linalg.matrix_rank(probe @ null_c))
-    basis = np.zeros((n_voxels, n, q + nuisance_rank), dtype=np.float32)
+    basis = np.zeros((n, q + nuisance_rank, n_voxels), dtype=np.float32)
     usable = np.zeros(n_voxels, dtype=bool)
     for start in range(0, n_voxels, _BLOCK):
         stop = min(start + _BLOCK, n_voxels)
@@ -131,7 +132,7 @@ def voxelwise_basis(design, contrast, evs, n_voxels):
         else:
             tested, ok_t = _orthonormal_batch(a, q)
         usable[start:stop] = ok & ok_z & ok_t
-        basis[start:stop] = np.concatenate([tested, nuisance], axis=2)
+        basis[:, :, start:stop] = np.transpose(np.concatenate([tested, nuisance], axis=2), (1, 2, 0))
     if not usable.all():
         logger.warning("%d voxels have a rank-deficient voxel-wise design (a voxel-wise regressor "
                        "constant or collinear there): statistic 0", int((~usable).sum()))
@@ -145,7 +146,7 @@ def residualize(data, vbasis, *, out=None):
     for start in range(0, data.shape[1], _BLOCK):
         stop = min(start + _BLOCK, data.shape[1])
         y = np.asarray(data[:, start:stop], dtype=np.float64).T  # (b, n)
-        z = vbasis.basis[start:stop, :, q:].astype(np.float64)
+        z = np.transpose(vbasis.basis[:, q:, start:stop], (2, 0, 1)).astype(np.float64)  # (b, n, r)
         y = y - np.einsum("bnr,br->bn", z, np.einsum("bnr,bn->br", z, y))
         y[~vbasis.usable[start:stop]] = 0.0
         out[:, start:stop] = y.T
@@ -154,17 +155,14 @@ def residualize(data, vbasis, *, out=None):
 
 def group_statistics(vbasis, data, sum_sq, df, kind, perms, signs, out):
     """Statistic maps (rows of ``out``) of rearrangements ``perms``/``signs`` with per-voxel bases."""
-    p = vbasis.basis.shape[2]
+    p = vbasis.basis.shape[1]
     n_maps = perms.shape[0]
     for start in range(0, data.shape[1], _BLOCK):
         stop = min(start + _BLOCK, data.shape[1])
-        w = np.asarray(data[:, start:stop], dtype=np.float64)  # (n, b)
-        basis = vbasis.basis[start:stop].astype(np.float64)  # (b, n, p)
+        basis = np.ascontiguousarray(vbasis.basis[:, :, start:stop])
+        w = np.ascontiguousarray(data[:, start:stop])
         proj = np.empty((n_maps * p, stop - start))
         for m in range(n_maps):
-            inverse = np.empty_like(perms[m])
-            inverse[perms[m]] = np.arange(perms[m].size)
-            rows = basis[:, inverse, :] * signs[m][inverse][np.newaxis, :, np.newaxis]
-            proj[m * p:(m + 1) * p] = np.einsum("bnp,nb->pb", rows, w)
+            _engine_numba.voxelwise_projection(basis, w, perms[m], signs[m], proj[m * p:(m + 1) * p])
         _engine_numba.stats_from_projection(proj, sum_sq[start:stop], float(df), p, vbasis.q,
                                             kind == "F", out[:, start:stop])
