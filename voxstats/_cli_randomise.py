@@ -91,7 +91,9 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
     add("-v", dest="var_smooth", type=float, metavar="MM",
         help="variance smoothing for t contrasts (pseudo-t), Gaussian sigma in mm")
     add("--quiet", action="store_true", help="no progress bars, messages or summary")
-    add("--twopass", action="store_true", help="cluster normalisation (not implemented: see README)")
+    add("--twopass", action="store_true",
+        help="cluster normalisation: a second pass normalising cluster sizes (-c) and TFCE by their "
+        "voxel-wise means over the permutations (t contrasts; clustern_, tfcen_ outputs)")
     add("-R", "--raw", dest="raw", action="store_true",
         help="also write the raw TFCE and cluster-size/mass images (tfce_tstat1, clustere_tstat1, ...)")
     add("--uncorrp", action="store_true", help="write uncorrected p (vox_p_ with -x, tfce_p_ with -T)")
@@ -149,9 +151,8 @@ def _check_flags(args):
     if args.confound_mode != 1:
         raise CLIError(f"-U {args.confound_mode}: only Freedman-Lane (-U 1, randomise's default) is "
                        "implemented.")
-    if args.twopass:
-        raise CLIError("--twopass (cluster normalisation) is not implemented; run without it "
-                       "(see README, 'voxstats randomise').")
+    if args.twopass and not (args.tfce or args.tfce2d or args.cluster_e is not None):
+        raise CLIError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
     if args.n_perm < 0:
         raise CLIError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
     if args.whole_blocks and not args.blocks:
@@ -289,6 +290,20 @@ def _outputs(args, contrasts, tfce, glm):
             names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
             if args.raw:
                 names["clusterm"] = f"clusterm_{stat}"
+        if args.twopass and kind == "t":
+            # randomise's names, including the double underscore of the normalisers
+            if ext is not None:
+                names.update({f"clusternorm_{part}": f"_clusternorm_{stat}{part}" for part in ("sum", "samp", "post")})
+                names["clustern_corrp"] = f"clustern_corrp_{stat}"
+                if args.raw:
+                    names["clustern"] = f"clustern_{stat}"
+            if tfce:
+                names.update({f"tfcenorm_{part}": f"_tfcenorm_{stat}{part}" for part in ("sum", "samp", "post")})
+                names["tfcen_corrp"] = f"tfcen_corrp_{stat}"
+                if args.uncorrp:
+                    names["tfcen_p"] = f"tfcen_p_{stat}"
+                if args.raw:
+                    names["tfcen"] = f"tfcen_{stat}"
         out[(kind, index)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
     return out
 
@@ -309,6 +324,10 @@ def _text_outputs(args, contrasts, tfce):
                 names["null_max_extent"] = f"clustere_corrp_{stat}"
             if mass is not None:
                 names["null_max_mass"] = f"clusterm_corrp_{stat}"
+            if args.twopass and kind == "t" and ext is not None:
+                names["null_max_clustern"] = f"clustern_corrp_{stat}"
+            if args.twopass and kind == "t" and tfce:
+                names["null_max_tfcen"] = f"tfcen_corrp_{stat}"
         if args.text_perm:
             names["perm"] = f"perm_{stat}"
         out[(kind, index)] = {key: Path(f"{args.output}_{name}.txt") for key, name in names.items()}
@@ -369,7 +388,12 @@ def _save_4d(masker, rows, path):
     save_img_atomic(img, path)
 
 
+_RAW = ("stat", "tfce", "clustere", "clusterm", "clustern", "tfcen", "clusternorm_sum", "clusternorm_samp",
+        "clusternorm_post", "tfcenorm_sum", "tfcenorm_samp", "tfcenorm_post")
+
+
 def _maps(contrast, names, logp):
+    two = contrast.twopass
     values = {
         "stat": contrast.stat, "tfce": contrast.tfce, "clustere": contrast.cluster_extent,
         "clusterm": contrast.cluster_mass,
@@ -377,8 +401,15 @@ def _maps(contrast, names, logp):
         "tfce_corrp": contrast.tfce_p_fwe, "clustere_corrp": contrast.cluster_extent_p_fwe,
         "clusterm_corrp": contrast.cluster_mass_p_fwe,
     }
-    return {key: values[key] if key in ("stat", "tfce", "clustere", "clusterm")
-            else _p_values(values[key], logp) for key in names}
+    if two is not None:
+        values.update({
+            "clustern": two.clustern, "clustern_corrp": two.clustern_p_fwe, "tfcen": two.tfcen,
+            "tfcen_p": two.tfcen_p, "tfcen_corrp": two.tfcen_p_fwe,
+            "clusternorm_sum": two.cluster_sum, "clusternorm_samp": two.cluster_samp,
+            "clusternorm_post": two.cluster_mean, "tfcenorm_sum": two.tfce_sum,
+            "tfcenorm_samp": two.tfce_samp, "tfcenorm_post": two.tfce_mean,
+        })
+    return {key: values[key] if key in _RAW else _p_values(values[key], logp) for key in names}
 
 
 # --------------------------------------------------------------------------- run
@@ -494,6 +525,7 @@ def run(args):
         sign_flip=args.one_sample, permute=False if args.one_sample else None,
         exchangeability_blocks=blocks, whole_blocks=args.whole_blocks,
         variance_smoothing=args.var_smooth, voxelwise_evs=voxelwise, glm_output=args.glm_output,
+        twopass=args.twopass,
         rng=seed, n_jobs=args.n_jobs, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         executor=args.executor, scheduler=args.scheduler, verbose=not args.quiet,
     )
@@ -528,15 +560,19 @@ def run(args):
             if name.endswith(("_p", "_corrp")):
                 p_maps.append(str(names[name]))
         for name, path in texts[key].items():
-            text = _permutation_lines(res.schedule) if name == "perm" else _fixed(getattr(contrast, name))
+            source = contrast.twopass if name in ("null_max_clustern", "null_max_tfcen") else contrast
+            text = _permutation_lines(res.schedule) if name == "perm" else _fixed(getattr(source, name))
             atomic_write_text(path, text)
             written.append(str(path))
         for label, field, wanted in (("vox", "null_max", args.vox_corrp),
                                      ("clustere", "null_max_extent", "clustere_corrp" in names),
                                      ("clusterm", "null_max_mass", "clusterm_corrp" in names),
-                                     ("tfce", "null_max_tfce", tfce is not None)):
+                                     ("clustern", "null_max_clustern", "clustern_corrp" in names),
+                                     ("tfce", "null_max_tfce", tfce is not None),
+                                     ("tfcen", "null_max_tfcen", "tfcen_corrp" in names)):
+            source = contrast.twopass if label in ("clustern", "tfcen") else contrast
             if wanted and res.n_perm > 1:
-                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(contrast, field))))
+                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
         index, xyz = _peak(res.masker, np.asarray(contrast.stat))
         summary.append({
             "name": contrast.name, "output": stat, "kind": contrast.kind, "tail": contrast.tail,

@@ -135,3 +135,47 @@ def voxelwise_projection(basis, data, perm, signs, out):
         for k in range(p):
             for v in range(n_vox):
                 out[k, v] += np.float64(basis[j, k, v]) * (sign * np.float64(data[src, v]))
+
+
+@njit(**JIT_STRICT)
+def _root(x, parent):
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]  # path halving
+        x = parent[x]
+    return x
+
+
+@njit(parallel=True, **JIT_STRICT)
+def cluster_label_maps(stats, threshold, two_sided, neighbours, labels, n_threads):
+    """Cluster labels of every row of ``stats``: voxels > threshold (and < -threshold).
+
+    ``labels[b, v]`` is 0 outside clusters and otherwise the smallest voxel
+    index of its cluster plus 1 (so labels do not depend on the visiting
+    order). Positive and negative voxels never share a cluster.
+    """
+    n_maps, n_vox = stats.shape
+    degree = neighbours.shape[1]
+    for t in prange(n_threads):
+        parent = np.empty(n_vox, np.int64)
+        for b in range(t, n_maps, n_threads):
+            row = stats[b]
+            for v in range(n_vox):
+                x = row[v]
+                parent[v] = v if (x > threshold or (two_sided and x < -threshold)) else -1
+            for v in range(n_vox):
+                if parent[v] < 0:
+                    continue
+                positive = row[v] > 0
+                for k in range(degree):
+                    nb = neighbours[v, k]
+                    if nb < 0 or parent[nb] < 0 or (row[nb] > 0) != positive:
+                        continue
+                    a = _root(nb, parent)
+                    c = _root(v, parent)
+                    if a != c:
+                        if a < c:
+                            parent[c] = a
+                        else:
+                            parent[a] = c
+            for v in range(n_vox):
+                labels[b, v] = 0 if parent[v] < 0 else _root(v, parent) + 1

@@ -97,6 +97,13 @@ class ContrastJob:
     precise : bool
         Projections in float64 (the design has repeated rows, so rearrangements
         can tie); float32 otherwise.
+    twopass : {0, 1, 2}
+        randomise ``--twopass`` (see :mod:`voxstats.twopass`): 1 adds the first
+        pass' per-voxel sums to each chunk, 2 the normalised statistics' null.
+    twopass_quantum : float
+        The power of two TFCE values are rounded to in the first pass' sums.
+    norm_extent, norm_tfce : (n_voxels,) ndarray or None
+        Second pass: the per-voxel means that normalise cluster sizes and TFCE.
     """
 
     name: str
@@ -121,6 +128,10 @@ class ContrastJob:
     smoother: object = None
     voxelwise: object = None
     precise: bool = True
+    twopass: int = 0
+    twopass_quantum: float = 1.0
+    norm_extent: np.ndarray | None = None
+    norm_tfce: np.ndarray | None = None
 
     @property
     def n_voxels(self):
@@ -151,6 +162,13 @@ class ChunkResult:
     tfce_counts: np.ndarray | None = None
     null_max_extent: np.ndarray | None = None
     null_max_mass: np.ndarray | None = None
+    extent_size_sum: np.ndarray | None = None
+    extent_count: np.ndarray | None = None
+    tfce_qsum: np.ndarray | None = None
+    tfce_count: np.ndarray | None = None
+    null_max_clustern: np.ndarray | None = None
+    null_max_tfcen: np.ndarray | None = None
+    tfcen_counts: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -363,20 +381,30 @@ def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     stats = statistics(job, schedule, start, stop, pool)
     result = {}
     result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat)
+    enhanced = None
     if job.tfce:
-        result["tfce_counts"], result["null_max_tfce"] = _exceedances(
-            job, tfce_maps(job, stats, n_threads), observed.tfce)
+        enhanced = tfce_maps(job, stats, n_threads)
+        result["tfce_counts"], result["null_max_tfce"] = _exceedances(job, enhanced, observed.tfce)
     if job.clusters is not None:
         extent_thr, mass_thr = job.clusters
         extent, mass = _cluster_maxima(job, stats, extent_thr, n_threads)
         if mass_thr != extent_thr:
             _, mass = _cluster_maxima(job, stats, mass_thr, n_threads)
         result["null_max_extent"], result["null_max_mass"] = extent, mass
+    if job.twopass:
+        from . import twopass
+
+        if job.twopass == 1:
+            result.update(twopass.first_pass(job, stats, enhanced, n_threads))
+        else:
+            result.update(twopass.second_pass(job, stats, enhanced, observed, n_threads))
     return ChunkResult(start=start, stop=stop, **result)
 
 
-_PER_REARRANGEMENT = ("null_max", "null_max_tfce", "null_max_extent", "null_max_mass")
-_PER_VOXEL = ("counts", "tfce_counts")
+_PER_REARRANGEMENT = ("null_max", "null_max_tfce", "null_max_extent", "null_max_mass", "null_max_clustern",
+                      "null_max_tfcen")
+_PER_VOXEL = ("counts", "tfce_counts", "tfcen_counts", "extent_size_sum", "extent_count", "tfce_qsum",
+              "tfce_count")
 
 
 class NullAccumulator:

@@ -167,7 +167,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  two_sided=True, demean=False, sign_flip=False, permute=None,
                  exchangeability_blocks=None, whole_blocks=False, tail_approximation=False,
                  variance_smoothing=None, voxel_size=None, voxelwise_evs=None, glm_output=False,
-                 rng=None, n_jobs=1,
+                 twopass=False, rng=None, n_jobs=1,
                  chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
                  scheduler=None, copy=True, verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
@@ -249,6 +249,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         replacing that design column (0-based index or name) voxel by voxel
         (see :mod:`voxstats.voxelwise`; a slower path). ``stat`` is then the
         engine's statistic (float32 precision).
+    twopass : bool
+        randomise ``--twopass``: for t contrasts with cluster extent or TFCE, a
+        second pass over the permutations gives cluster-normalised statistics
+        (``ContrastResult.twopass``; see :mod:`voxstats.twopass`).
     glm_output : bool
         Also return the unpermuted GLM's estimates (``result.glm``: PE, COPE,
         VARCOPE and residual variance, as randomise ``--glm_output``).
@@ -350,6 +354,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     demean=demean, sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
                     tail_approximation=tail_approximation, variance_smoothing=variance_smoothing,
                     voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
+                    twopass=bool(twopass),
                     voxelwise_evs=None if voxelwise_evs is None else {
                         "columns": sorted(str(k) for k in voxelwise_evs),
                         "digest": _digest_arrays(voxelwise_evs)},
@@ -390,7 +395,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             runner=runner, store=store, flag=flag, in_place=in_place,
                             cluster_graph=cluster_graph, threshold=extent_thr,
                             mass_threshold=mass_thr, constant=constant, smoother=smoother,
-                            voxelwise_evs=voxelwise_evs))
+                            voxelwise_evs=voxelwise_evs, twopass=twopass))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -444,7 +449,7 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
 def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
                   tail_approximation, chunk_size, threads, pool, bar, *, runner=None, store=None,
                   flag=None, in_place=False, cluster_graph=None, threshold=None, mass_threshold=None,
-                  constant=None, smoother=None, voxelwise_evs=None):
+                  constant=None, smoother=None, voxelwise_evs=None, twopass=False):
     stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
     if threshold is None and mass_threshold is not None:  # mass only: the extent comes for free
         threshold, mass_threshold = mass_threshold, None
@@ -459,12 +464,30 @@ def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh,
     if job.smoother is not None or job.voxelwise is not None:  # pseudo-t, or a design per voxel
         stat = observed.stat.astype(np.float64)
     runner = runner if runner is not None else LocalExecutor(threads, pool)
-    merged = run_chunks(runner, job, schedule, observed,
-                        engine.chunk_bounds(schedule.n_perm, chunk_size),
+    bounds = engine.chunk_bounds(schedule.n_perm, chunk_size)
+    twopass = twopass and contrast.kind == "t" and (job.tfce or job.cluster_threshold is not None)
+    if twopass:
+        from . import twopass as two
+
+        top = 0.0 if observed.tfce is None else float(np.abs(observed.tfce).max(initial=0.0))
+        job = replace(job, twopass=1, twopass_quantum=two.quantum(top, schedule.n_perm))
+    merged = run_chunks(runner, job, schedule, observed, bounds,
                         store=None if store is None else store.contrast(job, contrast.weights),
                         flag=flag, bar=bar)
-    return assemble(job, contrast, observed, merged, schedule.n_perm, stat,
-                    tail_approximation=tail_approximation)
+    result = assemble(job, contrast, observed, merged, schedule.n_perm, stat,
+                      tail_approximation=tail_approximation)
+    if not twopass:
+        return result
+    first = two.normalisers(job, merged)
+    second_job = replace(job, twopass=2, norm_extent=first.cluster_mean, norm_tfce=first.tfce_mean)
+    if bar is not None:
+        bar.reset(total=schedule.n_perm)
+        bar.set_description(f"{contrast.name}, second pass")
+    merged2 = run_chunks(runner, second_job, schedule, observed, bounds,
+                         store=None if store is None else store.contrast(
+                             replace(second_job, name=f"{job.name} (second pass)"), contrast.weights),
+                         flag=flag, bar=bar)
+    return replace(result, twopass=two.result(second_job, observed, merged2, first, schedule.n_perm, threads))
 
 
 def _voxelwise_values(value, masker, key):

@@ -42,6 +42,8 @@ class ContrastResult:
     cluster_extent, cluster_mass : (n_voxels,) ndarray or None
         Each voxel's cluster size (voxels) and mass (sum of |statistic|);
         FSL randomise's raw ``clustere``/``clusterm`` images.
+    twopass : voxstats.twopass.TwoPass or None
+        Cluster-normalised statistics (``twopass=True``, t contrasts).
     """
 
     name: str
@@ -71,6 +73,7 @@ class ContrastResult:
     cluster_mass_labels: np.ndarray | None = None
     cluster_extent: np.ndarray | None = None
     cluster_mass: np.ndarray | None = None
+    twopass: object = None
 
 
 @dataclass(frozen=True)

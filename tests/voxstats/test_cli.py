@@ -227,7 +227,7 @@ def test_refuses_to_overwrite(study, tmp_path, capsys):
         (["-Q"], "-Q prints randomise_parallel's job split; voxstats splits the work itself"),
         (["--permout"], "--permout would write one statistic image per permutation"),
         (["-U", "0"], "-U 0: only Freedman-Lane (-U 1, randomise's default) is implemented."),
-        (["--twopass"], "--twopass (cluster normalisation) is not implemented"),
+        (["--twopass"], "--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them."),
         (["--skipTo", "9"], "--skipTo 9: expected 1..3 (F contrasts first, then t)."),
         (["-F", "2"], "-F and -S need F contrasts (-f)"),
         (["--permuteBlocks"], "--permuteBlocks needs -e BLOCKS"),

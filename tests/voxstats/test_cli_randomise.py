@@ -178,3 +178,30 @@ def test_cluster_thresholds_of_their_own_and_tfce_exact_upgrade(toy, tmp_path, c
     lab_m, _ = ndimage.label(t >= 3.5, structure=np.ones((3, 3, 3)))
     assert ((extent > 0) <= (lab_e > 0)).all() and ((mass > 0) <= (lab_m > 0)).all()
     assert (lab_e > 0).sum() > (lab_m > 0).sum() > 0
+
+
+def test_twopass_outputs_as_randomise_names_them(toy, tmp_path, capsys):
+    out = tmp_path / "tp"
+    assert main(_argv(toy, out, "-c", "2", "-T", "--twopass", "-R", "-N", "-x", "--uncorrp", "-n", "70")) == 0
+    printed = capsys.readouterr().out
+    names = {p.name for p in tmp_path.glob("tp_*")}
+    for stat in ("tstat1", "tstat2"):
+        for part in ("sum", "samp", "post"):
+            assert f"tp__clusternorm_{stat}{part}.nii.gz" in names and f"tp__tfcenorm_{stat}{part}.nii.gz" in names
+        for name in ("clustern_corrp_", "clustern_", "tfcen_corrp_", "tfcen_p_", "tfcen_"):
+            assert f"tp_{name}{stat}.nii.gz" in names
+        for name in ("clustern_corrp_", "tfcen_corrp_"):
+            assert f"tp_{name}{stat}.txt" in names
+    res = voxstats.randomise(str(toy["root"] / "data.nii.gz"), toy["x"], {"g1>g2": [1.0, -1], "g2>g1": [-1.0, 1]},
+                             n_perm=70, rng=1, two_sided=False, tfce=True, tfce_mode="fsl",
+                             cluster_threshold=2.0, twopass=True)
+    inside = np.asarray(res.mask_img.dataobj) > 0
+    tp = res[0].twopass
+    for name, values in (("clustern_tstat1", tp.clustern), ("clustern_corrp_tstat1", 1 - tp.clustern_p_fwe),
+                         ("tfcen_corrp_tstat1", 1 - tp.tfcen_p_fwe), ("_tfcenorm_tstat1post", tp.tfce_mean),
+                         ("_clusternorm_tstat1sum", tp.cluster_sum)):
+        got = np.asarray(nib.load(tmp_path / f"tp_{name}.nii.gz").dataobj)[inside]
+        np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-6, err_msg=name)
+    value = np.sort(tp.null_max_clustern)[int(np.ceil(0.95 * tp.null_max_clustern.size)) - 1]
+    assert f"Critical Value for: {out}_clustern_tstat1 is: {value:g}\n" in printed
+    assert printed.index("_clustere_tstat1 is") < printed.index("_clustern_tstat1 is") < printed.index("_tfce_tstat1 is")
