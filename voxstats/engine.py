@@ -22,12 +22,15 @@ rounding. The basis is float64, its rows for equal design rows are made
 bit-identical, each rearrangement's numbers depend on its own row only, and
 the observed maps are the identity rearrangement computed by the same kernels.
 When the design has repeated rows (groups: the designs whose rearrangements
-can tie), projections and statistics are computed in float64 and rounded to
-float32, as FSL randomise computes in double and compares in float, so twins
-round to the same value. With all design rows distinct (a continuous
-covariate), no two rearrangements are equal in exact arithmetic unless the
-covariate's values were placed symmetrically on purpose, and the products
-are float32 (about twice as fast).
+can tie) and at most 10**9 distinct rearrangements (so that one equal to the
+unpermuted data can be drawn), projections and statistics are computed in
+float64 and rounded to float32, as FSL randomise computes in double and
+compares in float, so twins round to the same value. With all design rows
+distinct (a continuous covariate), no two rearrangements are equal in exact
+arithmetic unless the covariate's values were placed symmetrically on purpose;
+with more distinct rearrangements, a random schedule draws a twin of the
+unpermuted data with probability below (twins) x n_perm / 1e9. The products are
+then float32 (about twice as fast).
 """
 
 import logging

@@ -107,9 +107,23 @@ def _constant_voxels(data):
     return out
 
 
+_PRECISE_LIMIT = 10**9  # distinct rearrangements up to which ties are worth float64 products
+
+
 def _has_repeated_rows(matrix):
     """True when two subjects share a design row: rearrangements can then tie exactly."""
     return np.unique(np.asarray(matrix), axis=0).shape[0] < np.shape(matrix)[0]
+
+
+def _precise(design, schedule):
+    """float64 products when rearrangements can tie and a tie with the unpermuted data can be drawn.
+
+    Ties need repeated design rows. With more than ``_PRECISE_LIMIT`` distinct
+    rearrangements a random schedule draws one equal to the unpermuted data with
+    probability below (its few twins) x n_perm / 1e9, and float32 products
+    (about twice as fast) are used.
+    """
+    return _has_repeated_rows(design.matrix) and (schedule.exhaustive or schedule.n_possible <= _PRECISE_LIMIT)
 
 
 def _check_threshold(name, value):
@@ -395,7 +409,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             runner=runner, store=store, flag=flag, in_place=in_place,
                             cluster_graph=cluster_graph, threshold=extent_thr,
                             mass_threshold=mass_thr, constant=constant, smoother=smoother,
-                            voxelwise_evs=voxelwise_evs, twopass=twopass))
+                            voxelwise_evs=voxelwise_evs, twopass=twopass,
+                            precise=_precise(design, schedule)))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -408,7 +423,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
              mode="exact", dh=None, two_sided=True, in_place=False, cluster_graph=None,
-             mass_threshold=None, constant=None, smoother=None, voxelwise_evs=None):
+             mass_threshold=None, constant=None, smoother=None, voxelwise_evs=None, precise=None):
     """The engine's view of one contrast: residualised float32 data and its basis.
 
     With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
@@ -443,20 +458,20 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
                               active=None if active.all() else active,
                               smoother=smoother if contrast.kind == "t" else None, voxelwise=vbasis,
-                              precise=_has_repeated_rows(design.matrix))
+                              precise=_has_repeated_rows(design.matrix) if precise is None else precise)
 
 
 def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
                   tail_approximation, chunk_size, threads, pool, bar, *, runner=None, store=None,
                   flag=None, in_place=False, cluster_graph=None, threshold=None, mass_threshold=None,
-                  constant=None, smoother=None, voxelwise_evs=None, twopass=False):
+                  constant=None, smoother=None, voxelwise_evs=None, twopass=False, precise=None):
     stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
     if threshold is None and mass_threshold is not None:  # mass only: the extent comes for free
         threshold, mass_threshold = mass_threshold, None
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
                    mode=mode, dh=dh, two_sided=two_sided, in_place=in_place,
                    cluster_graph=cluster_graph, mass_threshold=mass_threshold, constant=constant,
-                   smoother=smoother, voxelwise_evs=voxelwise_evs)
+                   smoother=smoother, voxelwise_evs=voxelwise_evs, precise=precise)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))

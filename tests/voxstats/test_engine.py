@@ -241,3 +241,18 @@ def test_chunks_are_merged_as_they_arrive():
 
     merged = run_chunks(Runner(), Job(), Schedule(), None, engine.chunk_bounds(40, 4))
     assert merged.counts.shape == (1000,) and merged.null_max.shape == (40,)
+
+
+def test_float64_products_where_rearrangements_can_tie():
+    from voxstats.design import make_design
+
+    class Schedule:
+        def __init__(self, n_possible, exhaustive=False):
+            self.n_possible, self.exhaustive = n_possible, exhaustive
+
+    groups = make_design(np.repeat(np.eye(3), 3, axis=0))
+    covariate = make_design(np.column_stack([np.ones(9), np.arange(9.0)]))
+    assert randomise_module._precise(groups, Schedule(1680, exhaustive=True))
+    assert randomise_module._precise(groups, Schedule(10**9))
+    assert not randomise_module._precise(groups, Schedule(10**12))  # a twin of the data: p < 1e-8 per draw
+    assert not randomise_module._precise(covariate, Schedule(100, exhaustive=True))  # no two rows alike
