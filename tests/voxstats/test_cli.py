@@ -236,7 +236,8 @@ def test_file_errors(study, tmp_path, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(f"{root / 'sub00.nii.gz'}\n\nmissing.nii.gz\n")
     assert main(base + ["-i", str(lst), "-1"]) == 1
-    assert f"{lst}, line 3: expected an existing image file, got 'missing.nii.gz'" in capsys.readouterr().err
+    assert (f"-i: {lst}, line 3: expected an existing image file (relative to {tmp_path}), got 'missing.nii.gz'"
+            in capsys.readouterr().err)
     assert main(base + ["-i", str(root / "all.nii.gz"), "-d", str(root / "design.mat")]) == 1
     assert "randomise needs -d DESIGN and -t CONTRASTS" in capsys.readouterr().err
     assert main(base + ["-i", str(root / "all.nii.gz"), "-1", "-d", str(root / "design.mat")]) == 1
@@ -326,11 +327,11 @@ def test_cluster_command(tmp_path, stat_map, capsys):
     nib.save(nib.Nifti1Image(atlas, AFFINE), tmp_path / "atlas.nii.gz")
     (tmp_path / "lut.tsv").write_text("index\tname\n4\tPulvinar\n")
     out = tmp_path / "clusters.tsv"
-    argv = ["cluster", str(path), "--p", str(tmp_path / "corrp.nii.gz"), "--sign", "both",
+    argv = ["cluster", str(path), "--p", str(tmp_path / "corrp.nii.gz"), "--p-convention", "1-p", "--sign", "both",
             "--atlas", str(tmp_path / "atlas.nii.gz"), "--atlas-labels", str(tmp_path / "lut.tsv"),
             "-o", str(out), "--out-index", str(tmp_path / "index.nii.gz")]
     assert main(argv) == 0
-    expected = cluster_table(path, p_img=tmp_path / "corrp.nii.gz", sign="both",
+    expected = cluster_table(path, p_img=tmp_path / "corrp.nii.gz", p_convention="1-p", sign="both",
                              atlas_img=tmp_path / "atlas.nii.gz", atlas_labels={4: "Pulvinar"})
     table = pd.read_csv(out, sep="\t", keep_default_na=False)
     assert len(table) == len(expected.table) >= 2
@@ -347,7 +348,7 @@ def test_cluster_command(tmp_path, stat_map, capsys):
     assert main(argv) == 1
     assert "use --overwrite" in capsys.readouterr().err
     assert main(["cluster", str(path)]) == 1
-    assert "Either 'threshold' or 'p_img' must be given" in capsys.readouterr().err
+    assert "give --threshold, --p PMAP, or both, to define clusters." in capsys.readouterr().err
     assert main(["cluster", str(path), "--threshold", "2", "--atlas-labels", str(tmp_path / "lut.tsv")]) == 1
     assert "--atlas-labels needs --atlas." in capsys.readouterr().err
 
