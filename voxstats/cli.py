@@ -362,6 +362,7 @@ def _run_randomise(args):
 
     from voxstats.checkpoint import RunInterrupted, recorded_seed
     from voxstats.design_files import read_blocks
+    from voxstats.executor import ExecutorLost
     from voxstats.outputs import atomic_write_text
 
     if args.n_perm < 1:
@@ -424,14 +425,19 @@ def _run_randomise(args):
     )
     if tfce is not None:
         options.update(tfce)
+    again = list(args.argv) + ([] if args.resume else ["--resume"])
+    again += [] if args.seed is not None else ["--seed", str(seed)]
     try:
         res = voxstats.randomise(imgs, design, tcons, **options)
     except RunInterrupted as stop:
-        again = list(args.argv) + ([] if args.resume else ["--resume"])
-        again += [] if args.seed is not None else ["--seed", str(seed)]
         print(f"voxstats randomise: stopped by {stop.signal_name}; finished chunks are kept in "
               f"{args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}", file=sys.stderr)
         return 128 + stop.signum
+    except ExecutorLost as lost:
+        kept = (f"finished chunks are kept in {args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}"
+                if args.checkpoint_dir else "no chunk was kept (run with --checkpoint-dir DIR to keep them)")
+        print(f"voxstats randomise: error: {lost}; {kept}", file=sys.stderr)
+        return 1
 
     written, p_maps = [], []
     summary = []
