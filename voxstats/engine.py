@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _tfce_numba
 from .glm import f_to_z
-from .tfce import stepped_table
+from .tfce import _check_params, stepped_table
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +191,17 @@ def _enhanceable(job, stats):
     return f_to_z(stats, job.q, job.df).astype(np.float32)
 
 
-def tfce_maps(job, stats, n_threads):
-    """TFCE of a batch of statistic maps (float32, same shape)."""
+def tfce_maps(job, stats, n_threads, *, check=False):
+    """TFCE of a batch of statistic maps (float32, same shape).
+
+    ``check`` (the unpermuted map): refuse a step count or heights the kernels
+    cannot handle (:func:`voxstats.tfce._check_params`), before any permutation.
+    """
     enhanced = np.ascontiguousarray(_enhanceable(job, stats))
     top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
+    if check:
+        _check_params(job.E, job.H, "fsl" if job.fsl else "exact", job.dh, max_height=top,
+                      n_elements=enhanced.shape[-1])
     if job.fsl:
         table = stepped_table(job.dh, job.H, top)
         dh = job.dh
@@ -209,7 +216,7 @@ def tfce_maps(job, stats, n_threads):
 def observed_maps(job, schedule, n_threads, pool=None):
     """Maps of the identity rearrangement (row 0 of the schedule)."""
     stat = statistics(job, schedule, 0, 1, pool)
-    enhanced = tfce_maps(job, stat, n_threads)[0] if job.tfce else None
+    enhanced = tfce_maps(job, stat, n_threads, check=True)[0] if job.tfce else None
     return Observed(stat=stat[0], tfce=enhanced)
 
 
