@@ -352,9 +352,13 @@ def _randomise_inputs(args):
     from voxstats.loading import is_image_path, read_image_list
 
     if is_image_path(args.input):
-        return str(args.input), check_img(args.input, name="-i", ndim=4).shape[3]
-    imgs = [str(p) for p in read_image_list(args.input, name="-i")]
-    return imgs, len(imgs)
+        imgs, n_subjects = str(args.input), check_img(args.input, name="-i", ndim=4).shape[3]
+    else:
+        imgs = [str(p) for p in read_image_list(args.input, name="-i")]
+        n_subjects = len(imgs)
+    if n_subjects < 2:
+        raise CLIError(f"-i: expected at least 2 subjects, got {n_subjects} in {args.input}")
+    return imgs, n_subjects
 
 
 def _run_randomise(args):

@@ -98,7 +98,7 @@ def read_image_list(path, *, name="imgs"):
             continue
         item = Path(line)
         if not item.is_absolute():
-            item = path.parent / item
+            item = Path(os.path.normpath(path.parent / item))
         if not item.is_file():
             raise ParameterError(name, f"{path}, line {lineno}: expected an existing image file "
                                  f"(relative to {path.parent}), got {line!r}")

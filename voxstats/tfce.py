@@ -9,7 +9,7 @@ from scipy import sparse
 
 from . import _tfce_numba
 from .graph import grid_graph, graph_from_adjacency
-from .image import check_img
+from .image import check_img, read_data
 
 __all__ = ["tfce"]
 
@@ -165,7 +165,7 @@ def tfce(stat, *, mask=None, connectivity=6, E=0.5, H=2.0, mode="exact", dh=None
     img = None
     if hasattr(stat, "affine"):
         img = check_img(stat, name="stat", ndim=(2, 3))
-        values = np.asarray(img.get_fdata(), dtype=np.float64)
+        values = read_data(img, name="stat", dtype=np.float64)
     else:
         values = np.array(stat, dtype=np.float64)
     values = np.where(np.isfinite(values), values, 0.0)
