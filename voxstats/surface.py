@@ -38,6 +38,7 @@ __all__ = [
     "Mesh",
     "check_areas",
     "face_areas",
+    "icosphere",
     "load_mesh",
     "mesh_adjacency",
     "mesh_graph",
@@ -286,3 +287,47 @@ def mesh_graph(mesh, mask=None, *, areas=None):
     kept = np.flatnonzero(mask)
     sub = mesh.adjacency[kept][:, kept]
     return graph_from_adjacency(sub, n_voxels=kept.size), areas[kept].copy()
+
+
+_PHI = (1 + 5 ** 0.5) / 2
+_ICOSAHEDRON_FACES = np.array([
+    [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
+    [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
+    [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]])
+
+
+def icosphere(n_subdivisions, *, radius=100.0):
+    """A geodesic sphere: an icosahedron whose triangles are split in four ``n_subdivisions`` times.
+
+    It has ``10 * 4**n_subdivisions + 2`` vertices, the vertex counts of
+    FreeSurfer's icosahedral meshes (fsaverage5: 5 subdivisions, 10,242
+    vertices; fsaverage: 7, 163,842). Vertices of a coarser sphere come first,
+    new vertices (edge midpoints pushed out to the sphere) after.
+
+    Parameters
+    ----------
+    n_subdivisions : int >= 0
+    radius : float
+        In mm.
+
+    Returns
+    -------
+    Mesh
+    """
+    if int(n_subdivisions) != n_subdivisions or n_subdivisions < 0:
+        raise ValueError(f"Invalid value for the 'n_subdivisions' parameter: expected an integer >= 0, "
+                         f"got {n_subdivisions!r}")
+    xyz = np.array([[-1, _PHI, 0], [1, _PHI, 0], [-1, -_PHI, 0], [1, -_PHI, 0], [0, -1, _PHI], [0, 1, _PHI],
+                    [0, -1, -_PHI], [0, 1, -_PHI], [_PHI, 0, -1], [_PHI, 0, 1], [-_PHI, 0, -1], [-_PHI, 0, 1]])
+    xyz /= np.linalg.norm(xyz, axis=1, keepdims=True)
+    faces = _ICOSAHEDRON_FACES.copy()
+    for _ in range(int(n_subdivisions)):
+        edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        unique, inverse = np.unique(edges, axis=0, return_inverse=True)
+        middle = xyz[unique[:, 0]] + xyz[unique[:, 1]]
+        middle /= np.linalg.norm(middle, axis=1, keepdims=True)
+        ab, bc, ca = (xyz.shape[0] + inverse.reshape(3, -1))
+        a, b, c = faces.T
+        faces = np.concatenate([np.column_stack(t) for t in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
+        xyz = np.vstack([xyz, middle])
+    return Mesh(coordinates=radius * xyz, faces=faces.astype(np.int64), name=f"icosphere({n_subdivisions})")
