@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -36,7 +37,7 @@ from scipy import sparse
 from .graph import graph_from_adjacency, grid_graph
 from .image import save_img_atomic
 from .surface import check_areas, load_mesh
-from .surface_io import _with_weights, read_vertex_values
+from .surface_io import _with_weights, default_mask, read_vertex_values
 
 __all__ = ["CiftiMasker", "load_cifti", "load_cifti_data", "save_cifti_map"]
 
@@ -159,8 +160,8 @@ class CiftiMasker:
     meshes: dict
     areas: dict
 
-    kind = "cifti"
-    suffix = ".dscalar.nii"
+    kind: ClassVar[str] = "cifti"
+    suffix: ClassVar[str] = ".dscalar.nii"
 
     @property
     def n_elements(self):
@@ -222,6 +223,22 @@ class CiftiMasker:
         """Write (n_elements,) values as a ``.dscalar.nii`` with the input's brain models."""
         return save_cifti_map(self.unmask(np.asarray(values, dtype=np.float32)), path, self.brain_models)
 
+    def position(self, k):
+        """Where element ``k`` is: ``(structure, vertex)`` or ``(structure, (i, j, k))``, and mm.
+
+        Coordinates of a vertex are on its structure's mesh (NaN without one);
+        of a voxel, through the brain models' affine.
+        """
+        index = int(np.flatnonzero(self.mask)[int(k)])
+        kind, element, structure = self.brain_models.get_element(index)
+        if kind == "CIFTI_MODEL_TYPE_SURFACE":
+            mesh = self.meshes.get(structure)
+            xyz = (np.nan,) * 3 if mesh is None else tuple(float(v) for v in mesh.coordinates[int(element)])
+            return (structure, int(element)), xyz
+        ijk = tuple(int(v) for v in element)
+        affine = self.brain_models.affine
+        return (structure, ijk), tuple(float(v) for v in affine[:3, :3] @ ijk + affine[:3, 3])
+
 
 def _meshes(brain_models, left_surf, right_surf, left_area, right_area, names):
     meshes, areas = {}, {}
@@ -251,7 +268,7 @@ def _meshes(brain_models, left_surf, right_surf, left_area, right_area, names):
 
 
 def load_cifti(imgs, *, left_surf=None, right_surf=None, left_area=None, right_area=None,
-               mask_img=None, name="imgs", flag_names=None):
+               mask_img=None, keep_constant=False, name="imgs", flag_names=None):
     """Subjects' dense CIFTI maps and the masker that goes with them.
 
     Parameters
@@ -265,8 +282,11 @@ def load_cifti(imgs, *, left_surf=None, right_surf=None, left_area=None, right_a
         Vertex areas on each mesh (PALM's ``-s surf area``); default: the
         mesh's own.
     mask_img : str, path-like or array, optional
-        A dense CIFTI file (or array over the grayordinates), non-zero = analysed.
-        Default: grayordinates finite and non-zero in every subject.
+        A dense CIFTI file (or array over the grayordinates), finite and
+        non-zero = analysed. Default: grayordinates finite in every subject and
+        not constant across subjects (FSL randomise's rule).
+    keep_constant : bool
+        Without ``mask_img``, keep constant grayordinates too (``--norcmask``).
 
     Returns
     -------
@@ -280,7 +300,7 @@ def load_cifti(imgs, *, left_surf=None, right_surf=None, left_area=None, right_a
     meshes, areas = _meshes(models, left_surf, right_surf, left_area, right_area, names)
     finite = np.all(np.isfinite(data), axis=0)
     if mask_img is None:
-        mask = finite & np.all(data != 0, axis=0)
+        mask = default_mask(data, keep_constant)
     else:
         if isinstance(mask_img, (str, os.PathLike)):
             values, _, mask_models = load_cifti_data(mask_img, name=names["mask_img"])
@@ -298,8 +318,9 @@ def load_cifti(imgs, *, left_surf=None, right_surf=None, left_area=None, right_a
             raise ValueError(f"{labels[row]}: NaN or infinite values at {int(bad.sum())} grayordinates "
                              "inside the mask")
     if not mask.any():
-        raise ValueError(f"{names['mask_img']}: no grayordinate to analyse (none is finite and non-zero "
-                         "in every subject)")
+        raise ValueError(f"{names['mask_img']}: no grayordinate to analyse (none is finite in every "
+                         "subject and varies across subjects)" if mask_img is None
+                         else f"{names['mask_img']}: the mask is empty")
     masker = CiftiMasker(brain_models=models, mask=mask, meshes=meshes, areas=areas)
     return np.ascontiguousarray(data[:, mask]), masker
 

@@ -22,6 +22,7 @@ import gzip
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -294,7 +295,7 @@ class SurfaceMasker:
     areas: np.ndarray
     fmt: SurfaceFormat
 
-    kind = "surface"
+    kind: ClassVar[str] = "surface"
 
     @property
     def n_elements(self):
@@ -335,6 +336,11 @@ class SurfaceMasker:
         """Write (n_elements,) values to ``path`` in the input's format."""
         return save_surface_map(self.unmask(np.asarray(values, dtype=np.float32)), path, self.fmt)
 
+    def position(self, k):
+        """Vertex index and coordinates (mm, on the mesh) of element ``k``."""
+        vertex = int(self.vertices[int(k)])
+        return vertex, tuple(float(v) for v in self.mesh.coordinates[vertex])
+
 
 def _with_weights(graph, weights):
     """The graph carrying its node weights (``VoxelGraph.weights`` when the engine has it)."""
@@ -346,8 +352,21 @@ def _with_weights(graph, weights):
     return graph
 
 
-def load_surface(imgs, surf, *, mask_img=None, areas=None, name="imgs", surf_name="surf",
-                 mask_name="mask_img", areas_name="areas"):
+def default_mask(data, keep_constant=False):
+    """Elements finite in every subject and, unless ``keep_constant``, not constant across subjects.
+
+    FSL randomise's default mask (``--norcmask`` keeps constant elements): on
+    FreeSurfer's thickness, area or curvature maps it leaves out the medial
+    wall, which is 0 in every subject.
+    """
+    mask = np.all(np.isfinite(data), axis=0)
+    if not keep_constant:
+        mask &= np.any(data != data[:1], axis=0)
+    return mask
+
+
+def load_surface(imgs, surf, *, mask_img=None, areas=None, keep_constant=False, name="imgs",
+                 surf_name="surf", mask_name="mask_img", areas_name="areas"):
     """Subjects' maps on one hemisphere's mesh and the masker that goes with them.
 
     Parameters
@@ -358,16 +377,20 @@ def load_surface(imgs, surf, *, mask_img=None, areas=None, name="imgs", surf_nam
         The mesh the maps live on (for example ``lh.white.surf.gii`` of the
         common template); its vertex count must match the maps'.
     mask_img : str, path-like or array, optional
-        Vertices to analyse: a per-vertex file (non-zero = in) or a FreeSurfer
-        ``.label`` (``lh.cortex.label``). Default: vertices finite and non-zero
-        in every subject, which leaves out the medial wall of FreeSurfer's
-        thickness, area and curvature maps.
+        Vertices to analyse: a per-vertex file (finite and non-zero = in) or
+        a FreeSurfer ``.label`` (``lh.cortex.label``). Default: vertices finite
+        in every subject and not constant across subjects (FSL randomise's
+        rule), which leaves out the medial wall of FreeSurfer's thickness,
+        area and curvature maps (0 in every subject).
     areas : str, path-like, float or array, optional
         Vertex areas (mm²) to weigh cluster extents with, as PALM's
         ``-s surf area``: a per-vertex file (for example an average of the
         subjects' native areas on the common mesh) or a number (every vertex
         weighs the same). Default: a third of each adjacent triangle's area on
         ``surf``.
+    keep_constant : bool
+        Without ``mask_img``, keep vertices constant across subjects too
+        (randomise ``--norcmask``).
 
     Returns
     -------
@@ -381,7 +404,7 @@ def load_surface(imgs, surf, *, mask_img=None, areas=None, name="imgs", surf_nam
                          f"{mesh.n_vertices}; give the mesh the maps were resampled to")
     finite = np.all(np.isfinite(data), axis=0)
     if mask_img is None:
-        mask = finite & np.all(data != 0, axis=0)
+        mask = default_mask(data, keep_constant)
     else:
         mask = read_vertex_mask(mask_img, mesh.n_vertices, name=mask_name)
         bad = mask & ~finite
@@ -389,7 +412,8 @@ def load_surface(imgs, surf, *, mask_img=None, areas=None, name="imgs", surf_nam
             row = int(np.flatnonzero(~np.all(np.isfinite(data[:, bad]), axis=1))[0])
             raise ValueError(f"{names[row]}: NaN or infinite values at {int(bad.sum())} vertices inside the mask")
     if not mask.any():
-        raise ValueError(f"{mask_name}: no vertex to analyse (none is finite and non-zero in every subject)")
+        raise ValueError(f"{mask_name}: no vertex to analyse (none is finite in every subject and varies "
+                         "across subjects)" if mask_img is None else f"{mask_name}: the mask is empty")
     if areas is None:
         vertex_areas = mesh.vertex_areas
     elif isinstance(areas, (str, os.PathLike)):

@@ -67,6 +67,10 @@ def test_round_trip_keeps_brain_models_vertices_and_voxels(tmp_path, subjects):
     assert back.nvertices == {"CIFTI_STRUCTURE_CORTEX_LEFT": 6, "CIFTI_STRUCTURE_CORTEX_RIGHT": 4}
     np.testing.assert_array_equal(img.get_fdata()[0], np.arange(15.0))
     assert img.nifti_header.get_intent()[0] == "ConnDenseScalar"
+    assert masker.position(1) == (("CIFTI_STRUCTURE_CORTEX_LEFT", 1), (-10.0, 0.0, 0.0))
+    ijk = (2, 2, 1)  # element 9: the thalamus' second voxel
+    assert masker.position(9) == (("CIFTI_STRUCTURE_THALAMUS_LEFT", ijk),
+                                  tuple(float(v) for v in AFFINE[:3, :3] @ ijk + AFFINE[:3, 3]))
     assert list(img.header.get_axis(0).name) == ["out_tstat1"]
     # one dtseries holding every subject reads the same
     data2, _, models2 = load_cifti_data(_save(tmp_path / "all.dtseries.nii", subjects, models, series=True))

@@ -84,6 +84,20 @@ def test_load_surface_masks_the_medial_wall_and_writes_back(tmp_path, maps):
     assert img.darrays[0].data.dtype == np.float32
     assert img.darrays[0].meta["AnatomicalStructurePrimary"] == "CortexLeft"
     np.testing.assert_array_equal(masker.coordinates, mesh.coordinates[:5])
+    assert masker.kind == "surface" and masker.position(3) == (3, (0.0, -1.0, 0.0))
+
+
+def test_default_mask_is_randomise_s(tmp_path, maps):
+    """Not constant across subjects and finite: a single 0 does not remove a vertex, a constant 2 does."""
+    maps = maps.copy()
+    maps[0, 1] = 0.0
+    maps[:, 2] = 2.0
+    maps[3, 4] = np.nan
+    imgs = _save_gifti(tmp_path / "all.func.gii", list(maps))
+    _, masker = load_surface(imgs, _octahedron())
+    np.testing.assert_array_equal(masker.mask, [True, True, False, True, False, False])
+    _, masker = load_surface(imgs, _octahedron(), keep_constant=True)
+    np.testing.assert_array_equal(masker.mask, [True, True, True, True, False, True])
 
 
 def test_user_mask_label_and_areas(tmp_path, maps):
@@ -163,8 +177,11 @@ def test_errors_name_the_file(tmp_path, maps):
     with pytest.raises(ValueError, match=r"sub-2\.func\.gii: NaN or infinite values at 1 vertices inside the mask"):
         load_surface([_save_gifti(tmp_path / f"sub-{i}.func.gii", [r]) for i, r in enumerate(nan)], surf,
                      mask_img=np.ones(6))
-    with pytest.raises(ValueError, match=r"mask_img: no vertex to analyse"):
+    with pytest.raises(ValueError, match=r"mask_img: the mask is empty"):
         load_surface(good, surf, mask_img=np.zeros(6))
+    with pytest.raises(ValueError, match=r"mask_img: no vertex to analyse \(none is finite in every subject and "
+                                         r"varies across subjects\)"):
+        load_surface(_save_gifti(tmp_path / "flat.func.gii", [np.ones(6), np.ones(6)]), surf)
 
 
 def test_save_surface_map_is_atomic_and_float32(tmp_path, maps):
