@@ -34,6 +34,7 @@ import numpy as np
 from nibabel.cifti2 import cifti2_axes
 from scipy import sparse
 
+from .errors import MissingFileError, ParameterError
 from .graph import graph_from_adjacency, grid_graph
 from .image import save_img_atomic
 from .surface import check_areas, load_mesh
@@ -48,24 +49,24 @@ _SUFFIXES = (".dscalar.nii", ".dtseries.nii")
 def _read_one(path, name):
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{name}: file not found: {path}")
+        raise MissingFileError(name, path)
     try:
         img = nib.load(path)
     except Exception as err:
-        raise ValueError(f"{name}: cannot read {path} as CIFTI-2 ({type(err).__name__}: {err})") from None
+        raise ParameterError(name, f"cannot read {path} as CIFTI-2 ({type(err).__name__}: {err})") from None
     if not isinstance(img, nib.Cifti2Image):
-        raise ValueError(f"{name}: {path} is not a CIFTI-2 file (expected .dscalar.nii or .dtseries.nii)")
+        raise ParameterError(name, f"{path} is not a CIFTI-2 file (expected .dscalar.nii or .dtseries.nii)")
     rows, columns = img.header.get_axis(0), img.header.get_axis(1)
     if not isinstance(columns, cifti2_axes.BrainModelAxis):
-        raise ValueError(f"{name}: {path} is not a dense CIFTI file: its second axis is "
+        raise ParameterError(name, f"{path} is not a dense CIFTI file: its second axis is "
                          f"{type(columns).__name__}, expected grayordinates (BrainModelAxis)")
     if not isinstance(rows, (cifti2_axes.ScalarAxis, cifti2_axes.SeriesAxis)):
-        raise ValueError(f"{name}: {path}: expected maps (dscalar) or a series (dtseries) along the "
+        raise ParameterError(name, f"{path}: expected maps (dscalar) or a series (dtseries) along the "
                          f"first axis, got {type(rows).__name__}")
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as err:
-        raise ValueError(f"{name}: cannot read the data of {path} ({type(err).__name__}: {err})") from None
+        raise ParameterError(name, f"cannot read the data of {path} ({type(err).__name__}: {err})") from None
     return data, columns
 
 
@@ -89,14 +90,14 @@ def load_cifti_data(imgs, *, name="imgs"):
     single = isinstance(imgs, (str, os.PathLike))
     paths = [imgs] if single else list(imgs)
     if not paths:
-        raise ValueError(f"{name}: expected at least one file, got an empty list")
+        raise ParameterError(name, f"expected at least one file, got an empty list")
     blocks, names, models = [], [], None
     for i, path in enumerate(paths):
         data, axis = _read_one(path, name if single else f"{name}[{i}]")
         if models is None:
             models, first = axis, str(path)
         elif axis != models:
-            raise ValueError(f"{path} and {first} have different brain models (structures, vertices or "
+            raise ParameterError(name, f"{path} and {first} have different brain models (structures, vertices or "
                              "voxels); every map must have the same grayordinates")
         blocks.append(data)
         names += [str(path)] if data.shape[0] == 1 else [f"{path}[{j}]" for j in range(data.shape[0])]
@@ -107,7 +108,7 @@ def save_cifti_map(values, path, brain_models, *, map_name=None):
     """Write one map over every grayordinate of ``brain_models`` as a ``.dscalar.nii``, atomically."""
     values = np.asarray(values, dtype=np.float32).reshape(1, -1)
     if values.shape[1] != len(brain_models):
-        raise ValueError(f"values: expected {len(brain_models)} grayordinates, got {values.shape[1]}")
+        raise ParameterError("values", f"expected {len(brain_models)} grayordinates, got {values.shape[1]}")
     if map_name is None:
         map_name = Path(path).name.removesuffix(".dscalar.nii")
     img = nib.Cifti2Image(values, header=(cifti2_axes.ScalarAxis([map_name]), brain_models))
@@ -214,7 +215,7 @@ class CiftiMasker:
         """(n_elements,) values over every grayordinate, 0 outside the mask."""
         values = np.asarray(values)
         if values.shape != (self.n_elements,):
-            raise ValueError(f"values: expected shape ({self.n_elements},), got {values.shape}")
+            raise ParameterError("values", f"expected shape ({self.n_elements},), got {values.shape}")
         out = np.zeros(self.mask.size, dtype=values.dtype)
         out[self.mask] = values
         return out
@@ -248,14 +249,14 @@ def _meshes(brain_models, left_surf, right_surf, left_area, right_area, names):
         flag, area_flag = names[f"{side}_surf"], names[f"{side}_area"]
         if surf is None:
             if area is not None:
-                raise ValueError(f"{area_flag}: vertex areas need the mesh ({flag})")
+                raise ParameterError(area_flag, f"vertex areas need the mesh ({flag})")
             continue
         if structure not in brain_models.nvertices:
-            raise ValueError(f"{flag}: the CIFTI file has no {structure}")
+            raise ParameterError(flag, f"the CIFTI file has no {structure}")
         mesh = load_mesh(surf, name=flag)
         expected = brain_models.nvertices[structure]
         if mesh.n_vertices != expected:
-            raise ValueError(f"{flag}: {mesh.name} has {mesh.n_vertices} vertices but the CIFTI file's "
+            raise ParameterError(flag, f"{mesh.name} has {mesh.n_vertices} vertices but the CIFTI file's "
                              f"{structure} is on a mesh of {expected}")
         if area is None:
             values = mesh.vertex_areas
@@ -297,6 +298,8 @@ def load_cifti(imgs, *, left_surf=None, right_surf=None, left_area=None, right_a
              "right_area": "right_area", "mask_img": "mask_img"}
     names.update(flag_names or {})
     data, labels, models = load_cifti_data(imgs, name=name)
+    if data.shape[0] < 2:
+        raise ParameterError(name, f"expected at least 2 subjects, got {data.shape[0]}")
     meshes, areas = _meshes(models, left_surf, right_surf, left_area, right_area, names)
     finite = np.all(np.isfinite(data), axis=0)
     if mask_img is None:
@@ -305,22 +308,21 @@ def load_cifti(imgs, *, left_surf=None, right_surf=None, left_area=None, right_a
         if isinstance(mask_img, (str, os.PathLike)):
             values, _, mask_models = load_cifti_data(mask_img, name=names["mask_img"])
             if mask_models != models:
-                raise ValueError(f"{names['mask_img']}: {mask_img} has other brain models than {labels[0]}")
+                raise ParameterError(names['mask_img'], f"{mask_img} has other brain models than {labels[0]}")
             values = values[0]
         else:
             values = np.asarray(mask_img, dtype=np.float64).reshape(-1)
             if values.size != len(models):
-                raise ValueError(f"{names['mask_img']}: expected {len(models)} grayordinates, got {values.size}")
+                raise ParameterError(names['mask_img'], f"expected {len(models)} grayordinates, got {values.size}")
         mask = np.isfinite(values) & (values != 0)
         bad = mask & ~finite
         if bad.any():
             row = int(np.flatnonzero(~np.all(np.isfinite(data[:, bad]), axis=1))[0])
-            raise ValueError(f"{labels[row]}: NaN or infinite values at {int(bad.sum())} grayordinates "
+            raise ParameterError(name, f"{labels[row]}: NaN or infinite values at {int(bad.sum())} grayordinates "
                              "inside the mask")
     if not mask.any():
-        raise ValueError(f"{names['mask_img']}: no grayordinate to analyse (none is finite in every "
-                         "subject and varies across subjects)" if mask_img is None
-                         else f"{names['mask_img']}: the mask is empty")
+        raise ParameterError(names["mask_img"], "no grayordinate to analyse (none is finite in every subject "
+                             "and varies across subjects)" if mask_img is None else "the mask is empty")
     masker = CiftiMasker(brain_models=models, mask=mask, meshes=meshes, areas=areas)
     return np.ascontiguousarray(data[:, mask]), masker
 

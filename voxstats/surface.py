@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 from scipy import sparse
 
+from .errors import MissingFileError, ParameterError
 from .graph import graph_from_adjacency
 
 __all__ = [
@@ -89,21 +90,21 @@ def _check_mesh_arrays(coordinates, faces, name):
     coordinates = np.asarray(coordinates, dtype=np.float64)
     faces = np.asarray(faces)
     if coordinates.ndim != 2 or coordinates.shape[1] != 3:
-        raise ValueError(f"{name}: expected vertex coordinates of shape (n_vertices, 3), got {coordinates.shape}")
+        raise ParameterError(name, f"expected vertex coordinates of shape (n_vertices, 3), got {coordinates.shape}")
     if faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"{name}: expected triangles of shape (n_faces, 3), got {faces.shape}")
+        raise ParameterError(name, f"expected triangles of shape (n_faces, 3), got {faces.shape}")
     if not np.issubdtype(faces.dtype, np.integer):
         if not np.all(np.isfinite(faces)) or np.any(faces != np.round(faces)):
-            raise ValueError(f"{name}: triangle vertex indices must be integers")
+            raise ParameterError(name, f"triangle vertex indices must be integers")
     faces = faces.astype(np.int64)
     if not np.all(np.isfinite(coordinates)):
-        raise ValueError(f"{name}: vertex coordinates contain NaN or infinite values")
+        raise ParameterError(name, f"vertex coordinates contain NaN or infinite values")
     if faces.size and (faces.min() < 0 or faces.max() >= coordinates.shape[0]):
-        raise ValueError(f"{name}: triangles refer to vertex {int(faces.max() if faces.max() >= coordinates.shape[0] else faces.min())}"
+        raise ParameterError(name, f"triangles refer to vertex {int(faces.max() if faces.max() >= coordinates.shape[0] else faces.min())}"
                          f" but the mesh has {coordinates.shape[0]} vertices (indices 0..{coordinates.shape[0] - 1})")
     if faces.size and np.any((faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2])
                              | (faces[:, 0] == faces[:, 2])):
-        raise ValueError(f"{name}: a triangle repeats a vertex")
+        raise ParameterError(name, f"a triangle repeats a vertex")
     return coordinates, faces
 
 
@@ -147,10 +148,10 @@ def load_mesh(surf, *, name="surf"):
     if isinstance(surf, (str, os.PathLike)):
         path = Path(surf)
         if not path.exists():
-            raise FileNotFoundError(f"{name}: file not found: {path}")
+            raise MissingFileError(name, path)
         is_gifti = path.name.lower().endswith((".gii", ".gii.gz"))
         if not is_gifti and not _is_freesurfer_surface(path):
-            raise ValueError(f"{name}: cannot read {path} as a surface: expected a GIFTI surface "
+            raise ParameterError(name, f"cannot read {path} as a surface: expected a GIFTI surface "
                              "(.surf.gii) or a FreeSurfer surface (lh.white, lh.pial, ...)")
         try:
             if is_gifti:
@@ -158,9 +159,9 @@ def load_mesh(surf, *, name="surf"):
             else:
                 pointsets, triangles = [[a] for a in nib.freesurfer.read_geometry(str(path))]
         except Exception as err:  # nibabel raises many kinds on broken files
-            raise ValueError(f"{name}: cannot read {path} as a surface ({type(err).__name__}: {err})") from None
+            raise ParameterError(name, f"cannot read {path} as a surface ({type(err).__name__}: {err})") from None
         if len(pointsets) != 1 or len(triangles) != 1:
-            raise ValueError(f"{name}: expected a GIFTI surface with one POINTSET and one TRIANGLE array "
+            raise ParameterError(name, f"expected a GIFTI surface with one POINTSET and one TRIANGLE array "
                              f"(a .surf.gii), got {len(pointsets)} and {len(triangles)} in {path}")
         coordinates, faces = pointsets[0], triangles[0]
         label = f"{name} {path}"
@@ -252,10 +253,10 @@ def check_areas(areas, n_vertices, *, name="areas"):
         values = np.full(n_vertices, float(values))
     values = values.reshape(-1) if values.size == n_vertices else values
     if values.shape != (n_vertices,):
-        raise ValueError(f"{name}: expected one area per vertex of the mesh ({n_vertices}), "
+        raise ParameterError(name, f"expected one area per vertex of the mesh ({n_vertices}), "
                          f"got {values.size} values")
     if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError(f"{name}: areas must be finite and >= 0")
+        raise ParameterError(name, f"areas must be finite and >= 0")
     return values
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import csgraph
 
+from .errors import MissingFileError, ParameterError
 from .cluster_table import _check_option, _to_p
 from .image import atomic_write_text, save_img_atomic
 from .surface import check_areas, load_mesh
@@ -78,7 +79,7 @@ def _values(x, n_vertices, name):
         return read_vertex_values(x, n_vertices, name=name)
     values = np.asarray(x, dtype=np.float64).reshape(-1)
     if values.size != n_vertices:
-        raise ValueError(f"{name}: expected one value per vertex of the mesh ({n_vertices}), got {values.size}")
+        raise ParameterError(name, f"expected one value per vertex of the mesh ({n_vertices}), got {values.size}")
     return values
 
 

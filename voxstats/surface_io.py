@@ -27,6 +27,7 @@ from typing import ClassVar
 import nibabel as nib
 import numpy as np
 
+from .errors import MissingFileError, ParameterError
 from .image import save_img_atomic
 from .surface import check_areas, load_mesh, mesh_graph
 
@@ -86,10 +87,10 @@ def _read_maps(path, name):
     """(n_maps, n_vertices) float32 maps of one file and its SurfaceFormat."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{name}: file not found: {path}")
+        raise MissingFileError(name, path)
     kind = surface_kind(path)
     if kind is None:
-        raise ValueError(f"{name}: cannot read {path} as per-vertex data: expected GIFTI (.func.gii, "
+        raise ParameterError(name, f"cannot read {path} as per-vertex data: expected GIFTI (.func.gii, "
                          ".shape.gii), FreeSurfer MGH/MGZ or a FreeSurfer curv file (lh.thickness)")
     try:
         if kind == "gifti":
@@ -133,9 +134,9 @@ def _read_maps(path, name):
             maps = np.asarray(nib.freesurfer.read_morph_data(str(path)), dtype=np.float32)[np.newaxis]
             fmt = SurfaceFormat("curv", ".mgz", {"affine": np.eye(4)})
     except (ValueError, OSError, EOFError, KeyError, TypeError, IndexError) as err:
-        raise ValueError(f"{name}: cannot read {path} as per-vertex data ({err})") from None
+        raise ParameterError(name, f"cannot read {path} as per-vertex data ({err})") from None
     except Exception as err:  # nibabel's XML and zlib errors on broken files
-        raise ValueError(f"{name}: cannot read {path} as per-vertex data ({type(err).__name__}: {err})") from None
+        raise ParameterError(name, f"cannot read {path} as per-vertex data ({type(err).__name__}: {err})") from None
     return maps, fmt
 
 
@@ -167,14 +168,14 @@ def load_surface_data(imgs, *, name="imgs"):
     single = isinstance(imgs, (str, os.PathLike))
     paths = [imgs] if single else list(imgs)
     if not paths:
-        raise ValueError(f"{name}: expected at least one file, got an empty list")
+        raise ParameterError(name, f"expected at least one file, got an empty list")
     blocks, names, fmt, first = [], [], None, None
     for i, path in enumerate(paths):
         maps, this = _read_maps(path, name if single else f"{name}[{i}]")
         if first is None:
             first, fmt = (str(path), maps.shape[1]), this
         elif maps.shape[1] != first[1]:
-            raise ValueError(f"{path} has {maps.shape[1]} vertices but {first[0]} has {first[1]}; "
+            raise ParameterError(name, f"{path} has {maps.shape[1]} vertices but {first[0]} has {first[1]}; "
                              "every map must be on the same mesh")
         blocks.append(maps)
         names += [str(path)] if maps.shape[0] == 1 else [f"{path}[{j}]" for j in range(maps.shape[0])]
@@ -185,7 +186,7 @@ def read_vertex_values(path, n_vertices, *, name="file"):
     """One per-vertex map from a file (the first map of a GIFTI, MGH or curv file), float64."""
     maps, _ = _read_maps(path, name)
     if maps.shape[1] != n_vertices:
-        raise ValueError(f"{name}: {path} has {maps.shape[1]} vertices but the mesh has {n_vertices}")
+        raise ParameterError(name, f"{path} has {maps.shape[1]} vertices but the mesh has {n_vertices}")
     return maps[0].astype(np.float64)
 
 
@@ -194,9 +195,9 @@ def _read_label_file(path, n_vertices, name):
     try:
         vertices = np.asarray(nib.freesurfer.read_label(str(path)), dtype=np.int64)
     except Exception as err:
-        raise ValueError(f"{name}: cannot read {path} as a FreeSurfer label ({err})") from None
+        raise ParameterError(name, f"cannot read {path} as a FreeSurfer label ({err})") from None
     if vertices.size and (vertices.min() < 0 or vertices.max() >= n_vertices):
-        raise ValueError(f"{name}: {path} lists vertex {int(vertices.max())} but the mesh has {n_vertices} vertices")
+        raise ParameterError(name, f"{path} lists vertex {int(vertices.max())} but the mesh has {n_vertices} vertices")
     mask = np.zeros(n_vertices, dtype=bool)
     mask[vertices] = True
     return mask
@@ -207,13 +208,13 @@ def read_vertex_mask(mask, n_vertices, *, name="mask"):
     if isinstance(mask, (str, os.PathLike)):
         if str(mask).lower().endswith(".label"):
             if not Path(mask).exists():
-                raise FileNotFoundError(f"{name}: file not found: {mask}")
+                raise MissingFileError(name, mask)
             return _read_label_file(mask, n_vertices, name)
         values = read_vertex_values(mask, n_vertices, name=name)
     else:
         values = np.asarray(mask, dtype=np.float64).reshape(-1)
         if values.size != n_vertices:
-            raise ValueError(f"{name}: expected one value per vertex ({n_vertices}), got {values.size}")
+            raise ParameterError(name, f"expected one value per vertex ({n_vertices}), got {values.size}")
     return np.isfinite(values) & (values != 0)
 
 
@@ -228,7 +229,7 @@ def read_surface_labels(path, n_vertices, *, name="atlas"):
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{name}: file not found: {path}")
+        raise MissingFileError(name, path)
     try:
         if str(path).lower().endswith(_GIFTI_SUFFIXES):
             img = nib.load(path)
@@ -239,10 +240,10 @@ def read_surface_labels(path, n_vertices, *, name="atlas"):
             labels = np.asarray(labels, dtype=np.int64)
             names = {i: (n.decode() if isinstance(n, bytes) else str(n)) for i, n in enumerate(raw)}
     except Exception as err:
-        raise ValueError(f"{name}: cannot read {path} as an atlas (.annot or .label.gii) "
+        raise ParameterError(name, f"cannot read {path} as an atlas (.annot or .label.gii) "
                          f"({type(err).__name__}: {err})") from None
     if labels.size != n_vertices:
-        raise ValueError(f"{name}: {path} labels {labels.size} vertices but the mesh has {n_vertices}")
+        raise ParameterError(name, f"{path} labels {labels.size} vertices but the mesh has {n_vertices}")
     return labels, names
 
 
@@ -327,7 +328,7 @@ class SurfaceMasker:
         """(n_elements,) values as a (n_vertices,) map, 0 outside the mask."""
         values = np.asarray(values)
         if values.shape != (self.n_elements,):
-            raise ValueError(f"values: expected shape ({self.n_elements},), got {values.shape}")
+            raise ParameterError("values", f"expected shape ({self.n_elements},), got {values.shape}")
         out = np.zeros(self.mesh.n_vertices, dtype=values.dtype)
         out[self.mask] = values
         return out
@@ -400,8 +401,10 @@ def load_surface(imgs, surf, *, mask_img=None, areas=None, keep_constant=False, 
     data, names, fmt = load_surface_data(imgs, name=name)
     mesh = load_mesh(surf, name=surf_name)
     if data.shape[1] != mesh.n_vertices:
-        raise ValueError(f"{names[0]} has {data.shape[1]} vertices but the surface {mesh.name} has "
-                         f"{mesh.n_vertices}; give the mesh the maps were resampled to")
+        raise ParameterError(surf_name, f"{mesh.name} has {mesh.n_vertices} vertices but the maps "
+                             f"({names[0]}) have {data.shape[1]}; give the mesh the maps were resampled to")
+    if data.shape[0] < 2:
+        raise ParameterError(name, f"expected at least 2 subjects, got {data.shape[0]}")
     finite = np.all(np.isfinite(data), axis=0)
     if mask_img is None:
         mask = default_mask(data, keep_constant)
@@ -410,10 +413,11 @@ def load_surface(imgs, surf, *, mask_img=None, areas=None, keep_constant=False, 
         bad = mask & ~finite
         if bad.any():
             row = int(np.flatnonzero(~np.all(np.isfinite(data[:, bad]), axis=1))[0])
-            raise ValueError(f"{names[row]}: NaN or infinite values at {int(bad.sum())} vertices inside the mask")
+            raise ParameterError(name, f"{names[row]}: NaN or infinite values at {int(bad.sum())} vertices "
+                                 "inside the mask")
     if not mask.any():
-        raise ValueError(f"{mask_name}: no vertex to analyse (none is finite in every subject and varies "
-                         "across subjects)" if mask_img is None else f"{mask_name}: the mask is empty")
+        raise ParameterError(mask_name, "no vertex to analyse (none is finite in every subject and varies "
+                             "across subjects)" if mask_img is None else "the mask is empty")
     if areas is None:
         vertex_areas = mesh.vertex_areas
     elif isinstance(areas, (str, os.PathLike)):

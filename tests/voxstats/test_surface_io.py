@@ -157,8 +157,10 @@ def test_errors_name_the_file(tmp_path, maps):
     short = _save_gifti(tmp_path / "b.func.gii", [maps[1, :4]])
     with pytest.raises(ValueError, match=r"b\.func\.gii has 4 vertices but .*a\.func\.gii has 6"):
         load_surface_data([good, short])
-    with pytest.raises(ValueError, match=r"a\.func\.gii has 6 vertices but the surface .*has 4"):
+    with pytest.raises(ValueError, match=r"^surf: surf has 4 vertices but the maps \(.*a\.func\.gii\) have 6"):
         load_surface(good, (mesh.coordinates[:4], np.array([[0, 2, 3]])))
+    with pytest.raises(ValueError, match=r"^imgs: expected at least 2 subjects, got 1"):
+        load_surface(good, surf)
     with pytest.raises(ValueError, match=r"imgs\[0\]: cannot read .*lh\.white\.surf\.gii as per-vertex data "
                                          r"\(it is a surface mesh"):
         load_surface_data([surf])
@@ -174,11 +176,11 @@ def test_errors_name_the_file(tmp_path, maps):
         load_surface_data([good, tmp_path / "missing.func.gii"])
     nan = maps.copy()
     nan[2, 1] = np.nan
-    with pytest.raises(ValueError, match=r"sub-2\.func\.gii: NaN or infinite values at 1 vertices inside the mask"):
+    with pytest.raises(ValueError, match=r"imgs: .*sub-2\.func\.gii: NaN or infinite values at 1 vertices inside "):
         load_surface([_save_gifti(tmp_path / f"sub-{i}.func.gii", [r]) for i, r in enumerate(nan)], surf,
                      mask_img=np.ones(6))
     with pytest.raises(ValueError, match=r"mask_img: the mask is empty"):
-        load_surface(good, surf, mask_img=np.zeros(6))
+        load_surface([good, good], surf, mask_img=np.zeros(6))
     with pytest.raises(ValueError, match=r"mask_img: no vertex to analyse \(none is finite in every subject and "
                                          r"varies across subjects\)"):
         load_surface(_save_gifti(tmp_path / "flat.func.gii", [np.ones(6), np.ones(6)]), surf)
