@@ -18,7 +18,7 @@ from ._numba import n_threads as _n_threads
 from .design import make_contrasts, make_design
 from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
-from .graph import graph_from_adjacency, grid_graph
+from .graph import VoxelGraph, graph_from_adjacency, grid_graph
 from .loading import load
 from .inference import cluster_labels, fdr_bh, fwe_pvalues, pvalues_from_counts, tail_fwe_pvalues
 from .permutation import make_schedule
@@ -418,10 +418,19 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
     keep_constant : bool
         Without ``mask_img``, keep the voxels constant across subjects too
         (randomise ``--norcmask``).
+    surf, areas : optional
+        Surface input (GIFTI, FreeSurfer curv or MGH/MGZ per-vertex maps of
+        one hemisphere): the mesh the maps are on (``.surf.gii`` or FreeSurfer
+        surface) and optional vertex areas (a per-vertex file or a number,
+        PALM's ``-s surf area``). See :func:`voxstats.surface_io.load_surface`.
+    left_surf, right_surf, left_area, right_area : optional
+        CIFTI input (``.dscalar.nii``, ``.dtseries.nii``): each hemisphere's
+        mesh and optional areas. See :func:`voxstats.cifti.load_cifti`.
     **options
         Every keyword option of :func:`permuted_glm` (``f_contrasts``,
         ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
-        ``n_jobs``, ...).
+        ``n_jobs``, ...). ``tfce_E`` defaults by element kind: 0.5 in volumes,
+        1 on surfaces (PALM's ``-tfce2D``, CAT12 and HCP practice).
 
     Returns
     -------
@@ -432,7 +441,18 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
     for key in ("mask", "adjacency"):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
-    data, masker = load(imgs, mask_img, keep_constant=keep_constant)
+    from .surface_loading import SURFACE_OPTIONS, tfce_defaults
+
+    surface = {key: options.pop(key) for key in SURFACE_OPTIONS if key in options}
+    data, masker = load(imgs, mask_img, keep_constant=keep_constant, **surface)
+    spatial = options.get("tfce") or options.get("cluster_threshold") is not None \
+        or options.get("cluster_threshold_f") is not None
+    if spatial and masker.kind != "volume" and "weights" not in VoxelGraph.__dataclass_fields__:
+        raise NotImplementedError("TFCE and clusters on surfaces need area-weighted kernels "
+                                  "(VoxelGraph.weights), not in this build yet")
+    if options.get("tfce_E") is None:  # E by element kind: 1 on surfaces, 0.5 in volumes
+        E = tfce_defaults(masker)
+        options["tfce_E"] = E if np.ndim(E) == 0 or options.get("tfce") else 0.5
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
     result = permuted_glm(data, design, contrasts, mask=masker, copy=False, **options)
     from dataclasses import replace
