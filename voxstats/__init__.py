@@ -18,6 +18,7 @@ _EXPORTS = {
     "Contrast": "design",
     "ContrastResult": "randomise",
     "Design": "design",
+    "ExchangeabilityTree": "exchangeability",
     "PermutationSchedule": "permutation",
     "RandomiseResult": "randomise",
     "RunInterrupted": "checkpoint",

@@ -9,8 +9,9 @@ and one folder per contrast with one file per finished chunk of the schedule::
 
 The fingerprint hashes everything a chunk's numbers depend on: the data matrix
 (so the input images and the mask), the design, the contrasts, the options,
-the voxels' neighbourhood graph and the whole permutation schedule (so the
-seed). Threads, executor and chunk size are not part of it: they change no
+the voxels' neighbourhood graph and the permutation schedule's definition
+(generator version, seed-derived key, number of rearrangements, exchangeability
+tree and design rows), which determines every one of its rows. Threads, executor and chunk size are not part of it: they change no
 number. A chunk file is written to a temporary name in the same folder,
 flushed to disk, then renamed, so a run killed at any moment leaves either a
 complete file or none. Each file carries a checksum of its content and the
@@ -106,7 +107,7 @@ def run_fingerprint(data, design, contrasts, schedule, graph, settings):
         "contrasts": _digest(*[p for c in contrasts
                                for p in (c.name, c.kind, np.asarray(c.weights, dtype=np.float64))]),
         "options": _digest(json.dumps(options, sort_keys=True, default=str)),
-        "schedule": _digest(schedule.permutations, schedule.signs),
+        "schedule": _digest(json.dumps(schedule.definition(), sort_keys=True)),
         "neighbourhood": "none" if graph is None else _digest(graph.indptr, graph.indices),
     }
 

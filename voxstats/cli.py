@@ -111,7 +111,11 @@ def _get_parser():
     r.add_argument("-e", dest="blocks", metavar="GRP", help="exchangeability blocks (design.grp)")
     r.add_argument("--permuteBlocks", dest="whole_blocks", action="store_true",
                    help="permute whole blocks (with -e) instead of within blocks")
-    r.add_argument("-n", dest="n_perm", type=int, default=5000, help="number of permutations")
+    r.add_argument("--eb", metavar="CSV",
+                   help="PALM's multi-level exchangeability blocks (-eb): one row per input image, one "
+                        "column per level; positive indices shuffle the next level as whole blocks")
+    r.add_argument("-n", dest="n_perm", type=int, default=5000,
+                   help="number of permutations; 0: all distinct rearrangements (exhaustive)")
     r.add_argument("-T", dest="tfce", action="store_true", help="TFCE (H=2, E=0.5, 6-connectivity)")
     r.add_argument("--T2", dest="tfce2d", action="store_true", help="2D TFCE (H=2, E=1, 26-connectivity)")
     r.add_argument("-x", dest="vox_corrp", action="store_true", help="write voxel-wise FWE-corrected p")
@@ -365,16 +369,19 @@ def _run_randomise(args):
     import numpy as np
 
     from voxstats.checkpoint import RunInterrupted, recorded_seed
-    from voxstats.design_files import read_blocks
+    from voxstats.design_files import read_blocks, read_exchangeability_blocks
+    from voxstats.exchangeability import ExchangeabilityTree
     from voxstats.executor import ExecutorLost
     from voxstats.outputs import atomic_write_text
 
-    if args.n_perm < 1:
-        raise CLIError(f"-n: expected a number of permutations >= 1 (all rearrangements are enumerated "
-                       f"when there are no more than that), got {args.n_perm}.")
+    if args.n_perm < 0:
+        raise CLIError(f"-n: expected a number of permutations >= 0 (0 enumerates all distinct "
+                       f"rearrangements, as does any number at least as large), got {args.n_perm}.")
     tfce = _tfce_settings(args)
     thr_t = _one_threshold(args.cluster_e, args.cluster_m, "-c", "-C")
     thr_f = _one_threshold(args.cluster_e_f, args.cluster_m_f, "-F", "-S")
+    if args.eb and (args.blocks or args.whole_blocks):
+        raise CLIError("--eb defines every level of shuffling itself; do not combine it with -e or --permuteBlocks.")
     if args.whole_blocks and not args.blocks:
         raise CLIError("--permuteBlocks needs -e BLOCKS.")
     if args.resume and not args.checkpoint_dir:
@@ -393,6 +400,14 @@ def _run_randomise(args):
     blocks = read_blocks(args.blocks) if args.blocks else None
     if blocks is not None and len(blocks) != n_subjects:
         raise CLIError(f"{args.blocks}: expected {n_subjects} block labels (one per input image), got {len(blocks)}.")
+    if args.eb:
+        matrix = read_exchangeability_blocks(args.eb)
+        if len(matrix) != n_subjects:
+            raise CLIError(f"--eb {args.eb}: expected {n_subjects} rows (one per input image), got {len(matrix)}.")
+        try:
+            blocks = ExchangeabilityTree.from_matrix(matrix)
+        except ValueError as err:
+            raise CLIError(f"--eb {args.eb}: {str(err).removeprefix('exchangeability_blocks: ')}.") from None
 
     outputs = _randomise_outputs(args, len(tcons), len(fcons or {}), tfce is not None)
     json_path = Path(f"{args.output}.json")
@@ -481,7 +496,7 @@ def _run_randomise(args):
         })
 
     inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
-    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks) if p]
+    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks, args.eb) if p]
     record = {
         "command": "voxstats randomise",
         "argv": args.argv,
@@ -493,6 +508,7 @@ def _run_randomise(args):
         "n_perm": int(res.n_perm),
         "exhaustive": bool(res.exhaustive),
         "n_possible": int(res.n_possible),
+        "enumeration": res.enumeration,
         "scheme": res.scheme,
         "df": res.df if isinstance(res.df, (int, float, type(None))) else np.asarray(res.df).tolist(),
         "n_subjects": n_subjects,

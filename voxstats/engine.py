@@ -16,6 +16,7 @@ size or the number of threads.
 """
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -164,19 +165,15 @@ def statistics(job, schedule, start, stop, pool=None):
     n = job.data.shape[0]
     out = np.empty((stop - start, job.n_voxels), dtype=np.float32)
     group_stats = np.empty((GROUP, job.n_voxels), dtype=np.float32)
-    identity = np.arange(n)
-    ones = np.ones(n, dtype=np.int8)
     for g in range(start // GROUP, (stop - 1) // GROUP + 1):
         lo, hi = g * GROUP, (g + 1) * GROUP
-        perms = np.empty((GROUP, n), dtype=np.int64)
-        signs = np.empty((GROUP, n), dtype=np.int8)
-        for b, index in enumerate(range(lo, hi)):
-            if start <= index < stop:
-                perms[b], signs[b] = schedule.permutations[index], schedule.signs[index]
-            else:  # padding: its results are discarded
-                perms[b], signs[b] = identity, ones
+        # the group's rows, computed on demand from the schedule (padding: identity, discarded)
+        perms = np.broadcast_to(np.arange(n), (GROUP, n)).copy()
+        signs = np.ones((GROUP, n), dtype=np.int8)
+        last = min(hi, schedule.n_perm)
+        perms[:last - lo], signs[:last - lo] = schedule.rows(lo, last)
         # the basis depends on the schedule's whole group, never on the chunk's bounds
-        flips = bool(np.any(schedule.signs[lo:hi] < 0))
+        flips = bool(np.any(signs < 0))
         basis = job.basis if flips or job.reduced_basis is None else job.reduced_basis
         _group_statistics(basis, job, perms, signs, pool, group_stats)
         first, last = max(lo, start), min(hi, stop)
@@ -279,9 +276,29 @@ def merge_chunks(chunks, n_perm):
                        null_max_extent=cat("null_max_extent"), null_max_mass=cat("null_max_mass"))
 
 
+class ChunkBounds(Sequence):
+    """The (start, stop) chunks of 0..n_perm-1, computed on access (no list, whatever n_perm)."""
+
+    def __init__(self, n_perm, chunk_size):
+        self.n_perm, self.chunk_size = int(n_perm), int(chunk_size)
+        self._starts = range(0, self.n_perm, self.chunk_size)
+
+    def __len__(self):
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        lo = self._starts[i]
+        return (lo, min(lo + self.chunk_size, self.n_perm))
+
+    def __eq__(self, other):
+        return list(self) == list(other) if isinstance(other, (list, tuple, ChunkBounds)) else NotImplemented
+
+
 def chunk_bounds(n_perm, chunk_size):
-    """[(start, stop), ...] splitting 0..n_perm-1 into chunks of ``chunk_size``."""
-    return [(lo, min(lo + chunk_size, n_perm)) for lo in range(0, n_perm, chunk_size)]
+    """The (start, stop) chunks splitting 0..n_perm-1 into chunks of ``chunk_size`` (a lazy sequence)."""
+    return ChunkBounds(n_perm, chunk_size)
 
 
 def default_chunk_size(n_voxels):

@@ -327,7 +327,7 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
         The merge of all chunks.
     """
     if store is None:
-        chunks, todo = [], list(bounds)
+        chunks, todo = [], bounds  # a lazy sequence: no list of millions of chunks
     else:
         chunks, todo = store.load(bounds)
         if chunks:

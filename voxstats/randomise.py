@@ -75,7 +75,7 @@ class RandomiseResult:
     exhaustive : bool
         All distinct rearrangements were enumerated.
     n_possible : int
-        Number of distinct rearrangements the scheme allows.
+        Number of distinct rearrangements the scheme allows (exact).
     scheme : str
         'freedman-lane', 'permutation', 'sign-flip' or 'freedman-lane+sign-flip'.
     df : int
@@ -88,6 +88,9 @@ class RandomiseResult:
         Every option, for the record.
     mask_img : nibabel image or None
         The analysis mask of a volume ``masker`` (read-only).
+    enumeration : str
+        What was enumerated or drawn (e.g. "distinct rearrangements of the
+        design's rows within exchangeability blocks (PALM's rule)").
     """
 
     contrasts: tuple
@@ -99,6 +102,7 @@ class RandomiseResult:
     design_names: tuple
     masker: object = None
     settings: dict = field(default_factory=dict)
+    enumeration: str = ""
 
     @property
     def mask_img(self):
@@ -193,7 +197,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     connectivity : int
         Grid neighbourhood for ``mask``: 6, 18 or 26 (3D), 4 or 8 (2D).
     n_perm : int
-        Rearrangements, the identity included (fewer when exhaustive).
+        Rearrangements, the identity included. 0, or at least the number of
+        distinct rearrangements of the design's rows (subjects with equal
+        design rows are interchangeable, PALM's rule), enumerates them all
+        (randomise ``-n 0``).
     tfce : bool
         Compute TFCE and its p-values.
     tfce_E, tfce_H, tfce_mode, tfce_dh
@@ -213,15 +220,18 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     permute : bool, optional
         Shuffle subjects; default True unless ``sign_flip``. ``sign_flip=True,
         permute=True`` shuffles and flips.
-    exchangeability_blocks : (n_subjects,) array-like, optional
-        Block labels; rearrangements stay within blocks.
+    exchangeability_blocks : array-like or ExchangeabilityTree, optional
+        ``(n_subjects,)`` block labels (rearrangements stay within blocks),
+        PALM's ``(n_subjects, n_levels)`` multi-level ``-eb`` matrix, or a
+        :class:`voxstats.exchangeability.ExchangeabilityTree`.
     whole_blocks : bool
-        Shuffle whole blocks as units instead.
+        With a block vector: shuffle whole blocks as units instead.
     tail_approximation : bool
         Also give FWE p-values from a generalised Pareto fit to the null's tail
         (``p_fwe_tail``, ``tfce_p_fwe_tail``), marked as approximations.
     rng : int, numpy.random.Generator or None
-        Seed of the whole schedule (drawn before any work is split).
+        Seed of the schedule: rearrangement i is computed from it and i alone,
+        so every chunk, thread, worker or resumed run sees the same null.
     n_jobs : int
         Threads (-1 for all).
     chunk_size : int, optional
@@ -278,7 +288,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     permute, sign_flip = _resolve_scheme(design, permute, sign_flip)
     schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
                              exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
-                             rng=rng)
+                             design=design, rng=rng)
     if schedule.exhaustive:
         logger.info("Exhaustive: all %d distinct rearrangements used", schedule.n_perm)
     chunk_size = engine.default_chunk_size(data.shape[1]) if chunk_size is None else int(chunk_size)
@@ -320,7 +330,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     return RandomiseResult(contrasts=tuple(results), n_perm=schedule.n_perm,
                            exhaustive=schedule.exhaustive, n_possible=schedule.n_possible,
                            scheme=_scheme_name(permute, sign_flip, has_nuisance), df=design.df,
-                           design_names=design.names, settings=settings)
+                           design_names=design.names, settings=settings, enumeration=schedule.rule)
 
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,

@@ -210,7 +210,7 @@ def test_refuses_to_overwrite(study, tmp_path, capsys):
         (["-c", "2", "-C", "3"], "-c 2.0 and -C 3.0: extent and mass share one cluster-forming threshold"),
         (["-F", "2"], "-F and -S need F contrasts (-f)"),
         (["--permuteBlocks"], "--permuteBlocks needs -e BLOCKS"),
-        (["-n", "0"], "-n: expected a number of permutations >= 1 (all rearrangements are enumerated"),
+        (["-n-5"], "-n: expected a number of permutations >= 0 (0 enumerates all distinct rearrangements"),
         (["-T", "--tfce_D", "1e-9", "--quiet"], "Invalid value for --tfce_D: a step of 1e-09 makes"),
         (["-T", "--tfce_H", "400", "--quiet"], "Invalid value for --tfce_H: with H=400 and E=0.5, TFCE values"),
         (["--n-jobs", "0"], "Invalid value for --n-jobs: got 0, expected >= 1 or -1"),
