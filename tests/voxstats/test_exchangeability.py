@@ -290,6 +290,32 @@ def test_family_table_tree():
     assert ExchangeabilityTree.from_matrix(mixed).count() == 6
 
 
+# 15 subjects: two families of MZ twins + a sibling, DZ twins, three singletons, two pairs of
+# full siblings. hcp2blocks (github.com/andersonwinkler/HCP) on this table, then PALM under GNU
+# Octave: 768 permutations, 256 sign flips, variance groups as below (checked by hand too:
+# 2 x 2 x 2 MZ families, 2 DZ, 3! singletons, 2 x 2 x 2 sibling pairs).
+FAMILIES_15 = {
+    "subject": [101, 102, 103, 201, 202, 301, 401, 501, 601, 602, 603, 701, 702, 801, 802],
+    "mother": [1, 1, 1, 2, 2, 3, 4, 5, 6, 6, 6, 7, 7, 8, 8],
+    "father": [11, 11, 11, 12, 12, 13, 14, 15, 16, 16, 16, 17, 17, 18, 18],
+    "zygosity": ["MZ", "MZ", "NotTwin", "NotMZ", "NotMZ", "NotTwin", "NotTwin", "NotTwin", "MZ", "MZ",
+                 "NotTwin", "NotTwin", "NotTwin", "NotTwin", "NotTwin"],
+}
+HCP2BLOCKS_VG = [5, 5, 4, 3, 3, 1, 1, 1, 5, 5, 4, 2, 2, 2, 2]
+
+
+def _same_partition(a, b):
+    pairs = set(zip(a, b))
+    return len(pairs) == len(set(a)) == len(set(b))
+
+
+def test_family_table_equals_hcp2blocks_through_palm():
+    tree = ExchangeabilityTree.from_matrix(blocks_from_families(**FAMILIES_15))
+    assert tree.count() == 768 == 2 * 2 * 2 * 2 * 6 * 2 * 2 * 2
+    assert 2 ** tree.n_flip_units == 256
+    assert _same_partition(variance_groups(tree), HCP2BLOCKS_VG)
+
+
 def test_family_table_errors():
     with pytest.raises(ValueError, match=r"zygosity of subject 2 is 'triplet'"):
         blocks_from_families([1, 2], ["a", "a"], ["b", "b"], ["MZ", "triplet"])

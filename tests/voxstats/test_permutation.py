@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from voxstats import make_schedule, permuted_glm
 from voxstats.design import make_contrasts, make_design
@@ -360,3 +361,22 @@ def test_exhaustive_p_counts_distinct_rearrangements_exactly():
     np.testing.assert_allclose(res[0].p, p, rtol=1e-12)
     np.testing.assert_allclose(res[0].p_fwe, p_fwe, rtol=1e-12)
     assert res[0].p[0] == pytest.approx(2 / 20)  # two-sided: the observed split and its mirror
+
+
+def test_random_distinct_draws_are_uniform_over_distinct_arrangements():
+    """4+4 groups, 10 random draws besides the identity: over 700 seeds every one of the 69 other
+    relabellings appears about 700 * 10 / 69 times (chi-square), and never twice in one schedule."""
+    design = np.repeat([[0.0], [1.0]], 4, axis=0)
+    index = {}
+    counts = np.zeros(69, dtype=int)
+    identity = design[:, 0].tobytes()
+    for seed in range(700):
+        schedule = make_schedule(8, 11, design=design, rng=seed)
+        assert schedule.method == "shuffle"
+        perms, _ = schedule.rows(1, 11)
+        seen = [design[_inverse(p), 0].tobytes() for p in perms]
+        assert len(set(seen)) == 10 and identity not in seen
+        for key in seen:
+            counts[index.setdefault(key, len(index))] += 1
+    assert len(index) == 69
+    assert stats.chisquare(counts).pvalue > 1e-3
