@@ -641,6 +641,7 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
                 "min_p_fwe": float(full["pfwe"][m].min()) if m.any() else np.nan,
                 "n_perm": int(res.n_perm), "scheme": res.scheme,
             })
+    bar.set_description(f"voxel-wise, {len(config.groups)} patient groups")
     bar.close()
     table = pd.DataFrame(results)
     table["frac_sig"] = (table.n_sig_lower + table.n_sig_higher) / table.n_voxels.clip(lower=1)
