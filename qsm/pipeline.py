@@ -391,8 +391,18 @@ def _read_chi(path, subject, *, header_only=False):
     """A χ map (image, float32 data); any unreadable file is one error naming it."""
     try:
         img = nib.load(str(path))
-        if header_only:
-            return img
+        kind = img.get_data_dtype().kind
+    except Exception as exc:  # nibabel raises many types for broken files
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"χ map {path} of {subject} cannot be read as an image ({why}).") \
+            from None
+    if kind not in "iuf":
+        what = {"c": "complex", "V": "RGB or structured", "b": "boolean"}.get(kind, kind)
+        raise ValueError(f"χ map {path} of {subject} holds {what} values; expected real "
+                         "numbers (ppb).")
+    if header_only:
+        return img
+    try:
         return img, np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for broken files
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
