@@ -469,9 +469,11 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         ``normalized/`` (``[normalization] out_subdir``), ``atlas/``,
         ``referencing.tsv`` (reference offsets per subject), ``cohort_qsmstats.tsv``,
         ``regression_groups.tsv``, ``regression_clinical.tsv``, ``voxelwise/``
-        (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space,
-        and ``voxelwise_regions.tsv``), ``figures/``, ``report.md`` and
-        ``provenance.json``.
+        (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space, each
+        with a JSON sidecar, the p maps plain p with ``"p_convention": "p"``, and
+        ``voxelwise_regions.tsv``), ``figures/`` (PNG and PDF), ``report.md``, the
+        self-contained ``report.html`` and ``provenance.json``. A relative path is
+        taken relative to the working directory; an existing file is an error.
     verbose : bool or None
         Progress bars (default: when logging is at INFO or lower).
     timings : dict of str to float, optional
