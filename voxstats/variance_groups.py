@@ -190,8 +190,7 @@ def _rows(welch, perms, signs):
         for grp in range(n_groups - 1):
             proj_rows.append(rows * masks[grp])
         mask_rows.append(masks[:-1])
-    return (np.ascontiguousarray(np.vstack(proj_rows), dtype=np.float32),
-            np.ascontiguousarray(np.vstack(mask_rows), dtype=np.float32))
+    return (np.ascontiguousarray(np.vstack(proj_rows)), np.ascontiguousarray(np.vstack(mask_rows)))
 
 
 def welch_maps(welch, data, sum_sq, perms, signs, pool, out):
@@ -199,7 +198,11 @@ def welch_maps(welch, data, sum_sq, perms, signs, pool, out):
 
     ``data`` is the (n_subjects, n_voxels) float32 residualised data and
     ``sum_sq`` its column sums of squares. Voxels are taken in fixed blocks
-    (one thread each when ``pool`` is a thread pool).
+    (one thread each when ``pool`` is a thread pool). Products and statistics
+    are float64, rounded to float32 at the end, so that rearrangements equal
+    in exact arithmetic (relabellings of equal design rows within one
+    variance group, or the sign-symmetric relabellings of a balanced design)
+    give equal z.
     """
     a, m = _rows(welch, perms, signs)
     n_vox = data.shape[1]
@@ -207,7 +210,7 @@ def welch_maps(welch, data, sum_sq, perms, signs, pool, out):
 
     def block(start):
         stop = min(start + VOXEL_BLOCK, n_vox)
-        y = data[:, start:stop]
+        y = data[:, start:stop].astype(np.float64)
         proj = a @ y
         usq = m @ (y * y)
         _welch_numba.welch_z(proj, usq, sum_sq[start:stop], welch.width, welch.gram, welch.d_r,

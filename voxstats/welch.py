@@ -240,7 +240,8 @@ def welch_statistic(data, design, contrast, groups):
         else:
             value = np.einsum("vi,vi->v", effect, np.linalg.solve(cov, effect[:, :, np.newaxis])[:, :, 0])
             value = value / (lam * s)
-        nu = s * (s + 2) / (3.0 * big_s)
+        with np.errstate(divide="ignore"):
+            nu = s * (s + 2) / (3.0 * big_s)  # inf with one group (G is then F)
         value[~ok] = 0.0
         nu[~ok] = 1.0
         stat[start:start + y.shape[1]] = value
