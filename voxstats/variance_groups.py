@@ -14,19 +14,22 @@ in cache. As for t, a rearrangement moves the small basis, never the data.
 """
 
 import logging
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import _welch_numba, _zscore_numba
+from .errors import ParameterError
 from .glm import effect_basis
 from .welch import auto_variance_groups, make_variance_groups, residual_dof
 from .zscore import z_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WelchJob", "ZConverter", "df_range", "make_welch_job", "make_z_converter", "resolve_variance_groups",
-           "welch_maps"]
+__all__ = ["WelchJob", "ZConverter", "df_range", "make_welch_job", "make_z_converter", "read_variance_groups",
+           "resolve_variance_groups", "welch_maps"]
 
 VOXEL_BLOCK = 1024  # voxels per matrix product: the projections of a group stay in cache
 
@@ -77,6 +80,61 @@ class WelchJob:
         return self.basis.shape[1] - int(self.drop_constant)
 
 
+def read_variance_groups(path):
+    """Read a variance-groups file (PALM ``-vg``): one label per subject.
+
+    Accepts PALM's files (CSV without a header, one integer per line), FSL
+    VEST files (``/NumWaves 1``, ``/Matrix``) and plain text with one label
+    per line. A first line that is not a number above lines of numbers is a
+    header (a one-column table). Labels may also be words (then without a
+    header line); numeric labels are read as numbers.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and line, for a missing file or a line with more than
+        one label.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: expected a text file with one variance group label per line") from None
+    labels, numbered = [], []
+    in_matrix = not any(line.strip().startswith("/Matrix") for line in lines)
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if line.startswith("/Matrix"):
+            in_matrix = True
+            continue
+        if not line or line.startswith(("#", "/")) or not in_matrix:
+            continue
+        fields = [f for f in re.split(r"[,\t ]+", line) if f]
+        if len(fields) != 1:
+            raise ValueError(f"{path}, line {lineno}: expected one variance group label per line, "
+                             f"got {len(fields)}")
+        labels.append(fields[0])
+        numbered.append(lineno)
+
+    def number(token):
+        try:
+            value = float(token)
+        except ValueError:
+            return None
+        return int(value) if value == int(value) else value
+
+    values = [number(v) for v in labels]
+    if values and values[0] is None and all(v is not None for v in values[1:]):
+        values, labels = values[1:], labels[1:]  # a header
+    if not labels:
+        raise ValueError(f"{path}: expected one variance group label per line, got none")
+    if all(v is not None for v in values):
+        return np.array(values)
+    return np.array(labels)
+
+
 def resolve_variance_groups(variance_groups, n_subjects, *, exchangeability_blocks=None, whole_blocks=False):
     """The variance groups of a run, or None when there is only one.
 
@@ -98,8 +156,8 @@ def resolve_variance_groups(variance_groups, n_subjects, *, exchangeability_bloc
         return None
     if isinstance(variance_groups, str):
         if variance_groups != "auto":
-            raise ValueError("Invalid value for the 'variance_groups' parameter. Allowed values are None, "
-                             f"'auto' or one label per subject, but got {variance_groups!r} instead.")
+            raise ParameterError("variance_groups", "expected None, 'auto' or one label per subject, "
+                                 f"got {variance_groups!r}")
         if exchangeability_blocks is None:
             logger.info("variance_groups='auto' without exchangeability blocks: one variance group")
             return None
@@ -156,7 +214,7 @@ def make_welch_job(design, contrast, groups, *, sign_flip=False):
     """
     groups = make_variance_groups(groups, design.n_subjects)
     if groups.n_groups < 2:
-        raise ValueError("variance_groups: v and G need at least two variance groups")
+        raise ParameterError("variance_groups", "v and G need at least two variance groups")
     eb = effect_basis(design, contrast)
     basis, leads = _ordered_basis(eb.tested, eb.nuisance)
     # equal design rows get bit-identical basis rows, so relabelling them ties exactly

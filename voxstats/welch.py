@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, special, stats
 
+from .errors import ParameterError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["VarianceGroups", "auto_variance_groups", "g_to_z", "make_variance_groups", "welch_statistic"]
@@ -95,20 +97,20 @@ def make_variance_groups(groups, n_subjects, *, name="variance_groups"):
 
     Raises
     ------
-    ValueError
+    voxstats.errors.ParameterError
         Wrong length, or missing (NaN) labels.
     """
     if isinstance(groups, VarianceGroups):
         if groups.codes.shape != (n_subjects,):
-            raise ValueError(f"{name}: expected one label per subject ({n_subjects}), got {groups.codes.size}")
+            raise ParameterError(name, f"expected one label per subject ({n_subjects}), got {groups.codes.size}")
         return groups
     values = np.asarray(groups)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
     if values.ndim != 1 or values.shape[0] != n_subjects:
-        raise ValueError(f"{name}: expected one label per subject ({n_subjects}), got shape {values.shape}")
+        raise ParameterError(name, f"expected one label per subject ({n_subjects}), got shape {values.shape}")
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-        raise ValueError(f"{name}: contains NaN or infinite labels")
+        raise ParameterError(name, "contains NaN or infinite labels")
     _, first, codes = np.unique(values, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # number groups by first appearance
     rank = np.empty_like(order)
@@ -162,17 +164,17 @@ def residual_dof(design, groups):
 
     Raises
     ------
-    ValueError
+    voxstats.errors.ParameterError
         A group whose residuals are fixed by the design (``dR_g`` ~ 0), e.g. a
-        group of one subject, or a group that has a regressor of its own only.
+        group of one subject that has a regressor of its own.
     """
     m = np.asarray(design, dtype=np.float64)
     hat_diag = np.einsum("ij,ji->i", m, linalg.pinv(m))
     d_r = np.bincount(groups.codes, weights=1.0 - hat_diag, minlength=groups.n_groups)
     bad = [groups.labels[g] for g in np.flatnonzero(d_r < 1e-8)]
     if bad:
-        raise ValueError(f"variance_groups: groups {bad} have no residual degrees of freedom under this design "
-                         "(their variance cannot be estimated); merge them with other groups")
+        raise ParameterError("variance_groups", f"groups {bad} have no residual degrees of freedom under this "
+                             "design (their variance cannot be estimated); merge them with other groups")
     return d_r
 
 

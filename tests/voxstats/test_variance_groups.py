@@ -146,7 +146,7 @@ def test_df_range_bounds_the_kernel_df(rng):
 def test_bad_variance_groups(rng):
     y = rng.standard_normal((8, 4)).astype(np.float32)
     x = np.column_stack([np.ones(8), np.arange(8.0)])
-    with pytest.raises(ValueError, match="'variance_groups' parameter"):
+    with pytest.raises(ValueError, match="variance_groups: expected None, 'auto' or one label per subject"):
         permuted_glm(y, x, [[0, 1]], variance_groups="groups", n_perm=5)
     with pytest.raises(ValueError, match="one label per subject"):
         permuted_glm(y, x, [[0, 1]], variance_groups=[1, 2, 1], n_perm=5)
