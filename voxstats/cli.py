@@ -4,7 +4,9 @@ A thin layer over :func:`voxstats.randomise`, :func:`voxstats.tfce` and
 :func:`voxstats.cluster_table.cluster_table`.  ``voxstats randomise`` takes
 FSL randomise's option names and writes randomise's output names and value
 conventions (1 - p, or -log10 p with ``--logp``), so a randomise user only
-changes the command name.
+changes the command name. PALM's variance groups (``--vg``), FWE over
+contrasts (``--corrcon``) and two-tailed tests (``--twotail``) come with
+PALM's output names (``vstat``, ``gstat``, ``_cfwep_``).
 
 Every input goes through the readers of :mod:`voxstats.loading`; every output
 is checked before any long work, locked while the run writes it, and written
@@ -45,7 +47,8 @@ _FLAGS = {
         "connectivity": "--tfce_C", "tfce_mode": "--tfce-mode", "mode": "--tfce-mode",
         "n_jobs": "--n-jobs", "checkpoint_dir": "--checkpoint-dir", "scheduler": "--scheduler",
         "executor": "--executor", "cluster_threshold": "-c/-C", "cluster_threshold_f": "-F/-S",
-        "rng": "--seed", "output": "-o",
+        "rng": "--seed", "output": "-o", "variance_groups": "--vg",
+        "correct_across_contrasts": "--corrcon", "two_sided": "--twotail",
     },
     "tfce": {
         "stat": "IN", "stat_img": "IN", "mask": "--mask", "mask_img": "--mask", "E": "-E", "H": "-H",
@@ -116,6 +119,13 @@ def _get_parser():
                         "column per level; positive indices shuffle the next level as whole blocks")
     r.add_argument("-n", dest="n_perm", type=int, default=5000,
                    help="number of permutations; 0: all distinct rearrangements (exhaustive)")
+    r.add_argument("--vg", dest="vg", metavar="FILE|auto",
+                   help="variance groups (PALM -vg): one label per subject, or 'auto' for PALM's groups from -e; "
+                   "t becomes Aspin-Welch v and F becomes G, compared as z")
+    r.add_argument("--corrcon", action="store_true",
+                   help="also FWE-correct over all contrasts (PALM -corrcon): *_cfwep_* outputs")
+    r.add_argument("--twotail", action="store_true",
+                   help="two-tailed t/v tests (PALM -twotail: |t|); default one-sided positive as randomise")
     r.add_argument("-T", dest="tfce", action="store_true", help="TFCE (H=2, E=0.5, 6-connectivity)")
     r.add_argument("--T2", dest="tfce2d", action="store_true", help="2D TFCE (H=2, E=1, 26-connectivity)")
     r.add_argument("-x", dest="vox_corrp", action="store_true", help="write voxel-wise FWE-corrected p")
@@ -325,27 +335,43 @@ def _load_model(args):
     return design, tcons, fcons
 
 
-def _randomise_outputs(args, n_t, n_f, tfce):
-    """Output file names per (kind, index): {(kind, i): {suffix: path}}."""
+def _randomise_outputs(args, n_t, n_f, tfce, welch=False):
+    """Output file names per (kind, index): {(kind, i): {suffix: path}}.
+
+    With variance groups the statistics are named as PALM names them: ``vstat``
+    (t contrasts) and ``gstat`` (F contrasts), with their z maps ``zvstat``,
+    ``zgstat``. ``--corrcon`` adds ``*_cfwep_*`` maps (PALM's name; the
+    values follow the p convention of the other maps).
+    """
     out = {}
     for kind, n, cl_e, cl_m in (("t", n_t, args.cluster_e, args.cluster_m),
                                 ("f", n_f, args.cluster_e_f, args.cluster_m_f)):
         for i in range(1, n + 1):
-            stat = f"{kind}stat{i}"
+            stat = f"{'vg'[kind == 'f'] if welch else kind}stat{i}"
             names = {"stat": stat}
+            if welch:
+                names["z"] = f"z{stat}"
             if args.uncorrp:
                 names["vox_p"] = f"vox_p_{stat}"
             if args.vox_corrp:
                 names["vox_corrp"] = f"vox_corrp_{stat}"
+                if args.corrcon:
+                    names["vox_cfwep"] = f"vox_cfwep_{stat}"
             if tfce:
                 names["tfce"] = f"tfce_{stat}"
                 names["tfce_corrp"] = f"tfce_corrp_{stat}"
                 if args.uncorrp:
                     names["tfce_p"] = f"tfce_p_{stat}"
+                if args.corrcon:
+                    names["tfce_cfwep"] = f"tfce_cfwep_{stat}"
             if cl_e is not None:
                 names["clustere_corrp"] = f"clustere_corrp_{stat}"
+                if args.corrcon:
+                    names["clustere_cfwep"] = f"clustere_cfwep_{stat}"
             if cl_m is not None:
                 names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
+                if args.corrcon:
+                    names["clusterm_cfwep"] = f"clusterm_cfwep_{stat}"
             out[(kind, i)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
     return out
 
@@ -372,6 +398,7 @@ def _run_randomise(args):
     from voxstats.design_files import read_blocks, read_exchangeability_blocks
     from voxstats.exchangeability import ExchangeabilityTree
     from voxstats.executor import ExecutorLost
+    from voxstats.variance_groups import read_variance_groups, resolve_variance_groups
     from voxstats.outputs import atomic_write_text
 
     if args.n_perm < 0:
@@ -408,8 +435,20 @@ def _run_randomise(args):
             blocks = ExchangeabilityTree.from_matrix(matrix)
         except ValueError as err:
             raise CLIError(f"--eb {args.eb}: {str(err).removeprefix('exchangeability_blocks: ')}.") from None
+    groups = None
+    if args.vg == "auto":
+        if blocks is None:
+            raise CLIError("--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS.")
+        groups = resolve_variance_groups("auto", n_subjects, exchangeability_blocks=blocks,
+                                         whole_blocks=args.whole_blocks)
+    elif args.vg:
+        labels = read_variance_groups(args.vg)
+        if len(labels) != n_subjects:
+            raise CLIError(f"{args.vg}: expected {n_subjects} variance group labels (one per input image), "
+                           f"got {len(labels)}.")
+        groups = resolve_variance_groups(labels, n_subjects)
 
-    outputs = _randomise_outputs(args, len(tcons), len(fcons or {}), tfce is not None)
+    outputs = _randomise_outputs(args, len(tcons), len(fcons or {}), tfce is not None, welch=groups is not None)
     json_path = Path(f"{args.output}.json")
     _check_outputs([p for names in outputs.values() for p in names.values()] + [json_path], args.overwrite, "-o")
     earlier = _earlier_outputs(json_path, args.output) if args.overwrite else []
@@ -429,7 +468,9 @@ def _run_randomise(args):
         tfce=tfce is not None,
         cluster_threshold=thr_t,
         cluster_threshold_f=thr_f,
-        two_sided=False,
+        two_sided=bool(args.twotail),
+        variance_groups=groups,
+        correct_across_contrasts=bool(args.corrcon),
         demean=args.demean,
         sign_flip=args.one_sample,
         exchangeability_blocks=blocks,
@@ -462,12 +503,22 @@ def _run_randomise(args):
     summary = []
     counts = {"t": 0, "f": 0}
     for contrast in res.contrasts:
-        kind = "t" if contrast.kind == "t" else "f"
+        kind = "t" if contrast.kind in ("t", "v") else "f"
         counts[kind] += 1
         index = counts[kind]
         names = outputs[(kind, index)]
+        stat_name = names["stat"].name[len(Path(args.output).name) + 1:-len(".nii.gz")]
+
+        def cfwe(values):
+            return None if values is None else _p_values(values, args.logp)
+
         maps = {
             "stat": contrast.stat,
+            "z": contrast.z,
+            "vox_cfwep": cfwe(contrast.p_cfwe),
+            "tfce_cfwep": cfwe(contrast.tfce_p_cfwe),
+            "clustere_cfwep": cfwe(contrast.cluster_extent_p_cfwe),
+            "clusterm_cfwep": cfwe(contrast.cluster_mass_p_cfwe),
             "vox_p": None if "vox_p" not in names else _p_values(contrast.p, args.logp),
             "vox_corrp": None if "vox_corrp" not in names else _p_values(contrast.p_fwe, args.logp),
             "tfce": contrast.tfce,
@@ -486,7 +537,9 @@ def _run_randomise(args):
         peak, ijk, xyz = _peak(res.masker, np.asarray(contrast.stat))
         summary.append({
             "name": contrast.name,
-            "output": f"{kind}stat{index}",
+            "output": stat_name,
+            "statistic": contrast.kind,
+            "df2_range": None if contrast.df2 is None else [float(np.min(contrast.df2)), float(np.max(contrast.df2))],
             "n_fwe_voxel": int(np.sum(np.asarray(contrast.p_fwe) < 0.05)),
             "n_fwe_tfce": None if contrast.tfce_p_fwe is None else int(np.sum(np.asarray(contrast.tfce_p_fwe) < 0.05)),
             "max_stat": peak,
@@ -497,12 +550,18 @@ def _run_randomise(args):
 
     inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
     inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks, args.eb) if p]
+    if args.vg and args.vg != "auto":
+        inputs.append(args.vg)
     record = {
         "command": "voxstats randomise",
         "argv": args.argv,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
-        "library_call": {k: v for k, v in options.items() if k not in ("f_contrasts", "exchangeability_blocks")},
+        "library_call": {k: v for k, v in options.items()
+                         if k not in ("f_contrasts", "exchangeability_blocks", "variance_groups")},
+        "variance_groups": None if groups is None else {
+            "labels": [str(v) for v in groups.labels], "sizes": groups.sizes.tolist(),
+            "of_subject": groups.codes.tolist()},
         "seed": seed,
         "n_perm_requested": args.n_perm,
         "n_perm": int(res.n_perm),
@@ -516,6 +575,7 @@ def _run_randomise(args):
         "t_contrasts": {k: np.asarray(v).tolist() for k, v in tcons.items()},
         "f_contrasts": None if not fcons else {k: np.asarray(v).tolist() for k, v in fcons.items()},
         "p_convention": "-log10(p)" if args.logp else "1-p",
+        "tail": "two-sided" if args.twotail else "greater",
         "versions": _versions(),
         "sha256": {str(p): _sha256(p) for p in inputs},
         "outputs": written,

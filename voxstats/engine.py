@@ -25,6 +25,7 @@ import numpy as np
 from . import _tfce_numba
 from .glm import f_to_z
 from .tfce import _check_params, stepped_table
+from .variance_groups import welch_maps
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ class ContrastJob:
         The residualised data then sum to zero over subjects, and so does any
         permutation of them (not a sign flip): their projection on the constant
         is 0 and need not be computed.
+    welch : voxstats.variance_groups.WelchJob or None
+        Variance groups: the statistic is v (kind 'v') or G (kind 'G'),
+        computed as z by :func:`voxstats.variance_groups.welch_maps`.
+    zstat : voxstats.variance_groups.ZConverter or None
+        Convert t or F to z right after computing it (every map, TFCE and
+        cluster then works on z), as PALM ``-zstat``.
     """
 
     name: str
@@ -82,6 +89,8 @@ class ContrastJob:
     dh: float | None
     cluster_threshold: float | None
     reduced_basis: np.ndarray | None = None
+    welch: object = None
+    zstat: object = None
 
     @property
     def n_voxels(self):
@@ -89,7 +98,7 @@ class ContrastJob:
 
     @property
     def tests_both_signs(self):
-        return self.kind == "t" and self.two_sided
+        return self.kind in ("t", "v") and self.two_sided
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,8 @@ def _group_statistics(basis, job, perms, signs, pool, out):
     gives the projections (GROUP * p, block) and a compiled kernel turns them
     into t or F while they are still in cache.
     """
+    if job.welch is not None:
+        return welch_maps(job.welch, job.data, job.sum_sq, perms, signs, pool, out)
     p = basis.shape[1]
     a = np.ascontiguousarray(np.vstack([_rearranged_basis(basis, perms[b], signs[b])
                                         for b in range(GROUP)]), dtype=np.float32)
@@ -151,6 +162,8 @@ def _group_statistics(basis, job, perms, signs, pool, out):
         proj = a @ job.data[:, start:stop]
         _tfce_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), p, job.q,
                                           f_test, out[:, start:stop])
+        if job.zstat is not None:
+            job.zstat.convert(out[:, start:stop])
 
     starts = range(0, job.n_voxels, VOXEL_BLOCK)
     if pool is None:
@@ -182,8 +195,8 @@ def statistics(job, schedule, start, stop, pool=None):
 
 
 def _enhanceable(job, stats):
-    """The maps TFCE is applied to: t itself, or F converted to z."""
-    if job.kind == "t":
+    """The maps TFCE is applied to: t itself, or F converted to z (v, G and -zstat maps are z)."""
+    if job.kind == "t" or job.welch is not None or job.zstat is not None:
         return stats
     return f_to_z(stats, job.q, job.df).astype(np.float32)
 

@@ -638,3 +638,43 @@ def test_help_and_version_import_nothing_heavy():
     loaded, version = result.stdout.splitlines()
     assert loaded == "[]"
     assert version == f"voxstats {voxstats.__version__}"
+
+
+def test_variance_groups_corrcon_twotail(study, tmp_path, capsys):
+    root = study["root"]
+    (tmp_path / "vg.csv").write_text("".join(f"{g}\n" for g in np.repeat([1, 2], N // 2)))  # PALM's format
+    out = tmp_path / "vg" / "r"
+    argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-d", str(root / "design.mat"),
+            "-t", str(root / "design.con"), "-f", str(root / "design.fts"), "-n", str(NPERM), "-x", "-T",
+            "--vg", str(tmp_path / "vg.csv"), "--corrcon", "--twotail", "--seed", "7", "--quiet"]
+    assert main(argv) == 0
+    res = _library(study, f_contrasts={"F1": np.array([[1.0, -1, 0], [0, 0, 1]])}, tfce=True,
+                   variance_groups=np.repeat([1, 2], N // 2), correct_across_contrasts=True, two_sided=True)
+    assert [c.kind for c in res.contrasts] == ["v", "v", "v", "G"]
+    for name, c in zip(("vstat1", "vstat2", "vstat3", "gstat1"), res.contrasts):
+        _assert_map(f"{out}_{name}.nii.gz", res, c.stat)
+        _assert_map(f"{out}_z{name}.nii.gz", res, c.z)
+        _assert_map(f"{out}_vox_corrp_{name}.nii.gz", res, 1 - c.p_fwe)
+        _assert_map(f"{out}_vox_cfwep_{name}.nii.gz", res, 1 - c.p_cfwe)
+        _assert_map(f"{out}_tfce_cfwep_{name}.nii.gz", res, 1 - c.tfce_p_cfwe)
+    assert not (tmp_path / "vg" / "r_tstat1.nii.gz").exists()
+    record = json.loads((tmp_path / "vg" / "r.json").read_text())
+    assert [s["statistic"] for s in record["summary"]] == ["v", "v", "v", "G"]
+    assert record["variance_groups"]["sizes"] == [N // 2, N // 2]
+    assert record["tail"] == "two-sided" and record["library_call"]["correct_across_contrasts"] is True
+    lo, hi = record["summary"][0]["df2_range"]
+    assert lo == pytest.approx(res.contrasts[0].df2.min()) and hi == pytest.approx(res.contrasts[0].df2.max())
+
+
+def test_variance_group_option_errors(study, tmp_path, capsys):
+    root = study["root"]
+    base = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "x"), "-d", str(root / "design.mat"),
+            "-t", str(root / "design.con")]
+    assert main(base + ["--vg", "auto"]) == 1
+    assert "--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS." in capsys.readouterr().err
+    (tmp_path / "short.csv").write_text("1\n2\n")
+    assert main(base + ["--vg", str(tmp_path / "short.csv")]) == 1
+    assert f"short.csv: expected {N} variance group labels (one per input image), got 2." in capsys.readouterr().err
+    (tmp_path / "two.csv").write_text("1,2\n")
+    assert main(base + ["--vg", str(tmp_path / "two.csv")]) == 1
+    assert "two.csv, line 1: expected one variance group label per line, got 2" in capsys.readouterr().err
