@@ -319,6 +319,11 @@ def _validate_row(row, require_structural):
         return (f"Subject '{prefix}': χ map '{row['chi_path']}' {chi.shape[:3]} and structural "
                 f"image '{row['structural_path']}' {struct.shape[:3]} are not in the same space "
                 f"({what}).")
+    kind = chi.get_data_dtype().kind
+    if kind not in "iuf":
+        what = {"c": "complex", "V": "RGB or structured", "b": "boolean"}.get(kind, kind)
+        return (f"Subject '{prefix}': χ map '{row['chi_path']}' holds {what} values; expected "
+                "real numbers (ppb).")
     try:
         data = np.asarray(chi.dataobj)
     except Exception as err:  # a truncated or corrupt file fails only when its data are read

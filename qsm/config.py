@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import tomllib
 from dataclasses import MISSING, dataclass, field
@@ -321,38 +320,6 @@ def load_config(source=None, *, base_dir=None, overrides: dict | None = None) ->
     return config
 
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else
-                                                         ("inf" if value > 0 else "-inf"))
-    if isinstance(value, str):
-        chars = [_TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ord(ch) < 32 or ord(ch) == 127
-                                           else ch) for ch in value]
-        return '"' + "".join(chars) + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
-    raise TypeError(f"Cannot write {value!r} to TOML.")
-
-
-_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_value(key)
-
-
 def config_to_toml(config: StudyConfig, *, header: str = "") -> str:
     """The settings of ``config`` as TOML that :func:`load_config` reads back unchanged.
 
@@ -360,13 +327,11 @@ def config_to_toml(config: StudyConfig, *, header: str = "") -> str:
     documents the run completely; relative paths stay relative to the folder
     the file is saved in (:attr:`StudyConfig.base_dir`).
     """
+    from qsm._toml import dumps
+
     settings = config.to_dict()
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     order = ["study", "groups"] + [s for s in _SECTIONS if s != "study"]
-    for section in order:
-        lines += ["", f"[{section}]"]
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in settings[section].items()]
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return dumps({section: settings[section] for section in order}, header=header)
 
 
 def save_config(config: StudyConfig, path, *, header: str = "") -> Path:

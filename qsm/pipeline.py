@@ -391,8 +391,18 @@ def _read_chi(path, subject, *, header_only=False):
     """A χ map (image, float32 data); any unreadable file is one error naming it."""
     try:
         img = nib.load(str(path))
-        if header_only:
-            return img
+        kind = img.get_data_dtype().kind
+    except Exception as exc:  # nibabel raises many types for broken files
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"χ map {path} of {subject} cannot be read as an image ({why}).") \
+            from None
+    if kind not in "iuf":
+        what = {"c": "complex", "V": "RGB or structured", "b": "boolean"}.get(kind, kind)
+        raise ValueError(f"χ map {path} of {subject} holds {what} values; expected real "
+                         "numbers (ppb).")
+    if header_only:
+        return img
+    try:
         return img, np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for broken files
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -459,9 +469,11 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         ``normalized/`` (``[normalization] out_subdir``), ``atlas/``,
         ``referencing.tsv`` (reference offsets per subject), ``cohort_qsmstats.tsv``,
         ``regression_groups.tsv``, ``regression_clinical.tsv``, ``voxelwise/``
-        (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space,
-        and ``voxelwise_regions.tsv``), ``figures/``, ``report.md`` and
-        ``provenance.json``.
+        (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space, each
+        with a JSON sidecar, the p maps plain p with ``"p_convention": "p"``, and
+        ``voxelwise_regions.tsv``), ``figures/`` (PNG and PDF), ``report.md``, the
+        self-contained ``report.html`` and ``provenance.json``. A relative path is
+        taken relative to the working directory; an existing file is an error.
     verbose : bool or None
         Progress bars (default: when logging is at INFO or lower).
     timings : dict of str to float, optional
@@ -641,6 +653,7 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
                 "min_p_fwe": float(full["pfwe"][m].min()) if m.any() else np.nan,
                 "n_perm": int(res.n_perm), "scheme": res.scheme,
             })
+    bar.set_description(f"voxel-wise, {len(config.groups)} patient groups")
     bar.close()
     table = pd.DataFrame(results)
     table["frac_sig"] = (table.n_sig_lower + table.n_sig_higher) / table.n_voxels.clip(lower=1)

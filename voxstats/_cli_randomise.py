@@ -32,7 +32,8 @@ FLAGS = {
     "checkpoint_dir": "--checkpoint-dir", "scheduler": "--scheduler", "executor": "--executor",
     "cluster_threshold": "-c", "cluster_mass_threshold": "-C", "cluster_threshold_f": "-F",
     "cluster_mass_threshold_f": "-S", "variance_smoothing": "-v", "voxelwise_evs": "--vxl/--vxf",
-    "rng": "--seed", "output": "-o", "demean": "-D",
+    "rng": "--seed", "output": "-o", "demean": "-D", "variance_groups": "--vg",
+    "correct_across_contrasts": "--corrcon", "two_sided": "--twotail",
 }
 
 # randomise flags voxstats does not implement: flag -> why, and what to use instead
@@ -70,6 +71,9 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
     add("-e", dest="blocks", metavar="GRP", help="exchangeability blocks (design.grp)")
     add("--permuteBlocks", dest="whole_blocks", action="store_true",
         help="permute whole blocks (with -e) instead of within blocks")
+    add("--eb", metavar="CSV",
+        help="PALM's multi-level exchangeability blocks (-eb): one row per input image, one column per "
+        "level; positive indices shuffle the next level as whole blocks")
     add("--effective_design", metavar="MAT",
         help="alternative design whose rows decide which rearrangements are distinct")
     add("-q", dest="how_many", action="store_true",
@@ -131,6 +135,13 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
         help="run chunks here (local) or on a Dask cluster (needs voxstats[distributed])")
     add("--scheduler", metavar="ADDRESS",
         help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster")
+    add("--vg", dest="vg", metavar="FILE|auto",
+        help="variance groups (PALM -vg): one label per subject, or 'auto' for PALM's groups from -e; "
+        "t becomes Aspin-Welch v and F becomes G, compared as z")
+    add("--corrcon", action="store_true",
+        help="also FWE-correct over all contrasts (PALM -corrcon): *_cfwep_* outputs")
+    add("--twotail", action="store_true",
+        help="two-tailed t/v tests (PALM -twotail: |t|); default one-sided positive as randomise")
     add("--logp", action="store_true", help="write -log10 p instead of 1 - p")
     add("--overwrite", action="store_true", help="replace existing outputs")
     r.set_defaults(func=run)
@@ -155,6 +166,8 @@ def _check_flags(args):
         raise CLIError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
     if args.n_perm < 0:
         raise CLIError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
+    if args.eb and (args.blocks or args.whole_blocks):
+        raise CLIError("--eb defines every level of shuffling itself; do not combine it with -e or --permuteBlocks.")
     if args.whole_blocks and not args.blocks:
         raise CLIError("--permuteBlocks needs -e BLOCKS.")
     if args.resume and not args.checkpoint_dir:
@@ -237,6 +250,42 @@ def _selected(args, tcons, fcons):
     return tcons, fcons
 
 
+def _blocks(args, n_subjects):
+    """-e labels, or --eb's exchangeability tree."""
+    from voxstats.design_files import read_blocks, read_exchangeability_blocks
+    from voxstats.exchangeability import ExchangeabilityTree
+
+    blocks = read_blocks(args.blocks) if args.blocks else None
+    if blocks is not None and len(blocks) != n_subjects:
+        raise CLIError(f"{args.blocks}: expected {n_subjects} block labels (one per input image), got {len(blocks)}.")
+    if args.eb:
+        matrix = read_exchangeability_blocks(args.eb)
+        if len(matrix) != n_subjects:
+            raise CLIError(f"--eb {args.eb}: expected {n_subjects} rows (one per input image), got {len(matrix)}.")
+        try:
+            blocks = ExchangeabilityTree.from_matrix(matrix)
+        except ValueError as err:
+            raise CLIError(f"--eb {args.eb}: {str(err).removeprefix('exchangeability_blocks: ')}.") from None
+    return blocks
+
+
+def _variance_groups(args, blocks, n_subjects):
+    from voxstats.variance_groups import read_variance_groups, resolve_variance_groups
+
+    if args.vg == "auto":
+        if blocks is None:
+            raise CLIError("--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS.")
+        return resolve_variance_groups("auto", n_subjects, exchangeability_blocks=blocks,
+                                       whole_blocks=args.whole_blocks)
+    if args.vg:
+        labels = read_variance_groups(args.vg)
+        if len(labels) != n_subjects:
+            raise CLIError(f"{args.vg}: expected {n_subjects} variance group labels (one per input image), "
+                           f"got {len(labels)}.")
+        return resolve_variance_groups(labels, n_subjects)
+    return None
+
+
 def _voxelwise(args, design):
     if not args.vxl:
         return None
@@ -265,29 +314,51 @@ def _stat_names(kind, index):
     return f"{kind}stat{index}"
 
 
-def _outputs(args, contrasts, tfce, glm):
-    """{(kind, index): {key: path}} of the images each contrast writes, as randomise names them."""
+def _stat_name(kind, index, welch):
+    """randomise's tstat1/fstat1, or PALM's vstat1/gstat1 with variance groups."""
+    if welch:
+        return f"{'v' if kind == 't' else 'g'}stat{index}"
+    return _stat_names(kind, index)
+
+
+def _outputs(args, contrasts, tfce, welch=False):
+    """{(kind, index): {key: path}} of the images each contrast writes, as randomise names them.
+
+    With variance groups the statistics are named as PALM names them (``vstat``,
+    ``gstat``) with their z maps (``zvstat``, ``zgstat``); ``--corrcon`` adds
+    ``*_cfwep_*`` maps (PALM's name; values in the p convention of the others).
+    """
     out = {}
     for kind, index in contrasts:
-        stat = _stat_names(kind, index)
+        stat = _stat_name(kind, index, welch)
         ext, mass = (args.cluster_e, args.cluster_m) if kind == "t" else (args.cluster_e_f, args.cluster_m_f)
         names = {"stat": stat}
+        if welch:
+            names["z"] = f"z{stat}"
         if args.vox_corrp:
             names["vox_corrp"] = f"vox_corrp_{stat}"
             if args.uncorrp:
                 names["vox_p"] = f"vox_p_{stat}"
+            if args.corrcon:
+                names["vox_cfwep"] = f"vox_cfwep_{stat}"
         if tfce:
             names["tfce_corrp"] = f"tfce_corrp_{stat}"
+            if args.corrcon:
+                names["tfce_cfwep"] = f"tfce_cfwep_{stat}"
             if args.uncorrp:
                 names["tfce_p"] = f"tfce_p_{stat}"
             if args.raw:
                 names["tfce"] = f"tfce_{stat}"
         if ext is not None:
             names["clustere_corrp"] = f"clustere_corrp_{stat}"
+            if args.corrcon:
+                names["clustere_cfwep"] = f"clustere_cfwep_{stat}"
             if args.raw:
                 names["clustere"] = f"clustere_{stat}"
         if mass is not None:
             names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
+            if args.corrcon:
+                names["clusterm_cfwep"] = f"clusterm_cfwep_{stat}"
             if args.raw:
                 names["clusterm"] = f"clusterm_{stat}"
         if args.twopass and kind == "t":
@@ -308,11 +379,11 @@ def _outputs(args, contrasts, tfce, glm):
     return out
 
 
-def _text_outputs(args, contrasts, tfce):
+def _text_outputs(args, contrasts, tfce, welch=False):
     """{(kind, index): {key: path}} of the -N and -P text files."""
     out = {}
     for kind, index in contrasts:
-        stat = _stat_names(kind, index)
+        stat = _stat_name(kind, index, welch)
         ext, mass = (args.cluster_e, args.cluster_m) if kind == "t" else (args.cluster_e_f, args.cluster_m_f)
         names = {}
         if args.text_null:
@@ -388,7 +459,7 @@ def _save_4d(masker, rows, path):
     save_img_atomic(img, path)
 
 
-_RAW = ("stat", "tfce", "clustere", "clusterm", "clustern", "tfcen", "clusternorm_sum", "clusternorm_samp",
+_RAW = ("stat", "z", "tfce", "clustere", "clusterm", "clustern", "tfcen", "clusternorm_sum", "clusternorm_samp",
         "clusternorm_post", "tfcenorm_sum", "tfcenorm_samp", "tfcenorm_post")
 
 
@@ -399,7 +470,9 @@ def _maps(contrast, names, logp):
         "clusterm": contrast.cluster_mass,
         "vox_p": contrast.p, "vox_corrp": contrast.p_fwe, "tfce_p": contrast.tfce_p,
         "tfce_corrp": contrast.tfce_p_fwe, "clustere_corrp": contrast.cluster_extent_p_fwe,
-        "clusterm_corrp": contrast.cluster_mass_p_fwe,
+        "clusterm_corrp": contrast.cluster_mass_p_fwe, "z": contrast.z,
+        "vox_cfwep": contrast.p_cfwe, "tfce_cfwep": contrast.tfce_p_cfwe,
+        "clustere_cfwep": contrast.cluster_extent_p_cfwe, "clusterm_cfwep": contrast.cluster_mass_p_cfwe,
     }
     if two is not None:
         values.update({
@@ -423,8 +496,13 @@ def _inputs(args):
     if is_image_path(args.input):
         if not Path(args.input).exists():
             raise CLIError(f"-i: file not found: {args.input}")
-        return str(args.input), check_img(args.input, name="-i", ndim=4).shape[3]
+        n_subjects = check_img(args.input, name="-i", ndim=4).shape[3]
+        if n_subjects < 2:
+            raise CLIError(f"-i: expected at least 2 subjects, got {n_subjects} in {args.input}")
+        return str(args.input), n_subjects
     imgs = [str(p) for p in read_image_list(args.input, name="-i")]
+    if len(imgs) < 2:
+        raise CLIError(f"-i: expected at least 2 subjects, got {len(imgs)} in {args.input}")
     return imgs, len(imgs)
 
 
@@ -446,20 +524,9 @@ def _n_possible(args, design, blocks):
     matrix = np.asarray(design, dtype=float)
     flipping = bool(args.one_sample or np.all(matrix == matrix[0]))
     schedule = make_schedule(len(design), 1, permute=not flipping, sign_flip=flipping,
-                             exchangeability_blocks=blocks, whole_blocks=args.whole_blocks, rng=0)
+                             exchangeability_blocks=blocks, whole_blocks=args.whole_blocks, design=matrix,
+                             rng=0)
     return schedule.n_possible, flipping
-
-
-_MAX_EXHAUSTIVE = 10_000_000
-
-
-def _exhaustive(args, design, blocks):
-    """-n 0: every distinct rearrangement (randomise); refused when there are too many."""
-    n_possible, _ = _n_possible(args, design, blocks)
-    if n_possible > _MAX_EXHAUSTIVE:
-        raise CLIError(f"-n 0 asks for all {n_possible:.3g} distinct rearrangements, more than "
-                       f"{_MAX_EXHAUSTIVE:,} can be enumerated; give a number of permutations instead.")
-    return n_possible
 
 
 def run(args):
@@ -468,7 +535,9 @@ def run(args):
 
     import voxstats
     from voxstats.checkpoint import RunInterrupted, recorded_seed
-    from voxstats.design_files import read_blocks, read_design
+    from voxstats.cli import _earlier_outputs
+    from voxstats.design_files import read_design
+    from voxstats.executor import ExecutorLost
     from voxstats.outputs import atomic_write_text, check_outputs
     from voxstats.results import critical_value
 
@@ -480,29 +549,28 @@ def run(args):
     design, tcons, fcons = _load_model(args, n_subjects)
     tsel, fsel = _selected(args, tcons, fcons)
     contrasts = [("f", list(fcons).index(k) + 1) for k in fsel] + [("t", list(tcons).index(k) + 1) for k in tsel]
-    blocks = read_blocks(args.blocks) if args.blocks else None
-    if blocks is not None and len(blocks) != n_subjects:
-        raise CLIError(f"{args.blocks}: expected {n_subjects} block labels (one per input image), got {len(blocks)}.")
-    if args.how_many:
-        n_possible, flipping = _n_possible(args, design, blocks)
-        _print_how_many(n_possible, contrasts, flipping)
-        return 0
+    blocks = _blocks(args, n_subjects)
     effective = None
     if args.effective_design:
         effective = read_design(args.effective_design).to_numpy()
         if len(effective) != n_subjects:
-            raise CLIError(f"{args.effective_design}: expected {n_subjects} rows, got {len(effective)}.")
-        raise CLIError("--effective_design is not implemented yet (the rearrangements come from -d's "
-                       "rows); run without it.")
+            raise CLIError(f"{args.effective_design}: expected {n_subjects} rows (one per input image), "
+                           f"got {len(effective)}.")
+    if args.how_many:
+        n_possible, flipping = _n_possible(args, design if effective is None else effective, blocks)
+        _print_how_many(n_possible, contrasts, flipping)
+        return 0
+    groups = _variance_groups(args, blocks, n_subjects)
     voxelwise = _voxelwise(args, design)
 
-    outputs = _outputs(args, contrasts, tfce is not None, args.glm_output)
-    texts = _text_outputs(args, contrasts, tfce is not None)
+    outputs = _outputs(args, contrasts, tfce is not None, welch=groups is not None)
+    texts = _text_outputs(args, contrasts, tfce is not None, welch=groups is not None)
     glm_paths = _glm_outputs(args)
     json_path = Path(f"{args.output}.json")
     every = ([p for names in outputs.values() for p in names.values()]
              + [p for names in texts.values() for p in names.values()] + list(glm_paths.values()) + [json_path])
     check_outputs(every, overwrite=args.overwrite, flag="-o")
+    earlier = _earlier_outputs(json_path, args.output) if args.overwrite else []
     if args.norcmask and args.mask:
         logger.warning("--norcmask has no effect with -m (as in randomise): the mask is -m's")
 
@@ -521,9 +589,10 @@ def run(args):
         mask_img=args.mask, keep_constant=args.norcmask, n_perm=n_perm, tfce=tfce is not None,
         cluster_threshold=args.cluster_e, cluster_mass_threshold=args.cluster_m,
         cluster_threshold_f=args.cluster_e_f, cluster_mass_threshold_f=args.cluster_m_f,
-        cluster_connectivity=args.cluster_connectivity, two_sided=False, demean=args.demean,
+        cluster_connectivity=args.cluster_connectivity, two_sided=bool(args.twotail), demean=args.demean,
         sign_flip=args.one_sample, permute=False if args.one_sample else None,
-        exchangeability_blocks=blocks, whole_blocks=args.whole_blocks,
+        exchangeability_blocks=blocks, whole_blocks=args.whole_blocks, effective_design=effective,
+        variance_groups=groups, correct_across_contrasts=bool(args.corrcon),
         variance_smoothing=args.var_smooth, voxelwise_evs=voxelwise, glm_output=args.glm_output,
         twopass=args.twopass,
         rng=seed, n_jobs=args.n_jobs, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
@@ -531,29 +600,32 @@ def run(args):
     )
     if tfce is not None:
         options.update(tfce)
-    if n_perm == 0:  # randomise: all distinct rearrangements
-        options["n_perm"] = _exhaustive(args, design, blocks)
+    again = list(args.argv) + ([] if args.resume else ["--resume"])
+    again += [] if args.seed is not None else ["--seed", str(seed)]
     try:
         res = voxstats.randomise(imgs, design, {k: np.asarray(v) for k, v in tsel.items()} or None, **options)
     except RunInterrupted as stop:
-        again = list(args.argv) + ([] if args.resume else ["--resume"])
-        again += [] if args.seed is not None else ["--seed", str(seed)]
         print(f"voxstats randomise: stopped by {stop.signal_name}; finished chunks are kept in "
               f"{args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}", file=sys.stderr)
         return 128 + stop.signum
+    except ExecutorLost as lost:
+        kept = (f"finished chunks are kept in {args.checkpoint_dir}. To continue: voxstats {shlex.join(again)}"
+                if args.checkpoint_dir else "no chunk was kept (run with --checkpoint-dir DIR to keep them)")
+        print(f"voxstats randomise: error: {lost}; {kept}", file=sys.stderr)
+        return 1
 
     # results come t first then F; randomise's order (and numbering) is F first, then t
     by_key = {}
-    t_results = [c for c in res.contrasts if c.kind == "t"]
-    f_results = [c for c in res.contrasts if c.kind == "F"]
+    t_results = [c for c in res.contrasts if c.kind in ("t", "v")]
+    f_results = [c for c in res.contrasts if c.kind in ("F", "G")]
     for (kind, index), contrast in zip([k for k in contrasts if k[0] == "t"], t_results):
         by_key[(kind, index)] = contrast
     for (kind, index), contrast in zip([k for k in contrasts if k[0] == "f"], f_results):
         by_key[(kind, index)] = contrast
     written, p_maps, summary, critical = [], [], [], []
-    for key in contrasts:
+    for key in sorted(contrasts, key=lambda k: k[0] != "t"):  # t first, as the library's results
         contrast, names = by_key[key], outputs[key]
-        stat = _stat_names(*key)
+        stat = _stat_name(*key, groups is not None)
         for name, values in _maps(contrast, names, args.logp).items():
             res.masker.save(np.asarray(values, dtype=np.float32), names[name])
             written.append(str(names[name]))
@@ -575,7 +647,9 @@ def run(args):
                 critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
         index, xyz = _peak(res.masker, np.asarray(contrast.stat))
         summary.append({
-            "name": contrast.name, "output": stat, "kind": contrast.kind, "tail": contrast.tail,
+            "name": contrast.name, "output": stat, "kind": contrast.kind, "statistic": contrast.kind,
+            "tail": contrast.tail,
+            "df2_range": None if contrast.df2 is None else [float(np.min(contrast.df2)), float(np.max(contrast.df2))],
             "n_fwe_voxel": int(np.sum(np.asarray(contrast.p_fwe) < 0.05)),
             "n_fwe_tfce": None if contrast.tfce_p_fwe is None else int(np.sum(contrast.tfce_p_fwe < 0.05)),
             "max_stat": float(np.max(contrast.stat)) if contrast.stat.size else None,
@@ -591,10 +665,15 @@ def run(args):
             written.append(str(path))
 
     record = _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps,
-                     summary, critical)
+                     summary, critical, groups)
     atomic_write_text(json_path, json.dumps(record, indent=2, default=str) + "\n")
+    for stale in earlier:  # --overwrite: what the earlier run wrote and this one did not
+        if str(stale) not in written and stale.exists():
+            stale.unlink()
+            logger.info("Removed %s, written by the earlier run and not by this one", stale)
     if not args.quiet:
-        for name, value in critical:
+        # randomise analyses (and prints) the F contrasts first
+        for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
             print(f"Critical Value for: {name} is: {value:g}")
         _print_summary(args, res, seed, record, summary, tfce, json_path)
     return 0
@@ -612,15 +691,19 @@ def _peak(masker, values):
 
 
 def _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps, summary,
-            critical):
+            critical, groups):
     import numpy as np
 
     from voxstats.cli import _sha256, _versions
 
     inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
-    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks) if p]
+    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks, args.eb,
+                           args.effective_design) if p]
+    if args.vg and args.vg != "auto":
+        inputs.append(args.vg)
     inputs += [] if not args.vxf else [f.strip() for f in args.vxf.split(",") if f.strip()]
-    call = {k: v for k, v in options.items() if k not in ("f_contrasts", "exchangeability_blocks")}
+    call = {k: v for k, v in options.items()
+            if k not in ("f_contrasts", "exchangeability_blocks", "variance_groups", "effective_design")}
     return {
         "command": "voxstats randomise",
         "argv": args.argv,
@@ -632,8 +715,12 @@ def _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, writ
         "n_perm": int(res.n_perm),
         "exhaustive": bool(res.exhaustive),
         "n_possible": int(res.n_possible),
+        "enumeration": res.enumeration,
         "scheme": res.scheme,
-        "tail": "one-sided: t > 0 (randomise); F upper tail",
+        "variance_groups": None if groups is None else {
+            "labels": [str(v) for v in groups.labels], "sizes": groups.sizes.tolist(),
+            "of_subject": groups.codes.tolist()},
+        "tail": "two-sided" if args.twotail else "greater",
         "tfce_mode": None if tfce is None else tfce["tfce_mode"],
         "cluster_connectivity": args.cluster_connectivity,
         "df": res.df if isinstance(res.df, (int, float, type(None))) else np.asarray(res.df).tolist(),
@@ -654,8 +741,9 @@ def _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, writ
 def _print_summary(args, res, seed, record, summary, tfce, json_path):
     exact = "exhaustive" if res.exhaustive else "random"
     tfce_txt = "" if tfce is None else f", TFCE {tfce['tfce_mode']}"
+    tail = "two-sided (|t|)" if args.twotail else "one-sided (t > 0)"
     print(f"{res.n_perm} permutations ({exact}, {res.scheme}), seed {seed}, {record['n_voxels']} voxels, "
-          f"one-sided (t > 0){tfce_txt}; outputs {args.output}_* and {json_path}")
+          f"{tail}{tfce_txt}; outputs {args.output}_* and {json_path}")
     for s in summary:
         tfce_count = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
         where = ""

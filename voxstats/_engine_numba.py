@@ -88,8 +88,8 @@ def exceedances(values, observed, absolute, active, counts, maxima):
     """Add #{rows with values >= observed} per voxel to ``counts``; row maxima.
 
     With ``absolute`` both sides are compared in absolute value. Only voxels
-    with ``active[v]`` take part in the maxima (-inf when none does); counts
-    are added for every voxel.
+    with ``active[v]`` take part in the maxima (0 when none does, the value of
+    the inactive voxels); counts are added for every voxel.
     """
     n_maps, n_vox = values.shape
     n_blocks = (n_vox + VOXEL_BLOCK - 1) // VOXEL_BLOCK
@@ -112,7 +112,7 @@ def exceedances(values, observed, absolute, active, counts, maxima):
             x = abs(values[b, v]) if absolute else values[b, v]
             if x > best:
                 best = x
-        maxima[b] = best
+        maxima[b] = best if best > -np.inf else 0.0
 
 
 @njit(nogil=True, **JIT_STRICT)

@@ -4,27 +4,32 @@ A thin layer over :func:`voxstats.randomise`, :func:`voxstats.tfce` and
 :func:`voxstats.cluster_table.cluster_table`.  ``voxstats randomise`` takes
 FSL randomise's option names and writes randomise's output names and value
 conventions (1 - p, or -log10 p with ``--logp``), so a randomise user only
-changes the command name. The ``randomise`` subcommand lives in
-:mod:`voxstats._cli_randomise`.
+changes the command name (every randomise flag: :mod:`voxstats._cli_randomise`).
+PALM's variance groups (``--vg``), FWE over contrasts (``--corrcon``) and
+two-tailed tests (``--twotail``) come with PALM's output names (``vstat``,
+``gstat``, ``_cfwep_``).
+
+Every input goes through the readers of :mod:`voxstats.loading`; every output
+is checked before any long work, locked while the run writes it, and written
+atomically (:mod:`voxstats.outputs`). Errors are one line naming the file or
+the command-line flag (library parameter names are translated). The heavy
+modules (numba, SciPy, nibabel) are imported only once a command runs, so
+``voxstats --help`` is quick.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
+import json
 import logging
 import platform
+import re
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 import voxstats
-from voxstats.cluster_table import cluster_table
-from voxstats.image import check_img, check_same_space, save_img_atomic
-from voxstats.tfce import tfce
+from voxstats._cli_randomise import FLAGS as _RANDOMISE_FLAGS
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +37,37 @@ __all__ = ["main"]
 
 _VERSIONED = ("voxstats", "numpy", "scipy", "numba", "nibabel", "pandas")
 
+# Library parameter -> command-line flag, per subcommand, for error messages.
+_FLAGS = {
+    "randomise": _RANDOMISE_FLAGS,
+    "tfce": {
+        "stat": "IN", "stat_img": "IN", "mask": "--mask", "mask_img": "--mask", "E": "-E", "H": "-H",
+        "dh": "--dh", "mode": "--mode", "connectivity": "--connectivity", "output": "OUT",
+    },
+    "cluster": {
+        "stat_img": "STAT", "p_img": "--p", "p_convention": "--p-convention", "alpha": "--alpha",
+        "threshold": "--threshold", "sign": "--sign", "connectivity": "--connectivity",
+        "min_size": "--min-size", "atlas_img": "--atlas", "atlas_labels": "--atlas-labels",
+        "output": "-o/--out-index",
+    },
+}
+# Options whose value may start with '-' (argparse would read "-1" as an option).
+_DASHED_VALUES = ("--n-jobs", "--p-convention")
+
 
 class CLIError(Exception):
     """An error reported as one line on stderr, exit code 1."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless its help already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False)
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 # --------------------------------------------------------------------------- parser
@@ -43,42 +76,59 @@ class CLIError(Exception):
 def _get_parser():
     parser = argparse.ArgumentParser(
         prog="voxstats",
-        description="Voxel-wise permutation inference with exact TFCE.",
+        description="Voxel-wise permutation inference with exact TFCE. Run 'voxstats COMMAND --help' "
+        "for a command's options.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"voxstats {voxstats.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{randomise,tfce,cluster}")
 
     from voxstats._cli_randomise import add_parser as add_randomise
 
-    add_randomise(sub)
+    add_randomise(sub, _HelpFormatter)
 
-    t = sub.add_parser("tfce", help="TFCE transform of a map (like fslmaths -tfce)",
-                       description="Threshold-free cluster enhancement of one statistic map.")
+    t = sub.add_parser(
+        "tfce", formatter_class=_HelpFormatter, help="TFCE transform of a map (like fslmaths -tfce)",
+        description="Threshold-free cluster enhancement (Smith & Nichols 2009) of one 3D statistic map, "
+        "written as a NIfTI image in the input's space. The exact integral by default; --mode fsl gives "
+        "fslmaths -tfce's stepped sum. Both signs are enhanced (negative values keep their sign) unless "
+        "--positive-only.")
     t.add_argument("input", metavar="IN", help="3D statistic map")
-    t.add_argument("output", metavar="OUT", help="output TFCE map")
-    t.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6)
-    t.add_argument("-E", dest="E", type=float, default=0.5, help="extent power (default 0.5)")
-    t.add_argument("-H", dest="H", type=float, default=2.0, help="height power (default 2)")
-    t.add_argument("--mode", choices=("exact", "fsl"), default="exact")
-    t.add_argument("--dh", type=float, help="fixed step (fsl mode)")
-    t.add_argument("--mask", help="mask image (voxels outside are 0)")
+    t.add_argument("output", metavar="OUT", help="output TFCE map (.nii or .nii.gz)")
+    t.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6,
+                   help="voxel neighbourhood: faces (6), edges (18) or corners (26)")
+    t.add_argument("-E", dest="E", type=float, default=0.5, help="extent power")
+    t.add_argument("-H", dest="H", type=float, default=2.0, help="height power")
+    t.add_argument("--mode", choices=("exact", "fsl"), default="exact",
+                   help="exact integral, or FSL's sum over fixed steps")
+    t.add_argument("--dh", type=float, help="fixed step (fsl mode; default: max of the map / 100)")
+    t.add_argument("--mask", help="mask image: voxels finite and non-zero are enhanced, others are 0 "
+                   "(default: every voxel)")
     t.add_argument("--positive-only", action="store_true",
                    help="enhance positive values only, as fslmaths -tfce (default: both signs)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
     t.set_defaults(func=_run_tfce)
 
-    c = sub.add_parser("cluster", help="cluster table of a statistic map and a p map",
-                       description="Table the clusters of a statistic map (TSV).")
+    c = sub.add_parser(
+        "cluster", formatter_class=_HelpFormatter, help="cluster table of a statistic map and a p map",
+        description="Table the connected clusters of a 3D statistic map (TSV, one row per cluster, "
+        "largest first), like FSL's cluster. A voxel is in a cluster when its statistic has the "
+        "chosen sign, |STAT| exceeds --threshold (if given) and its p on PMAP is below --alpha (if "
+        "--p is given). How PMAP stores p is read from its JSON sidecar ('p_convention') or from "
+        "the voxstats randomise record beside it; otherwise --p-convention is required.")
     c.add_argument("input", metavar="STAT", help="3D statistic map")
-    c.add_argument("--p", dest="p_img", metavar="PMAP", help="p map (randomise's 1-p by default)")
-    c.add_argument("--p-convention", choices=("1-p", "p", "logp"), default="1-p",
-                   help="how PMAP stores p (default 1-p; logp for --logp outputs)")
-    c.add_argument("--alpha", type=float, default=0.05, help="significance level on PMAP (default 0.05)")
-    c.add_argument("--threshold", type=float, help="cluster-forming threshold on |STAT|")
-    c.add_argument("--sign", choices=("pos", "neg", "both"), default="pos")
-    c.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26)
+    c.add_argument("--p", dest="p_img", metavar="PMAP", help="p map in the space of STAT")
+    c.add_argument("--p-convention", choices=("p", "1-p", "-log10(p)", "logp"), default=None,
+                   help="how PMAP stores p: p, randomise's 1-p, or -log10(p) (logp: the same) "
+                   "(default: from PMAP's JSON sidecar or randomise record; required otherwise)")
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level on PMAP")
+    c.add_argument("--threshold", type=float, help="cluster-forming threshold on |STAT| (default: none)")
+    c.add_argument("--sign", choices=("pos", "neg", "both"), default="pos",
+                   help="positive clusters, negative ones, or both (labelled apart)")
+    c.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
+                   help="voxel neighbourhood: faces (6), edges (18) or corners (26, as FSL's cluster)")
     c.add_argument("--min-size", type=int, default=1, help="smallest cluster kept (voxels)")
-    c.add_argument("--atlas", metavar="LABELS", help="integer atlas image")
+    c.add_argument("--atlas", metavar="LABELS", help="integer atlas image, to name each peak's region")
     c.add_argument("--atlas-labels", metavar="LUT", help="TSV with 'index' and 'name' columns")
     c.add_argument("-o", "--output", metavar="TSV", help="output table (default: stdout)")
     c.add_argument("--out-index", metavar="IMG", help="write the cluster index image")
@@ -99,6 +149,8 @@ def _sha256(path):
 
 
 def _versions():
+    import importlib.metadata
+
     out = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -109,27 +161,57 @@ def _versions():
     return out
 
 
-def _check_outputs(paths, overwrite):
-    if overwrite:
-        return
-    for path in paths:
-        if Path(path).exists():
-            raise CLIError(f"Output file {path} exists; use --overwrite to replace it.")
+def _check_outputs(paths, overwrite, flag):
+    """Every output can be written (and none exists unless --overwrite), before any long work."""
+    from voxstats.outputs import check_outputs
+
+    check_outputs(paths, overwrite=overwrite, flag=flag)
+
+
+def _earlier_outputs(json_path, prefix):
+    """Files the earlier run's record lists under this -o prefix (to remove once replaced).
+
+    Only files named ``<prefix>_*`` in the prefix's folder are ever removed,
+    whatever a hand-edited record says. An unreadable record stops the run:
+    its outputs cannot be told apart from others.
+    """
+    if not json_path.exists():
+        return []
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+        listed = record["outputs"]
+        if not isinstance(listed, list):
+            raise TypeError("'outputs' is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"-o {prefix}: --overwrite cannot tell which files the earlier run wrote: its "
+                       f"record {json_path} is unreadable ({type(exc).__name__}: {exc}); remove the earlier "
+                       "outputs by hand or choose another -o") from None
+    prefix = Path(prefix)
+    own = []
+    for item in listed:
+        path = Path(str(item))
+        if path.parent.resolve() == prefix.parent.resolve() and path.name.startswith(f"{prefix.name}_"):
+            own.append(prefix.parent / path.name)
+    return own
 
 
 def _run_tfce(args):
-    _check_outputs([args.output], args.overwrite)
+    import nibabel as nib
+    import numpy as np
+
+    from voxstats.image import check_img, read_data
+    from voxstats.loading import check_mask
+    from voxstats.outputs import save_img_atomic
+    from voxstats.tfce import tfce
+
     if args.dh is not None and args.mode != "fsl":
         raise CLIError("--dh sets a fixed step, which needs --mode fsl.")
+    _check_outputs([args.output], args.overwrite, "OUT")
     img = check_img(args.input, name="IN", ndim=3)
-    mask = None
-    if args.mask:
-        mask_img = check_img(args.mask, name="--mask", ndim=3)
-        check_same_space(img, mask_img, args.input, args.mask)
-        mask = np.asarray(mask_img.dataobj) > 0
-    data = np.asarray(img.dataobj, dtype=np.float64)
+    mask = None if args.mask is None else check_mask(args.mask, name="--mask", reference=img)[0]
+    data = read_data(img, name="IN", dtype=np.float64)
     out = tfce(data, mask=mask, connectivity=args.connectivity, E=args.E, H=args.H,
-                        mode=args.mode, dh=args.dh, two_sided=not args.positive_only)
+               mode=args.mode, dh=args.dh, two_sided=not args.positive_only)
     out_img = nib.Nifti1Image(np.asarray(out, dtype=np.float32), img.affine, img.header)
     out_img.set_data_dtype(np.float32)
     save_img_atomic(out_img, args.output)
@@ -137,10 +219,14 @@ def _run_tfce(args):
 
 
 def _run_cluster(args):
-    outs = [p for p in (args.output, args.out_index) if p]
-    _check_outputs(outs, args.overwrite)
+    from voxstats.cluster_table import cluster_table
+    from voxstats.outputs import save_img_atomic
+
     if args.atlas_labels and not args.atlas:
         raise CLIError("--atlas-labels needs --atlas.")
+    if args.p_img is None and args.threshold is None:
+        raise CLIError("give --threshold, --p PMAP, or both, to define clusters.")
+    _check_outputs([p for p in (args.output, args.out_index) if p], args.overwrite, "-o/--out-index")
     res = cluster_table(
         args.input, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
         threshold=args.threshold, sign=args.sign, connectivity=args.connectivity,
@@ -158,6 +244,45 @@ def _run_cluster(args):
 # --------------------------------------------------------------------------- entry point
 
 
+def _join_dashed_values(argv):
+    """``--n-jobs -1`` -> ``--n-jobs=-1``: argparse takes ``-1`` for an option otherwise."""
+    out = list(argv)
+    i = 0
+    while i < len(out) - 1:
+        if out[i] in _DASHED_VALUES and re.fullmatch(r"-\d+|-log10\(p\)", out[i + 1]):
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
+        i += 1
+    return out
+
+
+def _message(err, command):
+    """One line, with the library's parameter names replaced by this command's flags."""
+    flags = _FLAGS.get(command, {})
+    text = err.renamed(flags) if hasattr(err, "renamed") else str(err)
+    if isinstance(err, KeyError) and text.startswith(("'", '"')):
+        text = text[1:-1]
+
+    def flag(match):
+        return flags.get(match.group(1), match.group(0))
+
+    text = re.sub(r"the '(\w+)' parameter", lambda m: flag(m) if m.group(1) in flags else m.group(0), text)
+    text = re.sub(r"'(\w+)'", lambda m: flags[m.group(1)] if m.group(1) in flags else m.group(0), text)
+    return " ".join(text.split())
+
+
+def _output_lock(args):
+    """The lock on this command's outputs while it runs (see voxstats.outputs.output_lock)."""
+    import contextlib
+
+    target = getattr(args, "output", None) or getattr(args, "out_index", None)
+    if target is None:
+        return contextlib.nullcontext()
+    from voxstats.outputs import output_lock
+
+    flag = {"randomise": "-o", "tfce": "OUT", "cluster": "-o"}.get(args.command, "output")
+    return output_lock(target, flag=flag)
+
+
 def main(argv=None):
     """Run the ``voxstats`` command.
 
@@ -169,19 +294,24 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success, 1 on a reported error (one line on stderr); argparse
-        exits with 2 on a usage error.
+        0 on success, 1 on a reported error (one line on stderr naming the file
+        or the flag), 130 when interrupted; argparse exits with 2 on a usage
+        error.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _get_parser().parse_args(argv)
+    args = _get_parser().parse_args(_join_dashed_values(argv))
     args.argv = argv
     if not getattr(args, "quiet", False):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
-    except (CLIError, ValueError, OSError) as err:
-        print(f"voxstats {args.command}: error: {err}", file=sys.stderr)
+        with _output_lock(args):
+            return args.func(args)
+    except (CLIError, ValueError, OSError, ImportError) as err:
+        print(f"voxstats {args.command}: error: {_message(err, args.command)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"voxstats {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

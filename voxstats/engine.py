@@ -34,6 +34,7 @@ then float32 (about twice as fast).
 """
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ import numpy as np
 
 from . import _engine_numba, _tfce_numba
 from .glm import f_to_z
-from .tfce import stepped_table
+from .tfce import _check_params, stepped_table
+from .variance_groups import welch_maps
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,12 @@ class ContrastJob:
         The power of two TFCE values are rounded to in the first pass' sums.
     norm_extent, norm_tfce : (n_voxels,) ndarray or None
         Second pass: the per-voxel means that normalise cluster sizes and TFCE.
+    welch : voxstats.variance_groups.WelchJob or None
+        Variance groups: the statistic is v (kind 'v') or G (kind 'G'),
+        computed as z by :func:`voxstats.variance_groups.welch_maps`.
+    zstat : voxstats.variance_groups.ZConverter or None
+        Convert t or F to z right after computing it (every map, TFCE and
+        cluster then works on z), as PALM ``-zstat``.
     """
 
     name: str
@@ -135,6 +143,8 @@ class ContrastJob:
     twopass_quantum: float = 1.0
     norm_extent: np.ndarray | None = None
     norm_tfce: np.ndarray | None = None
+    welch: object = None
+    zstat: object = None
 
     @property
     def n_voxels(self):
@@ -142,7 +152,7 @@ class ContrastJob:
 
     @property
     def tests_both_signs(self):
-        return self.kind == "t" and self.two_sided
+        return self.kind in ("t", "v") and self.two_sided
 
     @property
     def clusters(self):
@@ -247,6 +257,8 @@ def _group_statistics(job, perms, signs, pool, out, width):
     (GROUP * width, block) and a compiled kernel turns them into t or F while
     they are still in cache.
     """
+    if job.welch is not None:
+        return welch_maps(job.welch, job.data, job.sum_sq, perms, signs, pool, out)
     dtype = np.float64 if job.precise else np.float32
     a = np.ascontiguousarray(np.vstack([_rearranged_rows(job, perms[b], signs[b])[:width]
                                         for b in range(perms.shape[0])]), dtype=dtype)
@@ -265,6 +277,8 @@ def _group_statistics(job, perms, signs, pool, out, width):
         else:
             _engine_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), width,
                                                 job.q, f_test, out[:, start:stop])
+            if job.zstat is not None:
+                job.zstat.convert(out[:, start:stop])
 
     starts = range(0, job.n_voxels, VOXEL_BLOCK)
     if pool is None:
@@ -313,18 +327,25 @@ def statistics(job, schedule, start, stop, pool=None):
 
 
 def _enhanceable(job, stats):
-    """The maps TFCE is applied to: t itself, or F converted to z."""
-    if job.kind == "t":
+    """The maps TFCE is applied to: t itself, or F converted to z (v, G and -zstat maps are z)."""
+    if job.kind == "t" or job.welch is not None or job.zstat is not None:
         return stats
     return f_to_z(stats, job.q, job.df).astype(np.float32)
 
 
-def tfce_maps(job, stats, n_threads):
-    """TFCE of a batch of statistic maps (float32, same shape)."""
+def tfce_maps(job, stats, n_threads, *, check=False):
+    """TFCE of a batch of statistic maps (float32, same shape).
+
+    ``check`` (the unpermuted map): refuse a step count or heights the kernels
+    cannot handle (:func:`voxstats.tfce._check_params`), before any permutation.
+    """
     if job.fsl and not job.dh:
         return np.zeros(stats.shape, dtype=np.float32)
     enhanced = np.ascontiguousarray(_enhanceable(job, stats))
     top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
+    if check:
+        _check_params(job.E, job.H, "fsl" if job.fsl else "exact", job.dh, max_height=top,
+                      n_elements=enhanced.shape[-1])
     if job.fsl:
         table = stepped_table(job.dh, job.H, top)
         dh = job.dh
@@ -339,7 +360,7 @@ def tfce_maps(job, stats, n_threads):
 def observed_maps(job, schedule, n_threads, pool=None):
     """Maps of the identity rearrangement (row 0 of the schedule)."""
     stat = statistics(job, schedule, 0, 1, pool)
-    enhanced = tfce_maps(job, stat, n_threads)[0] if job.tfce else None
+    enhanced = tfce_maps(job, stat, n_threads, check=True)[0] if job.tfce else None
     return Observed(stat=stat[0], tfce=enhanced)
 
 
@@ -468,9 +489,29 @@ def merge_chunks(chunks, n_perm):
     return accumulator.result()
 
 
+class ChunkBounds(Sequence):
+    """The (start, stop) chunks of 0..n_perm-1, computed on access (no list, whatever n_perm)."""
+
+    def __init__(self, n_perm, chunk_size):
+        self.n_perm, self.chunk_size = int(n_perm), int(chunk_size)
+        self._starts = range(0, self.n_perm, self.chunk_size)
+
+    def __len__(self):
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        lo = self._starts[i]
+        return (lo, min(lo + self.chunk_size, self.n_perm))
+
+    def __eq__(self, other):
+        return list(self) == list(other) if isinstance(other, (list, tuple, ChunkBounds)) else NotImplemented
+
+
 def chunk_bounds(n_perm, chunk_size):
-    """[(start, stop), ...] splitting 0..n_perm-1 into chunks of ``chunk_size``."""
-    return [(lo, min(lo + chunk_size, n_perm)) for lo in range(0, n_perm, chunk_size)]
+    """The (start, stop) chunks splitting 0..n_perm-1 into chunks of ``chunk_size`` (a lazy sequence)."""
+    return ChunkBounds(n_perm, chunk_size)
 
 
 def default_chunk_size(n_voxels):

@@ -160,6 +160,8 @@ def check_outputs(paths, *, overwrite=False, flag="output"):
             raise FileExistsError(f"Output file {path} exists; use --overwrite to replace it.")
         folders.setdefault(path.parent, path)
     for folder, example in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{flag}: cannot write {example} ({folder} is a file, not a folder)")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = _temporary(example)
@@ -198,18 +200,23 @@ def output_lock(path, *, flag="output"):
         are in the message).
     """
     lock = _lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: exclusive creation only
         fcntl = None
     while True:
         flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
+        if lock.parent.exists() and not lock.parent.is_dir():
+            raise NotADirectoryError(f"{flag}: cannot write {path} ({lock.parent} is a file, not a folder)")
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, flags, _NEW_FILE_MODE)
         except FileExistsError:  # pragma: no cover
             raise OutputBusyError(f"{flag}: {path} is being written by another run ({lock} exists; "
                                   "delete it if no run is writing there)") from None
+        except OSError as exc:
+            raise PermissionError(f"{flag}: cannot write {path} ({exc.strerror or type(exc).__name__} "
+                                  f"in {lock.parent})") from None
         if fcntl is None:  # pragma: no cover
             break
         try:

@@ -18,12 +18,16 @@ from ._numba import n_threads as _n_threads
 from .design import make_contrasts, make_design
 from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
-from .graph import graph_from_adjacency, grid_graph
+from .graph import VoxelGraph, graph_from_adjacency, grid_graph
 from .image import check_img, check_same_space
 from .loading import load
 from .permutation import make_schedule
 from .results import ContrastResult, RandomiseResult, assemble
 from .tfce import _check_option, _check_params
+from .corrcon import correct_across_contrasts as _correct_across_contrasts, same_scale
+from .variance_groups import make_welch_job, make_z_converter, resolve_variance_groups
+from .welch import welch_statistic
+from .zscore import to_z
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +184,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  cluster_threshold_f=None, cluster_mass_threshold=None, cluster_mass_threshold_f=None,
                  two_sided=True, demean=False, sign_flip=False, permute=None,
                  exchangeability_blocks=None, whole_blocks=False, tail_approximation=False,
+                 variance_groups=None, correct_across_contrasts=False, effective_design=None,
                  variance_smoothing=None, voxel_size=None, voxelwise_evs=None, glm_output=False,
                  twopass=False, rng=None, n_jobs=1,
                  chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
@@ -214,7 +219,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         2D), as FSL randomise, which labels clusters 26-connected whatever its
         TFCE connectivity, and as ``voxstats cluster``.
     n_perm : int
-        Rearrangements, the identity included (fewer when exhaustive).
+        Rearrangements, the identity included. 0, or at least the number of
+        distinct rearrangements of the design's rows (subjects with equal
+        design rows are interchangeable, PALM's rule), enumerates them all
+        (randomise ``-n 0``).
     tfce : bool
         Compute TFCE and its p-values.
     tfce_E, tfce_H, tfce_mode, tfce_dh
@@ -242,14 +250,35 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     permute : bool, optional
         Shuffle subjects; default True unless ``sign_flip``. ``sign_flip=True,
         permute=True`` shuffles and flips.
-    exchangeability_blocks : (n_subjects,) array-like, str or path, optional
-        Block labels; rearrangements stay within blocks. A file name is read as
-        ``-e`` (``design.grp``).
+    exchangeability_blocks : array-like, ExchangeabilityTree, str or path, optional
+        ``(n_subjects,)`` block labels (rearrangements stay within blocks),
+        PALM's ``(n_subjects, n_levels)`` multi-level ``-eb`` matrix, or a
+        :class:`voxstats.exchangeability.ExchangeabilityTree`. A file name is
+        read as ``-e`` (``design.grp``).
     whole_blocks : bool
-        Shuffle whole blocks as units instead.
+        With a block vector: shuffle whole blocks as units instead.
     tail_approximation : bool
         Also give FWE p-values from a generalised Pareto fit to the null's tail
         (``p_fwe_tail``, ``tfce_p_fwe_tail``), marked as approximations.
+    variance_groups : None, 'auto' or (n_subjects,) array-like
+        PALM ``-vg``: subjects' variance groups. With two or more groups, t
+        contrasts are tested with the Aspin-Welch v and F contrasts with the G
+        statistic (Winkler et al. 2014; see :mod:`voxstats.welch`), converted
+        to z with each voxel's degrees of freedom before any comparison,
+        maximum, TFCE or cluster (cluster thresholds are then on z). The
+        rearrangements do not change. 'auto' derives the groups from the
+        exchangeability blocks as PALM does (each block, or each position
+        within whole blocks).
+    correct_across_contrasts : bool
+        PALM ``-corrcon``: also give FWE p-values over all contrasts
+        (``p_cfwe`` and ``*_cfwe``), from the maximum over contrasts of each
+        rearrangement's maxima. When the contrasts differ in kind or rank the
+        statistics are converted to z first (as PALM adds ``-zstat``), and
+        TFCE and cluster thresholds then work on z.
+    effective_design : (n_subjects, k) array-like, str or path, optional
+        randomise ``--effective_design``: the design whose rows decide which
+        subjects are interchangeable (equal rows), and so which rearrangements
+        are distinct, instead of ``design``'s. A file name is read as ``-d``.
     variance_smoothing : float, optional
         randomise ``-v``: for t contrasts, the pseudo-t whose variance is
         smoothed by a Gaussian of this sigma (mm) inside the mask, for every
@@ -271,7 +300,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         Also return the unpermuted GLM's estimates (``result.glm``: PE, COPE,
         VARCOPE and residual variance, as randomise ``--glm_output``).
     rng : int, numpy.random.Generator or None
-        Seed of the whole schedule (drawn before any work is split).
+        Seed of the schedule: rearrangement i is computed from it and i alone,
+        so every chunk, thread, worker or resumed run sees the same null.
     n_jobs : int
         Threads (-1 for all).
     chunk_size : int, optional
@@ -350,9 +380,25 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     cluster_graph = (_cluster_graph(data.shape[1], mask, adjacency, cluster_connectivity, graph)
                      if clusters else None)
     permute, sign_flip = _resolve_scheme(design, permute, sign_flip)
+    _check_option("correct_across_contrasts", correct_across_contrasts, (True, False))
+    exchangeability_blocks = _read_blocks(exchangeability_blocks)
+    groups = resolve_variance_groups(variance_groups, design.n_subjects,
+                                     exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks)
+    if groups is not None and (variance_smoothing is not None or voxelwise_evs is not None):
+        raise ValueError("variance_groups cannot be combined with variance_smoothing or voxelwise_evs")
+    zstat = bool(correct_across_contrasts and groups is None and not same_scale(contrast_list))
+    if zstat:
+        logger.info("Contrasts of different kinds or ranks: statistics are converted to z to be corrected "
+                    "across contrasts (as PALM -corrcon -zstat)")
+    rows = design.matrix
+    if effective_design is not None:
+        rows = make_design(effective_design, allow_rank_deficient=True).matrix
+        if rows.shape[0] != design.n_subjects:
+            raise ValueError(f"effective_design: expected {design.n_subjects} rows (one per subject), "
+                             f"got {rows.shape[0]}")
     schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
-                             exchangeability_blocks=_read_blocks(exchangeability_blocks),
-                             whole_blocks=whole_blocks, rng=rng)
+                             exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
+                             design=rows, rng=rng)
     if schedule.exhaustive:
         logger.info("Exhaustive: all %d distinct rearrangements used", schedule.n_perm)
     chunk_size = engine.default_chunk_size(data.shape[1]) if chunk_size is None else int(chunk_size)
@@ -369,6 +415,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     tail_approximation=tail_approximation, variance_smoothing=variance_smoothing,
                     voxel_size=None if voxel_size is None else [float(v) for v in voxel_size],
                     twopass=bool(twopass),
+                    effective_design=None if effective_design is None else rows.tolist(),
+                    variance_groups=None if groups is None else groups.codes.tolist(),
+                    correct_across_contrasts=bool(correct_across_contrasts), zstat=zstat,
                     voxelwise_evs=None if voxelwise_evs is None else {
                         "columns": sorted(str(k) for k in voxelwise_evs),
                         "digest": _digest_arrays(voxelwise_evs)},
@@ -392,6 +441,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         logger.info("%d voxels are constant across subjects: statistic 0, p = 1, left out of every "
                     "maximum", int(constant.sum()))
     results = []
+    held = [] if correct_across_contrasts else None
     with _n_threads(n_jobs) as threads:
         pool = engine.make_pool(threads)
         try:
@@ -410,24 +460,33 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             cluster_graph=cluster_graph, threshold=extent_thr,
                             mass_threshold=mass_thr, constant=constant, smoother=smoother,
                             voxelwise_evs=voxelwise_evs, twopass=twopass,
-                            precise=_precise(design, schedule)))
+                            precise=_precise(design, schedule), groups=groups, zstat=zstat,
+                            hold=held, sign_flip=schedule.sign_flip))
         finally:
             if pool is not None:
                 pool.shutdown()
+    combined = None
+    if correct_across_contrasts:
+        results, combined = _correct_across_contrasts(results, held)
     has_nuisance = any(effect_basis(design, c).nuisance.shape[1] for c in contrast_list)
     return RandomiseResult(contrasts=tuple(results), n_perm=schedule.n_perm,
                            exhaustive=schedule.exhaustive, n_possible=schedule.n_possible,
                            scheme=_scheme_name(permute, sign_flip, has_nuisance), df=design.df,
-                           design_names=design.names, settings=settings, schedule=schedule, glm=glm)
+                           design_names=design.names, settings=settings, schedule=schedule, glm=glm,
+                           enumeration=schedule.rule, null_max_across_contrasts=combined,
+                           variance_groups=groups)
 
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
              mode="exact", dh=None, two_sided=True, in_place=False, cluster_graph=None,
-             mass_threshold=None, constant=None, smoother=None, voxelwise_evs=None, precise=None):
+             mass_threshold=None, constant=None, smoother=None, voxelwise_evs=None, precise=None,
+             groups=None, zstat=False, sign_flip=False):
     """The engine's view of one contrast: residualised float32 data and its basis.
 
     With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
     overwritten by their residuals instead of copied, which halves the memory.
+    With variance ``groups`` the statistic is v or G (as z); with ``zstat``, t
+    or F converted to z.
     ``constant`` (n_voxels,) marks voxels constant across subjects (computed
     here when None); they and the voxels that residualising leaves at 0 are
     inactive: statistic 0 in every rearrangement, in no maximum.
@@ -450,7 +509,10 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
     sum_sq = np.einsum("ij,ij->j", residual, residual, dtype=np.float64)
     active = sum_sq > 0
     ordered, reduced = engine.order_basis(basis.tested, basis.nuisance)
-    return engine.ContrastJob(name=contrast.name, kind=contrast.kind,
+    welch = None if groups is None else make_welch_job(design, contrast, groups, sign_flip=sign_flip)
+    converter = make_z_converter(contrast.kind, basis.q, basis.df) if zstat and welch is None else None
+    kind = contrast.kind if welch is None else welch.kind
+    return engine.ContrastJob(name=contrast.name, kind=kind,
                               basis=engine.canonical_basis(ordered, design.matrix), q=basis.q,
                               df=basis.df if vbasis is None else vbasis.df, data=residual, sum_sq=sum_sq, graph=graph,
                               two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
@@ -458,20 +520,32 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
                               active=None if active.all() else active,
                               smoother=smoother if contrast.kind == "t" else None, voxelwise=vbasis,
-                              precise=_has_repeated_rows(design.matrix) if precise is None else precise)
+                              precise=_has_repeated_rows(design.matrix) if precise is None else precise,
+                              welch=welch, zstat=converter)
 
 
 def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh, two_sided,
                   tail_approximation, chunk_size, threads, pool, bar, *, runner=None, store=None,
                   flag=None, in_place=False, cluster_graph=None, threshold=None, mass_threshold=None,
-                  constant=None, smoother=None, voxelwise_evs=None, twopass=False, precise=None):
-    stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
+                  constant=None, smoother=None, voxelwise_evs=None, twopass=False, precise=None,
+                  groups=None, zstat=False, hold=None, sign_flip=False):
+    # the float64 statistic, before any overwrite
+    z = df2 = None
+    if groups is None:
+        stat, _ = contrast_statistic(data, design, contrast)
+        if zstat:
+            df2 = np.full(stat.shape, float(design.df))
+            z = to_z(stat, contrast.rank, df2, kind=contrast.kind)
+    else:
+        stat, df2 = welch_statistic(data, design, contrast, groups)
+        z = to_z(stat, contrast.rank, df2, kind=contrast.kind)
     if threshold is None and mass_threshold is not None:  # mass only: the extent comes for free
         threshold, mass_threshold = mass_threshold, None
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
                    mode=mode, dh=dh, two_sided=two_sided, in_place=in_place,
                    cluster_graph=cluster_graph, mass_threshold=mass_threshold, constant=constant,
-                   smoother=smoother, voxelwise_evs=voxelwise_evs, precise=precise)
+                   smoother=smoother, voxelwise_evs=voxelwise_evs, precise=precise, groups=groups,
+                   zstat=zstat, sign_flip=sign_flip)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
@@ -489,8 +563,11 @@ def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh,
     merged = run_chunks(runner, job, schedule, observed, bounds,
                         store=None if store is None else store.contrast(job, contrast.weights),
                         flag=flag, bar=bar)
+    if hold is not None:
+        hold.append((job.tests_both_signs, observed))
     result = assemble(job, contrast, observed, merged, schedule.n_perm, stat,
                       tail_approximation=tail_approximation)
+    result = replace(result, kind=job.kind, z=z, df2=df2)
     if not twopass:
         return result
     first = two.normalisers(job, merged)
@@ -539,13 +616,22 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
     keep_constant : bool
         Without ``mask_img``, keep the voxels constant across subjects too
         (randomise ``--norcmask``); they get statistic 0 and p = 1.
+    surf, areas : optional
+        Surface input (GIFTI, FreeSurfer curv or MGH/MGZ per-vertex maps of
+        one hemisphere): the mesh the maps are on (``.surf.gii`` or FreeSurfer
+        surface) and optional vertex areas (a per-vertex file or a number,
+        PALM's ``-s surf area``). See :func:`voxstats.surface_io.load_surface`.
+    left_surf, right_surf, left_area, right_area : optional
+        CIFTI input (``.dscalar.nii``, ``.dtseries.nii``): each hemisphere's
+        mesh and optional areas. See :func:`voxstats.cifti.load_cifti`.
     **options
         Every keyword option of :func:`permuted_glm` (``f_contrasts``,
         ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
         ``n_jobs``, ...). ``f_contrasts`` and ``exchangeability_blocks`` may be
         file names (``design.fts``, ``design.grp``); ``voxelwise_evs`` values
         may be 4D images (one volume per subject) or their file names, masked
-        like ``imgs``.
+        like ``imgs``. ``tfce_E`` defaults by element kind: 0.5 in volumes, 1 on
+        surfaces (PALM's ``-tfce2D``, CAT12 and HCP practice).
 
     Returns
     -------
@@ -556,7 +642,18 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
     for key in ("mask", "adjacency"):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
-    data, masker = load(imgs, mask_img, keep_constant=keep_constant)
+    from .surface_loading import SURFACE_OPTIONS, tfce_defaults
+
+    surface = {key: options.pop(key) for key in SURFACE_OPTIONS if key in options}
+    data, masker = load(imgs, mask_img, keep_constant=keep_constant, **surface)
+    spatial = options.get("tfce") or any(options.get(key) is not None for key in (
+        "cluster_threshold", "cluster_threshold_f", "cluster_mass_threshold", "cluster_mass_threshold_f"))
+    if spatial and masker.kind != "volume" and "weights" not in VoxelGraph.__dataclass_fields__:
+        raise NotImplementedError("TFCE and clusters on surfaces need area-weighted kernels "
+                                  "(VoxelGraph.weights), not in this build yet")
+    if options.get("tfce_E") is None:  # E by element kind: 1 on surfaces, 0.5 in volumes
+        E = tfce_defaults(masker)
+        options["tfce_E"] = E if np.ndim(E) == 0 or options.get("tfce") else 0.5
     if options.get("voxelwise_evs") is not None:
         options["voxelwise_evs"] = {key: _voxelwise_values(value, masker, key)
                                     for key, value in options["voxelwise_evs"].items()}

@@ -44,6 +44,13 @@ class ContrastResult:
         FSL randomise's raw ``clustere``/``clusterm`` images.
     twopass : voxstats.twopass.TwoPass or None
         Cluster-normalised statistics (``twopass=True``, t contrasts).
+
+    ``kind`` names the statistic in ``stat``: 't', 'F', or with variance
+    groups 'v' (Aspin-Welch, t contrasts) and 'G' (F contrasts). v and G are
+    compared through their z scores (``z``; ``df2`` holds each voxel's degrees
+    of freedom), and so are t and F when ``correct_across_contrasts`` needs one
+    scale. ``p_cfwe`` and the other ``*_cfwe`` fields are FWE p-values over all
+    contrasts (PALM's ``_cfwep``).
     """
 
     name: str
@@ -74,6 +81,12 @@ class ContrastResult:
     cluster_extent: np.ndarray | None = None
     cluster_mass: np.ndarray | None = None
     twopass: object = None
+    z: np.ndarray | None = None
+    df2: np.ndarray | None = None
+    p_cfwe: np.ndarray | None = None
+    tfce_p_cfwe: np.ndarray | None = None
+    cluster_extent_p_cfwe: np.ndarray | None = None
+    cluster_mass_p_cfwe: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,13 @@ class RandomiseResult:
         With ``glm_output=True``.
     mask_img : nibabel image or None
         The analysis mask of a volume ``masker`` (read-only).
+    enumeration : str
+        What was enumerated or drawn (e.g. "distinct rearrangements of the
+        design's rows within exchangeability blocks (PALM's rule)").
+    null_max_across_contrasts : dict or None
+        With ``correct_across_contrasts``: the maxima over contrasts of each
+        rearrangement ('stat', 'tfce', 'extent', 'mass'; None where not computed).
+    variance_groups : voxstats.welch.VarianceGroups or None
     """
 
     contrasts: tuple
@@ -141,6 +161,9 @@ class RandomiseResult:
     settings: dict = field(default_factory=dict)
     schedule: object = None
     glm: GLMOutput | None = None
+    enumeration: str = ""
+    null_max_across_contrasts: dict | None = None
+    variance_groups: object = None
 
     @property
     def mask_img(self):

@@ -188,8 +188,8 @@ def test_command_line(bids, small_template, tmp_path, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
-    qsm_cli._configure_normalize(parser)
-    args = parser.parse_args([str(bids), str(tmp_path / "out"), "--affine-only", "--quiet",
+    qsm_cli._add_normalize(parser)
+    args = parser.parse_args([str(bids), str(tmp_path / "out"), "--affine-only",
                               "--reference", "wm", "--seed", "3"])
     assert args.engine == "dipy" and args.reference == "wm" and args.affine_only
     code = qsm_cli.main(["normalize", str(bids / "nope"), str(tmp_path / "out")])

@@ -205,3 +205,27 @@ def test_twopass_outputs_as_randomise_names_them(toy, tmp_path, capsys):
     value = np.sort(tp.null_max_clustern)[int(np.ceil(0.95 * tp.null_max_clustern.size)) - 1]
     assert f"Critical Value for: {out}_clustern_tstat1 is: {value:g}\n" in printed
     assert printed.index("_clustere_tstat1 is") < printed.index("_clustern_tstat1 is") < printed.index("_tfce_tstat1 is")
+
+
+def test_effective_design_decides_the_distinct_rearrangements(toy, tmp_path, capsys):
+    """A continuous covariate makes every row distinct (8! relabellings); --effective_design
+    naming only the groups brings the count back to C(8, 4) = 70, as randomise's tested-EV rule."""
+    import math
+
+    root = toy["root"]
+    rng = np.random.default_rng(7)
+    x = np.column_stack([toy["x"], rng.normal(size=8)])
+    write_design(tmp_path / "cov.mat", x)
+    write_contrasts(tmp_path / "cov.con", {"g": [1.0, -1, 0]})
+    write_design(tmp_path / "eff.mat", toy["x"])
+    base = ["randomise", "-i", str(root / "data.nii.gz"), "-d", str(tmp_path / "cov.mat"), "-t", str(tmp_path / "cov.con")]
+    assert main(base + ["-o", str(tmp_path / "a"), "-q"]) == 0
+    assert capsys.readouterr().out == f"{math.factorial(8)} permutations required for exhaustive test of t-test 1\n"
+    assert main(base + ["-o", str(tmp_path / "b"), "-q", "--effective_design", str(tmp_path / "eff.mat")]) == 0
+    assert capsys.readouterr().out == f"{math.comb(8, 4)} permutations required for exhaustive test of t-test 1\n"
+    assert main(base + ["-o", str(tmp_path / "c"), "-x", "-n", "0", "--effective_design", str(tmp_path / "eff.mat"),
+                        "--quiet"]) == 0
+    record = json.loads((tmp_path / "c.json").read_text())
+    assert record["n_perm"] == 70 and record["exhaustive"]
+    res = voxstats.permuted_glm(toy["data"].reshape(-1, 8).T, x, [1.0, -1, 0], effective_design=toy["x"], n_perm=0)
+    assert res.n_perm == res.n_possible == 70

@@ -32,6 +32,7 @@ class _FixedSchedule:
         self.n_possible = len(self.permutations)
         self.permute = signs is None
         self.sign_flip = signs is not None
+        self.rule = "every rearrangement given by the test"
 
     @property
     def n_perm(self):

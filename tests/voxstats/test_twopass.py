@@ -21,6 +21,7 @@ class _Schedule:
         self.signs = np.ones_like(self.permutations, dtype=np.int8)
         self.n_perm = self.n_possible = len(perms)
         self.exhaustive, self.permute, self.sign_flip = True, True, False
+        self.rule = "the 70 relabellings of a 4+4 design"
 
     def rows(self, start, stop):
         return self.permutations[start:stop], self.signs[start:stop]

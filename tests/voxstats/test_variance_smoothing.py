@@ -74,6 +74,7 @@ def test_pseudo_t_and_its_permutation_p_against_brute_force(monkeypatch):
         permutations = np.array(perms)
         signs = np.ones((70, n), dtype=np.int8)
         n_perm, exhaustive, n_possible = 70, True, 70
+        permute, sign_flip, rule = True, False, "the 70 relabellings of a 4+4 design"
 
         def rows(self, start, stop):
             return self.permutations[start:stop], self.signs[start:stop]
