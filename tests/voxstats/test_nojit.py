@@ -15,6 +15,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from voxstats import _tfce_numba, engine, make_schedule, permuted_glm, tfce
 from voxstats._reference import cluster_sizes_reference, permuted_t_reference, tfce_reference
@@ -145,3 +146,77 @@ def test_kernels_without_jit_in_a_subprocess():
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+# --------------------------------------------------------------------------- the engine's kernels
+
+
+def test_engine_exceedances_with_inactive_voxels():
+    from voxstats import _engine_numba
+
+    rng = np.random.default_rng(1)
+    maps = (rng.standard_normal((6, 10)) - 3).astype(np.float32)  # mostly negative
+    observed = maps[0].copy()
+    active = np.ones(10, bool)
+    active[[2, 7]] = False
+    for absolute in (True, False):
+        counts = np.zeros(10, dtype=np.int64)
+        maxima = np.empty(6, dtype=np.float32)
+        _engine_numba.exceedances(maps, observed, absolute, active, counts, maxima)
+        values = np.abs(maps) if absolute else maps
+        np.testing.assert_array_equal(counts, (values >= values[0]).sum(axis=0))
+        np.testing.assert_array_equal(maxima, values[:, active].max(axis=1))
+    maxima = np.empty(6, dtype=np.float32)
+    _engine_numba.exceedances(maps, observed, False, np.zeros(10, bool), np.zeros(10, np.int64), maxima)
+    np.testing.assert_array_equal(maxima, 0.0)  # no active voxel
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_engine_statistics_from_projections(dtype):
+    from voxstats import _engine_numba
+
+    rng = np.random.default_rng(2)
+    n_maps, p, q, n_vox, df = 3, 4, 2, 7, 9.0
+    proj = rng.standard_normal((n_maps * p, n_vox)).astype(dtype)
+    sum_sq = (proj.astype(np.float64).reshape(n_maps, p, n_vox) ** 2).sum(axis=1).max(axis=0) + 5.0
+    sum_sq[3] = 0.0  # a voxel without variance: 0
+    for f_test in (False, True):
+        out = np.empty((n_maps, n_vox), dtype=np.float32)
+        _engine_numba.stats_from_projection(proj, sum_sq, df, p, q, f_test, out)
+        g = proj.astype(np.float64).reshape(n_maps, p, n_vox)
+        rss = sum_sq - (g ** 2).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want = ((g[:, :q] ** 2).sum(axis=1) / q) / (rss / df) if f_test else g[:, 0] / np.sqrt(rss / df)
+        want[:, 3] = 0.0
+        np.testing.assert_allclose(out, want, rtol=1e-6)
+    effect = np.empty((n_maps, n_vox))
+    variance = np.empty((n_maps, n_vox))
+    _engine_numba.t_components(proj, sum_sq, df, p, effect, variance)
+    np.testing.assert_allclose(effect[:, [0, 1, 2, 4, 5, 6]], proj.astype(np.float64)[::p][:, [0, 1, 2, 4, 5, 6]])
+    assert variance[0, 3] == 0.0 and effect[0, 3] == 0.0
+
+
+def test_voxelwise_projection_and_cluster_labels():
+    from voxstats import _engine_numba
+
+    rng = np.random.default_rng(3)
+    n, p, n_vox = 6, 3, 5
+    basis = rng.standard_normal((n, p, n_vox)).astype(np.float32)
+    data = rng.standard_normal((n, n_vox)).astype(np.float32)
+    perm = rng.permutation(n)
+    signs = np.where(rng.random(n) < 0.5, -1, 1).astype(np.int8)
+    out = np.empty((p, n_vox))
+    _engine_numba.voxelwise_projection(basis, data, perm, signs, out)
+    want = np.einsum("jkv,jv->kv", basis.astype(np.float64), signs[:, None] * data[perm].astype(np.float64))
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    shape = (5, 4, 3)
+    maps = np.stack([_field(s, shape).ravel() for s in range(3)]).astype(np.float32)
+    labels = np.empty(maps.shape, dtype=np.int64)
+    _engine_numba.cluster_label_maps(maps, 1.0, False, grid_graph(np.ones(shape, bool), 26).neighbours, labels, 2)
+    for row, lab in zip(maps, labels):
+        ref, _ = ndimage.label(row.reshape(shape) > 1.0, np.ones((3, 3, 3)))
+        ref = ref.ravel()
+        assert ((lab > 0) == (ref > 0)).all()
+        for k in np.unique(ref[ref > 0]):  # same partition; label = smallest voxel index + 1
+            members = np.flatnonzero(ref == k)
+            assert (lab[members] == members.min() + 1).all()
