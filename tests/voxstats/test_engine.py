@@ -257,3 +257,30 @@ def test_float64_products_where_rearrangements_can_tie():
     assert randomise_module._precise(groups, Schedule(10**9))
     assert not randomise_module._precise(groups, Schedule(10**12))  # a twin of the data: p < 1e-8 per draw
     assert not randomise_module._precise(covariate, Schedule(100, exhaustive=True))  # no two rows alike
+
+
+@pytest.mark.parametrize("sign_flip", [False, True])
+def test_constant_voxels_left_out_of_the_maxima_under_freedman_lane(sign_flip):
+    """Design 1 + covariate, one-sided, mostly negative t: a constant voxel's 0 must not be the maximum."""
+    from voxstats import make_schedule
+    from voxstats._reference import permuted_t_reference
+    from voxstats.design import make_contrasts, make_design
+
+    rng = np.random.default_rng(6)
+    n = 10
+    x = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = rng.standard_normal((n, 12)) - 2.0 * x[:, 1:2]  # strongly negative slope everywhere
+    y[:, 5] = 7.0
+    res = permuted_glm(y, x, [0, 1], n_perm=40, rng=2, two_sided=False, sign_flip=sign_flip,
+                       permute=True)
+    c = res[0]
+    assert c.stat[5] == 0 and c.p[5] == 1 and c.p_fwe[5] == 1
+    design = make_design(x)
+    (con,) = make_contrasts([0, 1], design)
+    schedule = make_schedule(n, 40, permute=True, sign_flip=sign_flip, design=design, rng=2)
+    keep = np.arange(12) != 5
+    for i in range(40):
+        perm, signs = schedule.rows(i, i + 1)
+        t = permuted_t_reference(y, design, con, perm[0], signs[0] if sign_flip else None)
+        assert c.null_max[i] == pytest.approx(t[keep].max(), rel=1e-5, abs=1e-6)
+    assert (c.null_max < 0).any()  # the case where a 0 would have won
