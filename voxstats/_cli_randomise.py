@@ -310,181 +310,6 @@ def _voxelwise(args, design):
 # --------------------------------------------------------------------------- outputs
 
 
-def _stat_names(kind, index):
-    return f"{kind}stat{index}"
-
-
-def _stat_name(kind, index, welch):
-    """randomise's tstat1/fstat1, or PALM's vstat1/gstat1 with variance groups."""
-    if welch:
-        return f"{'v' if kind == 't' else 'g'}stat{index}"
-    return _stat_names(kind, index)
-
-
-def _outputs(args, contrasts, tfce, welch=False):
-    """{(kind, index): {key: path}} of the images each contrast writes, as randomise names them.
-
-    With variance groups the statistics are named as PALM names them (``vstat``,
-    ``gstat``) with their z maps (``zvstat``, ``zgstat``); ``--corrcon`` adds
-    ``*_cfwep_*`` maps (PALM's name; values in the p convention of the others).
-    """
-    out = {}
-    for kind, index in contrasts:
-        stat = _stat_name(kind, index, welch)
-        ext, mass = (args.cluster_e, args.cluster_m) if kind == "t" else (args.cluster_e_f, args.cluster_m_f)
-        names = {"stat": stat}
-        if welch:
-            names["z"] = f"z{stat}"
-        if args.vox_corrp:
-            names["vox_corrp"] = f"vox_corrp_{stat}"
-            if args.uncorrp:
-                names["vox_p"] = f"vox_p_{stat}"
-            if args.corrcon:
-                names["vox_cfwep"] = f"vox_cfwep_{stat}"
-        if tfce:
-            names["tfce_corrp"] = f"tfce_corrp_{stat}"
-            if args.corrcon:
-                names["tfce_cfwep"] = f"tfce_cfwep_{stat}"
-            if args.uncorrp:
-                names["tfce_p"] = f"tfce_p_{stat}"
-            if args.raw:
-                names["tfce"] = f"tfce_{stat}"
-        if ext is not None:
-            names["clustere_corrp"] = f"clustere_corrp_{stat}"
-            if args.corrcon:
-                names["clustere_cfwep"] = f"clustere_cfwep_{stat}"
-            if args.raw:
-                names["clustere"] = f"clustere_{stat}"
-        if mass is not None:
-            names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
-            if args.corrcon:
-                names["clusterm_cfwep"] = f"clusterm_cfwep_{stat}"
-            if args.raw:
-                names["clusterm"] = f"clusterm_{stat}"
-        if args.twopass and kind == "t":
-            # randomise's names, including the double underscore of the normalisers
-            if ext is not None:
-                names.update({f"clusternorm_{part}": f"_clusternorm_{stat}{part}" for part in ("sum", "samp", "post")})
-                names["clustern_corrp"] = f"clustern_corrp_{stat}"
-                if args.raw:
-                    names["clustern"] = f"clustern_{stat}"
-            if tfce:
-                names.update({f"tfcenorm_{part}": f"_tfcenorm_{stat}{part}" for part in ("sum", "samp", "post")})
-                names["tfcen_corrp"] = f"tfcen_corrp_{stat}"
-                if args.uncorrp:
-                    names["tfcen_p"] = f"tfcen_p_{stat}"
-                if args.raw:
-                    names["tfcen"] = f"tfcen_{stat}"
-        out[(kind, index)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
-    return out
-
-
-def _text_outputs(args, contrasts, tfce, welch=False):
-    """{(kind, index): {key: path}} of the -N and -P text files."""
-    out = {}
-    for kind, index in contrasts:
-        stat = _stat_name(kind, index, welch)
-        ext, mass = (args.cluster_e, args.cluster_m) if kind == "t" else (args.cluster_e_f, args.cluster_m_f)
-        names = {}
-        if args.text_null:
-            if args.vox_corrp:
-                names["null_max"] = f"vox_corrp_{stat}"
-            if tfce:
-                names["null_max_tfce"] = f"tfce_corrp_{stat}"
-            if ext is not None:
-                names["null_max_extent"] = f"clustere_corrp_{stat}"
-            if mass is not None:
-                names["null_max_mass"] = f"clusterm_corrp_{stat}"
-            if args.twopass and kind == "t" and ext is not None:
-                names["null_max_clustern"] = f"clustern_corrp_{stat}"
-            if args.twopass and kind == "t" and tfce:
-                names["null_max_tfcen"] = f"tfcen_corrp_{stat}"
-        if args.text_perm:
-            names["perm"] = f"perm_{stat}"
-        out[(kind, index)] = {key: Path(f"{args.output}_{name}.txt") for key, name in names.items()}
-    return out
-
-
-def _glm_outputs(args):
-    if not args.glm_output:
-        return {}
-    return {key: Path(f"{args.output}_glm_{key}.nii.gz") for key in ("pe", "cope", "varcope", "sigmasqr")}
-
-
-def _p_values(p, logp):
-    import numpy as np
-
-    p = np.asarray(p, dtype=np.float64)
-    return -np.log10(p) if logp else 1.0 - p
-
-
-def _fixed(values):
-    """One value per line as randomise writes a column (``%f`` and a space)."""
-    return "".join(f"{float(v):f} \n" for v in values)
-
-
-def _permutation_lines(schedule):
-    """randomise's -P rows: design row (1-based) of each subject; signs for sign flipping."""
-    import numpy as np
-
-    lines = []
-    for start in range(0, schedule.n_perm, 4096):
-        perms, signs = schedule.rows(start, min(start + 4096, schedule.n_perm))
-        for perm, sign in zip(perms, signs):
-            inverse = np.empty_like(perm)
-            inverse[perm] = np.arange(perm.size)
-            if not schedule.permute:  # pure sign flipping: randomise writes the signs
-                row = sign.astype(float)
-            elif schedule.sign_flip:  # both (not in randomise): signed design rows
-                row = sign[inverse] * (inverse + 1.0)
-            else:
-                row = inverse + 1.0
-            lines.append(" ".join(f"{v:f}" for v in row) + " \n")
-    return "".join(lines)
-
-
-def _save_4d(masker, rows, path):
-    import nibabel as nib
-    import numpy as np
-
-    from voxstats.outputs import save_img_atomic
-
-    if not hasattr(masker, "affine"):
-        raise CLIError("--glm_output writes 4D NIfTI images and needs volume inputs.")
-    volumes = [np.asarray(masker.unmask(np.asarray(row, dtype=np.float32)).dataobj) for row in rows]
-    # one volume is written 3D, as randomise's save_volume4D does
-    data = volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=-1)
-    img = nib.Nifti1Image(data.astype(np.float32), masker.affine)
-    img.set_data_dtype(np.float32)
-    save_img_atomic(img, path)
-
-
-_RAW = ("stat", "z", "tfce", "clustere", "clusterm", "clustern", "tfcen", "clusternorm_sum", "clusternorm_samp",
-        "clusternorm_post", "tfcenorm_sum", "tfcenorm_samp", "tfcenorm_post")
-
-
-def _maps(contrast, names, logp):
-    two = contrast.twopass
-    values = {
-        "stat": contrast.stat, "tfce": contrast.tfce, "clustere": contrast.cluster_extent,
-        "clusterm": contrast.cluster_mass,
-        "vox_p": contrast.p, "vox_corrp": contrast.p_fwe, "tfce_p": contrast.tfce_p,
-        "tfce_corrp": contrast.tfce_p_fwe, "clustere_corrp": contrast.cluster_extent_p_fwe,
-        "clusterm_corrp": contrast.cluster_mass_p_fwe, "z": contrast.z,
-        "vox_cfwep": contrast.p_cfwe, "tfce_cfwep": contrast.tfce_p_cfwe,
-        "clustere_cfwep": contrast.cluster_extent_p_cfwe, "clusterm_cfwep": contrast.cluster_mass_p_cfwe,
-    }
-    if two is not None:
-        values.update({
-            "clustern": two.clustern, "clustern_corrp": two.clustern_p_fwe, "tfcen": two.tfcen,
-            "tfcen_p": two.tfcen_p, "tfcen_corrp": two.tfcen_p_fwe,
-            "clusternorm_sum": two.cluster_sum, "clusternorm_samp": two.cluster_samp,
-            "clusternorm_post": two.cluster_mean, "tfcenorm_sum": two.tfce_sum,
-            "tfcenorm_samp": two.tfce_samp, "tfcenorm_post": two.tfce_mean,
-        })
-    return {key: values[key] if key in _RAW else _p_values(values[key], logp) for key in names}
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -541,6 +366,10 @@ def run(args):
     from voxstats.outputs import atomic_write_text, check_outputs
     from voxstats.results import critical_value
 
+    from voxstats._cli_randomise_outputs import (column_text, glm_outputs, image_outputs, output_maps, peak,
+                                                 permutation_text, print_summary, run_record, save_4d,
+                                                 stat_name, text_outputs)
+
     _check_flags(args)
     tfce = _tfce_settings(args)
     if args.debug:
@@ -563,9 +392,9 @@ def run(args):
     groups = _variance_groups(args, blocks, n_subjects)
     voxelwise = _voxelwise(args, design)
 
-    outputs = _outputs(args, contrasts, tfce is not None, welch=groups is not None)
-    texts = _text_outputs(args, contrasts, tfce is not None, welch=groups is not None)
-    glm_paths = _glm_outputs(args)
+    outputs = image_outputs(args, contrasts, tfce is not None, welch=groups is not None)
+    texts = text_outputs(args, contrasts, tfce is not None, welch=groups is not None)
+    glm_paths = glm_outputs(args)
     json_path = Path(f"{args.output}.json")
     every = ([p for names in outputs.values() for p in names.values()]
              + [p for names in texts.values() for p in names.values()] + list(glm_paths.values()) + [json_path])
@@ -625,15 +454,15 @@ def run(args):
     written, p_maps, summary, critical = [], [], [], []
     for key in sorted(contrasts, key=lambda k: k[0] != "t"):  # t first, as the library's results
         contrast, names = by_key[key], outputs[key]
-        stat = _stat_name(*key, groups is not None)
-        for name, values in _maps(contrast, names, args.logp).items():
+        stat = stat_name(*key, groups is not None)
+        for name, values in output_maps(contrast, names, args.logp).items():
             res.masker.save(np.asarray(values, dtype=np.float32), names[name])
             written.append(str(names[name]))
             if name.endswith(("_p", "_corrp")):
                 p_maps.append(str(names[name]))
         for name, path in texts[key].items():
             source = contrast.twopass if name in ("null_max_clustern", "null_max_tfcen") else contrast
-            text = _permutation_lines(res.schedule) if name == "perm" else _fixed(getattr(source, name))
+            text = permutation_text(res.schedule) if name == "perm" else column_text(getattr(source, name))
             atomic_write_text(path, text)
             written.append(str(path))
         for label, field, wanted in (("vox", "null_max", args.vox_corrp),
@@ -645,7 +474,7 @@ def run(args):
             source = contrast.twopass if label in ("clustern", "tfcen") else contrast
             if wanted and res.n_perm > 1:
                 critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
-        index, xyz = _peak(res.masker, np.asarray(contrast.stat))
+        index, xyz = peak(res.masker, np.asarray(contrast.stat))
         summary.append({
             "name": contrast.name, "output": stat, "kind": contrast.kind, "statistic": contrast.kind,
             "tail": contrast.tail,
@@ -661,10 +490,10 @@ def run(args):
         rows = {"pe": res.glm.pe, "cope": res.glm.cope, "varcope": res.glm.varcope,
                 "sigmasqr": res.glm.sigmasqr[np.newaxis]}
         for key, path in glm_paths.items():
-            _save_4d(res.masker, rows[key], path)
+            save_4d(res.masker, rows[key], path)
             written.append(str(path))
 
-    record = _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps,
+    record = run_record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps,
                      summary, critical, groups)
     atomic_write_text(json_path, json.dumps(record, indent=2, default=str) + "\n")
     for stale in earlier:  # --overwrite: what the earlier run wrote and this one did not
@@ -675,81 +504,7 @@ def run(args):
         # randomise analyses (and prints) the F contrasts first
         for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
             print(f"Critical Value for: {name} is: {value:g}")
-        _print_summary(args, res, seed, record, summary, tfce, json_path)
+        print_summary(args, res, seed, record, summary, tfce, json_path)
     return 0
 
 
-def _peak(masker, values):
-    import numpy as np
-
-    if not values.size:
-        return None, None
-    k = int(np.argmax(values))
-    if not hasattr(masker, "position"):
-        return (k,), None
-    return masker.position(k)
-
-
-def _record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, written, p_maps, summary,
-            critical, groups):
-    import numpy as np
-
-    from voxstats.cli import _sha256, _versions
-
-    inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
-    inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks, args.eb,
-                           args.effective_design) if p]
-    if args.vg and args.vg != "auto":
-        inputs.append(args.vg)
-    inputs += [] if not args.vxf else [f.strip() for f in args.vxf.split(",") if f.strip()]
-    call = {k: v for k, v in options.items()
-            if k not in ("f_contrasts", "exchangeability_blocks", "variance_groups", "effective_design")}
-    return {
-        "command": "voxstats randomise",
-        "argv": args.argv,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
-        "library_call": call,
-        "seed": seed,
-        "n_perm_requested": args.n_perm,
-        "n_perm": int(res.n_perm),
-        "exhaustive": bool(res.exhaustive),
-        "n_possible": int(res.n_possible),
-        "enumeration": res.enumeration,
-        "scheme": res.scheme,
-        "variance_groups": None if groups is None else {
-            "labels": [str(v) for v in groups.labels], "sizes": groups.sizes.tolist(),
-            "of_subject": groups.codes.tolist()},
-        "tail": "two-sided" if args.twotail else "greater",
-        "tfce_mode": None if tfce is None else tfce["tfce_mode"],
-        "cluster_connectivity": args.cluster_connectivity,
-        "df": res.df if isinstance(res.df, (int, float, type(None))) else np.asarray(res.df).tolist(),
-        "n_subjects": n_subjects,
-        "n_voxels": int(res.masker.n_elements),
-        "t_contrasts": {k: np.asarray(v).tolist() for k, v in tcons.items()},
-        "f_contrasts": None if not fcons else {k: np.asarray(v).tolist() for k, v in fcons.items()},
-        "p_convention": "-log10(p)" if args.logp else "1-p",
-        "critical_values": {name: value for name, value in critical},
-        "versions": _versions(),
-        "sha256": {str(p): _sha256(p) for p in inputs},
-        "outputs": written,
-        "p_maps": p_maps,
-        "summary": summary,
-    }
-
-
-def _print_summary(args, res, seed, record, summary, tfce, json_path):
-    exact = "exhaustive" if res.exhaustive else "random"
-    tfce_txt = "" if tfce is None else f", TFCE {tfce['tfce_mode']}"
-    tail = "two-sided (|t|)" if args.twotail else "one-sided (t > 0)"
-    print(f"{res.n_perm} permutations ({exact}, {res.scheme}), seed {seed}, {record['n_voxels']} voxels, "
-          f"{tail}{tfce_txt}; outputs {args.output}_* and {json_path}")
-    for s in summary:
-        tfce_count = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
-        where = ""
-        if s["max_voxel"] is not None:
-            where = f" at voxel {tuple(s['max_voxel'])}"
-        if s["max_mm"] is not None:
-            where += " = ({}) mm".format(", ".join(f"{v:.1f}" for v in s["max_mm"]))
-        print(f"{s['output']} ({s['name']}): FWE p<0.05 voxels: voxel {s['n_fwe_voxel']}{tfce_count}; "
-              f"max {s['max_stat']:.4g}{where}")

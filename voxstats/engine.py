@@ -48,6 +48,8 @@ from .variance_groups import welch_maps
 logger = logging.getLogger(__name__)
 
 GROUP = 32  # rearrangements per matrix product
+CONSTANT_BLOCK = 65536  # voxels per pass of the constant-voxel test
+PRECISE_LIMIT = 10**9  # distinct rearrangements up to which ties are worth float64 products
 VOXEL_BLOCK = 4096  # voxels per matrix product (its projections stay in cache)
 
 
@@ -190,6 +192,31 @@ class Observed:
 
     stat: np.ndarray
     tfce: np.ndarray | None
+
+
+def constant_voxels(data):
+    """(n_voxels,) bool: voxels whose value is the same in every subject (exactly, as randomise)."""
+    out = np.empty(data.shape[1], dtype=bool)
+    for start in range(0, data.shape[1], CONSTANT_BLOCK):
+        block = data[:, start:start + CONSTANT_BLOCK]
+        out[start:start + block.shape[1]] = np.all(block == block[0], axis=0)
+    return out
+
+
+def has_repeated_rows(matrix):
+    """True when two subjects share a design row: rearrangements can then tie exactly."""
+    return np.unique(np.asarray(matrix), axis=0).shape[0] < np.shape(matrix)[0]
+
+
+def precise_products(design, schedule):
+    """float64 products when rearrangements can tie and a tie with the unpermuted data can be drawn.
+
+    Ties need repeated design rows. With more than ``PRECISE_LIMIT`` distinct
+    rearrangements a random schedule draws one equal to the unpermuted data with
+    probability below (its few twins) x n_perm / 1e9, and float32 products
+    (about twice as fast) are used.
+    """
+    return has_repeated_rows(design.matrix) and (schedule.exhaustive or schedule.n_possible <= PRECISE_LIMIT)
 
 
 def inclusive_threshold(threshold):

@@ -12,14 +12,13 @@ from dataclasses import replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import engine
+from . import engine, voxelwise
 from .checkpoint import handle_signals, open_checkpoint
 from ._numba import n_threads as _n_threads
 from .design import make_contrasts, make_design
 from .executor import LocalExecutor, open_executor, run_chunks
 from .glm import contrast_statistic, effect_basis
 from .graph import VoxelGraph, graph_from_adjacency, grid_graph
-from .image import check_img, check_same_space
 from .loading import load
 from .permutation import make_schedule
 from .results import ContrastResult, RandomiseResult, assemble
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["ContrastResult", "RandomiseResult", "permuted_glm", "randomise"]
 
 _FULL_CONNECTIVITY = {2: 8, 3: 26}
-_CONSTANT_BLOCK = 65536  # voxels per pass of the constant-voxel test
 
 
 def _resolve_scheme(design, permute, sign_flip):
@@ -102,69 +100,9 @@ def _cluster_graph(n_voxels, mask, adjacency, connectivity, tfce_graph):
     return _spatial_graph(n_voxels, mask, None, connectivity, True)
 
 
-def _constant_voxels(data):
-    """(n_voxels,) bool: voxels whose value is the same in every subject (exactly, as randomise)."""
-    out = np.empty(data.shape[1], dtype=bool)
-    for start in range(0, data.shape[1], _CONSTANT_BLOCK):
-        block = data[:, start:start + _CONSTANT_BLOCK]
-        out[start:start + block.shape[1]] = np.all(block == block[0], axis=0)
-    return out
-
-
-_PRECISE_LIMIT = 10**9  # distinct rearrangements up to which ties are worth float64 products
-
-
-def _has_repeated_rows(matrix):
-    """True when two subjects share a design row: rearrangements can then tie exactly."""
-    return np.unique(np.asarray(matrix), axis=0).shape[0] < np.shape(matrix)[0]
-
-
-def _precise(design, schedule):
-    """float64 products when rearrangements can tie and a tie with the unpermuted data can be drawn.
-
-    Ties need repeated design rows. With more than ``_PRECISE_LIMIT`` distinct
-    rearrangements a random schedule draws one equal to the unpermuted data with
-    probability below (its few twins) x n_perm / 1e9, and float32 products
-    (about twice as fast) are used.
-    """
-    return _has_repeated_rows(design.matrix) and (schedule.exhaustive or schedule.n_possible <= _PRECISE_LIMIT)
-
-
 def _check_threshold(name, value):
     if value is not None and (not np.isfinite(value) or value <= 0):
         raise ValueError(f"Invalid value for the '{name}' parameter: expected a number > 0, got {value!r}")
-
-
-def _probe_design(design, evs, demean):
-    """The design with its voxel-wise columns replaced by generic values, for the checks.
-
-    With ``--vxl`` the design file holds placeholders in those columns (often a
-    copy of another column); the design is validated, and contrasts checked for
-    estimability, as a voxel's design would be.
-    """
-    import pandas as pd
-
-    base = make_design(design, allow_rank_deficient=True)
-    matrix = np.array(base.matrix)
-    rng = np.random.default_rng(0)
-    for key in evs:
-        column = base.names.index(key) if isinstance(key, str) and key in base.names else key
-        if not isinstance(column, (int, np.integer)) or not 0 <= column < base.n_regressors:
-            raise ValueError(f"voxelwise_evs: unknown regressor {key!r}; design has {list(base.names)} "
-                             "(give a name or a 0-based column index)")
-        matrix[:, column] = rng.standard_normal(base.n_subjects)
-    return make_design(pd.DataFrame(matrix, columns=list(base.names)), demean=demean)
-
-
-def _digest_arrays(arrays):
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    for key in sorted(arrays, key=str):
-        values = np.ascontiguousarray(arrays[key], dtype=np.float64)
-        h.update(f"{key}{values.shape}".encode())
-        h.update(values.view(np.uint8).reshape(-1).data)
-    return h.hexdigest()
 
 
 def _read_blocks(blocks):
@@ -347,7 +285,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     not grow with ``n_perm``: chunks are merged as they arrive.
     """
     if voxelwise_evs is not None:
-        design = _probe_design(design, voxelwise_evs, demean)
+        design = voxelwise.probe_design(design, voxelwise_evs, demean)
     else:
         design = make_design(design, demean=demean)
     data = np.asarray(data)
@@ -420,7 +358,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     correct_across_contrasts=bool(correct_across_contrasts), zstat=zstat,
                     voxelwise_evs=None if voxelwise_evs is None else {
                         "columns": sorted(str(k) for k in voxelwise_evs),
-                        "digest": _digest_arrays(voxelwise_evs)},
+                        "digest": voxelwise.digest(voxelwise_evs)},
                     n_jobs=n_jobs)
     store = open_checkpoint(checkpoint_dir, resume=resume, data=data, design=design,
                             contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
@@ -436,7 +374,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         from .results import GLMOutput
 
         glm = GLMOutput(*glm_estimates(data, design, [c for c in contrast_list if c.kind == "t"]))
-    constant = _constant_voxels(data)
+    constant = engine.constant_voxels(data)
     if constant.any():
         logger.info("%d voxels are constant across subjects: statistic 0, p = 1, left out of every "
                     "maximum", int(constant.sum()))
@@ -460,7 +398,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                             cluster_graph=cluster_graph, threshold=extent_thr,
                             mass_threshold=mass_thr, constant=constant, smoother=smoother,
                             voxelwise_evs=voxelwise_evs, twopass=twopass,
-                            precise=_precise(design, schedule), groups=groups, zstat=zstat,
+                            precise=engine.precise_products(design, schedule), groups=groups, zstat=zstat,
                             hold=held, sign_flip=schedule.sign_flip))
         finally:
             if pool is not None:
@@ -494,12 +432,10 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
     basis = effect_basis(design, contrast)
     if in_place and not (data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable):
         raise ValueError("in_place residualisation needs a writeable C-contiguous float32 matrix")
-    constant = _constant_voxels(np.asarray(data)) if constant is None else constant
+    constant = engine.constant_voxels(np.asarray(data)) if constant is None else constant
     out = data if in_place else np.empty(data.shape, dtype=np.float32)
     vbasis = None
     if voxelwise_evs is not None:
-        from . import voxelwise
-
         vbasis = voxelwise.voxelwise_basis(design, contrast, voxelwise_evs, data.shape[1])
         residual = voxelwise.residualize(data, vbasis, out=out)
     else:
@@ -520,7 +456,7 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
                               active=None if active.all() else active,
                               smoother=smoother if contrast.kind == "t" else None, voxelwise=vbasis,
-                              precise=_has_repeated_rows(design.matrix) if precise is None else precise,
+                              precise=engine.has_repeated_rows(design.matrix) if precise is None else precise,
                               welch=welch, zstat=converter)
 
 
@@ -580,18 +516,6 @@ def _run_contrast(data, design, contrast, schedule, graph, tfce, E, H, mode, dh,
                              replace(second_job, name=f"{job.name} (second pass)"), contrast.weights),
                          flag=flag, bar=bar)
     return replace(result, twopass=two.result(second_job, observed, merged2, first, schedule.n_perm, threads))
-
-
-def _voxelwise_values(value, masker, key):
-    """A voxel-wise regressor as (n_subjects, n_voxels): a 4D image (or its file name) is masked."""
-    if isinstance(value, (str, os.PathLike)) or hasattr(value, "affine"):
-        if not hasattr(masker, "mask_img"):
-            raise ValueError(f"voxelwise_evs[{key!r}]: images need volume inputs; give an array "
-                             "(n_subjects, n_elements) instead")
-        img = check_img(value, name=f"voxelwise_evs[{key!r}]", ndim=4)
-        check_same_space(masker.mask_img, img, "the analysis mask", f"voxelwise_evs[{key!r}]")
-        return np.asarray(img.dataobj, dtype=np.float64)[masker.mask].T
-    return value
 
 
 def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=False, **options):
@@ -655,7 +579,7 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
         E = tfce_defaults(masker)
         options["tfce_E"] = E if np.ndim(E) == 0 or options.get("tfce") else 0.5
     if options.get("voxelwise_evs") is not None:
-        options["voxelwise_evs"] = {key: _voxelwise_values(value, masker, key)
+        options["voxelwise_evs"] = {key: voxelwise.masked_values(value, masker, key)
                                     for key, value in options["voxelwise_evs"].items()}
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
     result = permuted_glm(data, design, contrasts, mask=masker, copy=False, **options)

@@ -13,17 +13,21 @@ rather than one matrix product, and the bases take n_voxels * n_subjects *
 n_regressors * 4 bytes (``bench/bench_voxelwise.py`` measures it).
 """
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
 
 from . import _engine_numba
+from .design import make_design
+from .image import check_img, check_same_space
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VoxelwiseBasis", "voxelwise_basis"]
+__all__ = ["VoxelwiseBasis", "digest", "masked_values", "probe_design", "voxelwise_basis"]
 
 _BLOCK = 2048  # voxels per batch of per-voxel linear algebra
 
@@ -166,3 +170,45 @@ def group_statistics(vbasis, data, sum_sq, df, kind, perms, signs, out):
             _engine_numba.voxelwise_projection(basis, w, perms[m], signs[m], proj[m * p:(m + 1) * p])
         _engine_numba.stats_from_projection(proj, sum_sq[start:stop], float(df), p, vbasis.q,
                                             kind == "F", out[:, start:stop])
+
+
+def probe_design(design, evs, demean):
+    """The design with its voxel-wise columns replaced by generic values, for the checks.
+
+    With ``--vxl`` the design file holds placeholders in those columns (often a
+    copy of another column); the design is validated, and contrasts checked for
+    estimability, as a voxel's design would be.
+    """
+    import pandas as pd
+
+    base = make_design(design, allow_rank_deficient=True)
+    matrix = np.array(base.matrix)
+    rng = np.random.default_rng(0)
+    for key in evs:
+        column = base.names.index(key) if isinstance(key, str) and key in base.names else key
+        if not isinstance(column, (int, np.integer)) or not 0 <= column < base.n_regressors:
+            raise ValueError(f"voxelwise_evs: unknown regressor {key!r}; design has {list(base.names)} "
+                             "(give a name or a 0-based column index)")
+        matrix[:, column] = rng.standard_normal(base.n_subjects)
+    return make_design(pd.DataFrame(matrix, columns=list(base.names)), demean=demean)
+
+
+def digest(arrays):
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(arrays, key=str):
+        values = np.ascontiguousarray(arrays[key], dtype=np.float64)
+        h.update(f"{key}{values.shape}".encode())
+        h.update(values.view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
+
+
+def masked_values(value, masker, key):
+    """A voxel-wise regressor as (n_subjects, n_voxels): a 4D image (or its file name) is masked."""
+    if isinstance(value, (str, os.PathLike)) or hasattr(value, "affine"):
+        if not hasattr(masker, "mask_img"):
+            raise ValueError(f"voxelwise_evs[{key!r}]: images need volume inputs; give an array "
+                             "(n_subjects, n_elements) instead")
+        img = check_img(value, name=f"voxelwise_evs[{key!r}]", ndim=4)
+        check_same_space(masker.mask_img, img, "the analysis mask", f"voxelwise_evs[{key!r}]")
+        return np.asarray(img.dataobj, dtype=np.float64)[masker.mask].T
+    return value

@@ -253,10 +253,10 @@ def test_float64_products_where_rearrangements_can_tie():
 
     groups = make_design(np.repeat(np.eye(3), 3, axis=0))
     covariate = make_design(np.column_stack([np.ones(9), np.arange(9.0)]))
-    assert randomise_module._precise(groups, Schedule(1680, exhaustive=True))
-    assert randomise_module._precise(groups, Schedule(10**9))
-    assert not randomise_module._precise(groups, Schedule(10**12))  # a twin of the data: p < 1e-8 per draw
-    assert not randomise_module._precise(covariate, Schedule(100, exhaustive=True))  # no two rows alike
+    assert engine.precise_products(groups, Schedule(1680, exhaustive=True))
+    assert engine.precise_products(groups, Schedule(10**9))
+    assert not engine.precise_products(groups, Schedule(10**12))  # a twin of the data: p < 1e-8 per draw
+    assert not engine.precise_products(covariate, Schedule(100, exhaustive=True))  # no two rows alike
 
 
 @pytest.mark.parametrize("sign_flip", [False, True])
