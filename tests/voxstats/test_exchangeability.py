@@ -205,6 +205,11 @@ def test_sampler_is_uniform_over_the_group(allowed):
     assert all(tuple(p) in legal for p in perms)
     counts = np.bincount([legal[tuple(p)] for p in perms], minlength=len(legal))
     assert stats.chisquare(counts).pvalue > 1e-3
+    # so uniform over distinct design arrangements too: each has as many group elements (a coset)
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    classes = {}
+    seen = np.bincount([classes.setdefault(tuple(labels[_inverse(p)]), len(classes)) for p in perms])
+    assert len(classes) == 4 and stats.chisquare(seen).pvalue > 1e-3
 
 
 def test_random_rows_are_distinct_and_legal(allowed):
