@@ -157,6 +157,12 @@ def test_exhaustive_schedule_lists_each_distinct_arrangement_once(allowed, name,
 @pytest.mark.parametrize("name", sorted(TREES))
 def test_variance_groups_equal_palm(name):
     np.testing.assert_array_equal(variance_groups(np.array(TREES[name])), PALM_VG[name])
+    # what variance_groups='auto' (-vg auto) uses with a multi-level tree
+    from voxstats.welch import auto_variance_groups
+
+    np.testing.assert_array_equal(auto_variance_groups(np.array(TREES[name])) + 1, PALM_VG[name])
+    tree = ExchangeabilityTree.from_matrix(TREES[name])
+    np.testing.assert_array_equal(auto_variance_groups(tree) + 1, PALM_VG[name])
 
 
 def test_sign_flip_units_follow_the_highest_whole_block():
