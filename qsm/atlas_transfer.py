@@ -82,14 +82,10 @@ def _dice(a, b):
     return 2.0 * float((a & b).sum()) / total if total else float("nan")
 
 
-def _compare(name, mask, other, affine, out):
-    for suffix, part in (("", slice(None)), ("_left", "L"), ("_right", "R")):
-        if part == slice(None):
-            m, o = mask, other
-        else:
-            x = grid_world(mask.shape, affine)[..., 0]
-            side = x < 0 if part == "L" else x > 0
-            m, o = mask & side, other & side
+def _compare(name, mask, other, affine, x, out):
+    """Dice and centroid distance, whole and per side of x = 0 (``x``: world x of the grid)."""
+    for suffix, side in (("", None), ("_left", x < 0), ("_right", x > 0)):
+        m, o = (mask, other) if side is None else (mask & side, other & side)
         if m.any() and o.any():
             out[f"dice_{name}{suffix}"] = _dice(m, o)
             key = "centroid_shift_mm" if name == "direct" else "centroid_distance_reference_mm"
@@ -164,27 +160,27 @@ def transfer_atlas(atlas, target, *, source_template=None, structure="thalamus",
                                     f"{target.space} by registering the templates "
                                     f"({reg.engine}, nonlinear={bool(nonlinear)}) and "
                                     "nearest-neighbour resampling."))
+    world = grid_world(shape, affine)
     direct = np.rint(sample(np.asarray(atlas.labels_img.dataobj), atlas.labels_img.affine,
-                            grid_world(shape, affine), order=0)).astype(np.int32)
+                            world, order=0)).astype(np.int32)
     mask = _structure_mask(moved, labels, structure)
     qc = {"structure": structure if structure in moved.region_names else "all labels",
           "source_space": atlas.space, "target_space": target.space}
-    _compare("direct", mask, _structure_mask(atlas, direct, structure), affine, qc)
+    _compare("direct", mask, _structure_mask(atlas, direct, structure), affine,
+             world[..., 0], qc)
     outlines = [(mask, "y"), (_structure_mask(atlas, direct, structure), "c")]
     if reference_labels_img is not None:
         ref = (nib.load(str(reference_labels_img))
                if isinstance(reference_labels_img, (str, Path)) else reference_labels_img)
-        ref_mask = sample(np.asarray(ref.dataobj), ref.affine, grid_world(shape, affine),
-                          order=0) > 0
+        ref_mask = sample(np.asarray(ref.dataobj), ref.affine, world, order=0) > 0
         if not ref_mask.any():
             raise ValueError("The reference segmentation has no voxel on the target grid.")
-        _compare("reference", mask, ref_mask, affine, qc)
+        _compare("reference", mask, ref_mask, affine, world[..., 0], qc)
         outlines.append((ref_mask, "m"))
     path = None
     if qc_png is not None and mask.any():
-        bg = nib.Nifti1Image(sample(np.asarray(target.img.dataobj), target.affine,
-                                    grid_world(shape, affine), order=1).astype(np.float32),
-                             affine)
+        bg = nib.Nifti1Image(sample(np.asarray(target.img.dataobj), target.affine, world,
+                                    order=1).astype(np.float32), affine)
         path = thalamus_closeup_png(
             bg, qc_png, outlines=outlines,
             title=(f"{qc['structure']}: {atlas.space} -> {target.space}; Dice vs direct "
@@ -192,7 +188,8 @@ def transfer_atlas(atlas, target, *, source_template=None, structure="thalamus",
                    f"{qc.get('centroid_shift_mm', float('nan')):.1f} mm"
                    + (f"; Dice vs reference {qc['dice_reference']:.2f}"
                       if "dice_reference" in qc else "")
-                   + " (yellow: transferred, cyan: direct, magenta: reference)"))
+                   + "\nyellow: transferred, cyan: resampled without registration"
+                   + (", magenta: reference" if len(outlines) > 2 else "")))
     logger.info("Atlas transfer QC: %s", {k: (round(v, 3) if isinstance(v, float) else v)
                                           for k, v in qc.items()})
     return AtlasTransfer(atlas=moved, registration=reg, source_space=atlas.space, qc=qc,

@@ -81,11 +81,25 @@ def _display_range(data, mask):
     return min(0.0, lo), hi if hi > lo else lo + 1.0
 
 
+def _centre(mask):
+    """Slices through a mask: its centroid, the sagittal one through one side of a
+    two-sided (left + right thalamus) mask rather than the empty midline."""
+    idx = np.argwhere(mask)
+    centre = [int(round(c)) for c in idx.mean(axis=0)]
+    if not mask[centre[0]].any():
+        side = idx[idx[:, 0] < centre[0]]
+        side = side if side.size else idx[idx[:, 0] >= centre[0]]
+        centre[0] = int(round(np.median(side[:, 0])))
+    return centre
+
+
 def _panels(fig, row, n_rows, data, edges, outlines, centre, box, vrange):
     """One row of three orthogonal slices; ``outlines`` is [(mask, colour), ...]."""
+    crop = box if box is not None else (slice(None),) * 3
+    if vrange is None:
+        vrange = _display_range(data[crop], np.ones(data[crop].shape, bool))
     for k, axis in enumerate(range(3)):
         ax = fig.add_subplot(n_rows, 3, 3 * row + k + 1)
-        crop = box if box is not None else (slice(None),) * 3
         local = [c - (s.start or 0) for c, s in zip(centre, crop)]
         ax.imshow(_slice(data[crop], axis, local[axis]), cmap="gray", vmin=vrange[0],
                   vmax=vrange[1], interpolation="nearest")
@@ -135,10 +149,8 @@ def save_qc_png(img, template_img, mask_img, path, *, title="", thalamus_mask=No
         thal = np.asarray(thalamus_mask, dtype=bool)
         zooms = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
         box = _box(thal, zooms, _CLOSEUP_MARGIN_MM)
-        c = [int(round(v)) for v in np.argwhere(thal).mean(axis=0)]
-        _panels(fig, 1, n_rows, data, (tpl, levels), [(thal, "y")], c, box,
-                _display_range(data, thal))
-    fig.suptitle(title, fontsize=9)
+        _panels(fig, 1, n_rows, data, (tpl, levels), [(thal, "y")], _centre(thal), box, None)
+    fig.suptitle(title, fontsize=8)
     return write_atomic(path, lambda p: fig.savefig(p, format="png"))
 
 
@@ -165,9 +177,8 @@ def thalamus_closeup_png(background_img, path, *, outlines, title=""):
         raise ValueError("The first outline mask is empty: nothing to show.")
     zooms = np.sqrt((np.asarray(background_img.affine)[:3, :3] ** 2).sum(axis=0))
     box = _box(first, zooms, _CLOSEUP_MARGIN_MM)
-    centre = [int(round(v)) for v in np.argwhere(first).mean(axis=0)]
-    fig = _figure(9, 3.4)
-    _panels(fig, 0, 1, data, None, [(np.asarray(m, bool), c) for m, c in outlines], centre,
-            box, _display_range(data, first))
-    fig.suptitle(title, fontsize=9)
+    fig = _figure(9, 3.6)
+    _panels(fig, 0, 1, data, None, [(np.asarray(m, bool), c) for m, c in outlines],
+            _centre(first), box, None)
+    fig.suptitle(title, fontsize=8)
     return write_atomic(path, lambda p: fig.savefig(p, format="png"))
