@@ -223,13 +223,14 @@ def regions_by_group_figure(long: pd.DataFrame, group_table: pd.DataFrame, pairs
 
 def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
                     variable="disease_duration", formula=DEFAULT_CLINICAL_FORMULA,
-                    regions=None, patient_groups=None, group_column="group"):
+                    regions=None, patient_groups=None, group_column="group", note=None):
     """χ against a clinical variable in the pooled patients: partial residuals and the fit.
 
     The points are χ adjusted for the model's other terms
     (:func:`qsm.regression.adjusted_values`, i.e. partial residuals on χ's scale)
     and the line is ``intercept + β x`` with β from ``clinical_table``, so a
-    least-squares line through the points is the drawn line.
+    least-squares line through the points is the drawn line. ``note``: a line
+    printed under the figure (e.g. a caveat).
 
     Returns
     -------
@@ -262,7 +263,7 @@ def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
             row = row.iloc[0]
             x = np.linspace(sub[variable].min(), sub[variable].max(), 50)
             ax.plot(x, intercept + row["beta"] * x, "k-", lw=1.3, label="fit")
-            ax.set_title(f"{region}\nβ = {row['beta']:.2f} {slope_unit}, Holm p "
+            ax.set_title(f"{region}\nβ = {row['beta']:.2f} {slope_unit}\nHolm p = "
                          f"{format_p(row['p_holm'])}".replace("-", "−"), fontsize=8.5)
             ax.set_xlabel(f"{label} ({unit})" if unit else label)
             ax.set_ylabel("χ (ppb)\n" + (f"adjusted for {', '.join(others)}" if others
@@ -271,6 +272,8 @@ def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
         fig.legend(handles, [n if n != "fit" else "fitted slope" for n in names],
                    loc="lower center", ncol=len(names), frameon=False,
                    bbox_to_anchor=(0.5, -0.005))
+        if note:
+            fig.text(0.5, -0.045, note, ha="center", fontsize=8, wrap=True, gid="note")
         fig.tight_layout(rect=(0, 0.05, 1, 1), h_pad=1.2, w_pad=1.6)
     return fig
 
@@ -318,9 +321,15 @@ def study_figures(out_dir, *, atlas, labels, affine, long, pmaps, clinical_table
         figs["regions_by_group"] = plot_regions_by_group(
             long, group_table, dict(config.groups), out / "regional_chi_by_group.png",
             formula=reg.group_formula, term=reg.group_term, group_column=s.group_column)
+    pooled = f"C({s.group_column})" not in reg.clinical_formula.replace(" ", "")
     for variable in reg.clinical:
+        note = None
+        if variable.lower() == "edss" and pooled and len(config.groups) > 1:
+            note = ("Caveat: EDSS differs between the pooled patient groups, so this slope mixes "
+                    "the association within groups with differences between groups; add "
+                    f"C({s.group_column}) to the model before reading it as one.")
         figs[f"chi_vs_{variable}"] = plot_clinical(
             long, clinical_table, out / f"chi_vs_{variable}.png", variable=variable,
             formula=reg.clinical_formula, patient_groups=list(config.groups),
-            group_column=s.group_column)
+            group_column=s.group_column, note=note)
     return figs

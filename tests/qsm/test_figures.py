@@ -115,9 +115,11 @@ def test_clinical_points_are_partial_residuals_on_the_fitted_line(long):
         assert not np.allclose(np.sort(y), np.sort(sub.chi.to_numpy()))
     plt.close(fig)
     fig = figures.clinical_figure(long, table, variable="edss", regions=["thalamus"],
-                                  patient_groups=list(PAIRS))
+                                  patient_groups=list(PAIRS), note="Caveat: pooled groups.")
     ax = [a for a in fig.axes if a.get_visible()][0]
     assert ax.get_xlabel() == "EDSS (points)" and "ppb per EDSS point" in ax.get_title()
+    assert [t.get_text() for t in fig.texts if t.get_gid() == "note"] == ["Caveat: pooled groups."]
+    _check_journal_size(fig)
     plt.close(fig)
 
 
