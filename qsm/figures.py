@@ -279,13 +279,13 @@ def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
 
 
 # ------------------------------------------------------------------ saving wrappers
-def plot_atlas(labels, affine, path, *, atlas=None, title=None) -> Path:
+def plot_atlas(labels, affine, path, *, atlas=None, title=None, background_img=None) -> Path:
     """Save :func:`qsm.slices.atlas_figure` (the demo atlas if ``atlas`` is None)."""
     from qsm.atlas import demo_thalamus_atlas
     from qsm.slices import atlas_figure
 
     return save_figure(atlas_figure(atlas or demo_thalamus_atlas(), labels, affine,
-                                    title=title), path)
+                                    title=title, background_img=background_img), path)
 
 
 def plot_pmaps(pmaps: dict, affine, path, *, alpha=0.05, **kwargs) -> Path:
@@ -306,17 +306,24 @@ def plot_clinical(long, clinical_table, path, **kwargs) -> Path:
 
 
 def study_figures(out_dir, *, atlas, labels, affine, long, pmaps, clinical_table,
-                  config, group_table=None, region_mask=None, n_perm=None) -> dict:
-    """All figures of a study run; returns ``{name: PNG path}`` (the PDF beside it)."""
+                  config, group_table=None, region_mask=None, n_perm=None,
+                  background_img=None) -> dict:
+    """All figures of a study run; returns ``{name: PNG path}`` (the PDF beside it).
+
+    ``background_img``: the template under the brain slices (default: nilearn's
+    bundled MNI152 2009a).
+    """
     out = Path(out_dir)
     s, reg = config.study, config.regression
     figs = {"atlas": plot_atlas(labels, affine, out / "atlas.png", atlas=atlas,
-                                title=f"Atlas regions ({atlas.space})")}
+                                title=f"Atlas regions ({atlas.space})",
+                                background_img=background_img)}
     if pmaps:
         rows = {f"{p} vs {config.groups[p]}": v for p, v in pmaps.items()}
         figs["voxelwise"] = plot_pmaps(rows, affine, out / "voxelwise_tfce_pfwe.png",
                                        alpha=config.voxelwise.alpha, atlas_labels=labels,
-                                       region_mask=region_mask, n_perm=n_perm)
+                                       region_mask=region_mask, n_perm=n_perm,
+                                       background_img=background_img)
     if group_table is not None:
         figs["regions_by_group"] = plot_regions_by_group(
             long, group_table, dict(config.groups), out / "regional_chi_by_group.png",
