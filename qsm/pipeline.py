@@ -585,7 +585,8 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         out / "figures", atlas=atlas, labels=labels, affine=first.affine, long=long,
         pmaps=pmaps, clinical_table=clinical_table, config=config, group_table=group_table,
         region_mask=vox_mask,
-        n_perm=int(vox_table["n_perm"].max()) if vox_table is not None else None)
+        n_perm=int(vox_table["n_perm"].max()) if vox_table is not None else None,
+        background_img=native.template.img if native is not None else None)
     timings["figures"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0 + sum(earlier.values())
     provenance = {"config": config.to_dict(), "config_source": config.source,
