@@ -48,17 +48,22 @@ _FLAGS = {
         "n_jobs": "--n-jobs", "checkpoint_dir": "--checkpoint-dir", "scheduler": "--scheduler",
         "executor": "--executor", "cluster_threshold": "-c/-C", "cluster_threshold_f": "-F/-S",
         "rng": "--seed", "output": "-o", "variance_groups": "--vg",
-        "correct_across_contrasts": "--corrcon", "two_sided": "--twotail",
+        "correct_across_contrasts": "--corrcon", "two_sided": "--twotail", "surf": "--surf", "areas": "--area",
+        "left_surf": "--left-surf", "right_surf": "--right-surf", "left_area": "--left-area",
+        "right_area": "--right-area",
     },
     "tfce": {
         "stat": "IN", "stat_img": "IN", "mask": "--mask", "mask_img": "--mask", "E": "-E", "H": "-H",
         "dh": "--dh", "mode": "--mode", "connectivity": "--connectivity", "output": "OUT",
+        "surf": "--surf", "areas": "--area", "left_surf": "--left-surf", "right_surf": "--right-surf",
+        "left_area": "--left-area", "right_area": "--right-area", "imgs": "IN",
     },
     "cluster": {
         "stat_img": "STAT", "p_img": "--p", "p_convention": "--p-convention", "alpha": "--alpha",
         "threshold": "--threshold", "sign": "--sign", "connectivity": "--connectivity",
         "min_size": "--min-size", "atlas_img": "--atlas", "atlas_labels": "--atlas-labels",
-        "output": "-o/--out-index",
+        "output": "-o/--out-index", "surf": "--surf", "areas": "--area", "min_area": "--min-size",
+        "mask_img": "--mask",
     },
 }
 # Options whose value may start with '-' (argparse would read "-1" as an option).
@@ -101,7 +106,9 @@ def _get_parser():
         "and value conventions (t contrasts are one-sided, positive).",
     )
     r.add_argument("-i", dest="input", required=True, metavar="IN",
-                   help="4D NIfTI, or a text file listing 3D NIfTI paths one per line")
+                   help="4D NIfTI, or a text file listing 3D NIfTI paths one per line; surfaces: GIFTI, "
+                   "FreeSurfer curv or MGH/MGZ per-vertex maps (one file per subject, listed, or one file "
+                   "holding all); CIFTI: .dscalar.nii/.dtseries.nii")
     r.add_argument("-o", dest="output", required=True, metavar="OUT", help="output prefix")
     r.add_argument("-d", dest="design", metavar="DESIGN", help="design.mat (VEST) or CSV/TSV with a header")
     r.add_argument("-t", dest="tcon", metavar="CON", help="t contrasts: design.con or CSV/TSV naming design columns")
@@ -111,6 +118,7 @@ def _get_parser():
                    "subjects and finite in all, as randomise)")
     r.add_argument("--norcmask", action="store_true",
                    help="without -m, keep voxels that are constant across subjects (as randomise)")
+    _surface_options(r)
     r.add_argument("-e", dest="blocks", metavar="GRP", help="exchangeability blocks (design.grp)")
     r.add_argument("--permuteBlocks", dest="whole_blocks", action="store_true",
                    help="permute whole blocks (with -e) instead of within blocks")
@@ -126,7 +134,8 @@ def _get_parser():
                    help="also FWE-correct over all contrasts (PALM -corrcon): *_cfwep_* outputs")
     r.add_argument("--twotail", action="store_true",
                    help="two-tailed t/v tests (PALM -twotail: |t|); default one-sided positive as randomise")
-    r.add_argument("-T", dest="tfce", action="store_true", help="TFCE (H=2, E=0.5, 6-connectivity)")
+    r.add_argument("-T", dest="tfce", action="store_true",
+                   help="TFCE (H=2, E=0.5, 6-connectivity; on surfaces E=1, area-weighted, mesh neighbours)")
     r.add_argument("--T2", dest="tfce2d", action="store_true", help="2D TFCE (H=2, E=1, 26-connectivity)")
     r.add_argument("-x", dest="vox_corrp", action="store_true", help="write voxel-wise FWE-corrected p")
     r.add_argument("--uncorrp", action="store_true", help="write uncorrected p")
@@ -138,7 +147,9 @@ def _get_parser():
     r.add_argument("-1", dest="one_sample", action="store_true", help="one-sample group mean (sign flipping)")
     r.add_argument("--seed", type=int, help="random seed (drawn and recorded when omitted)")
     r.add_argument("--tfce_H", type=float, help="TFCE height power (default 2)")
-    r.add_argument("--tfce_E", type=float, help="TFCE extent power (default 0.5, 1 with --T2)")
+    r.add_argument("--tfce_E", type=float,
+                   help="TFCE extent power (default 0.5, 1 with --T2 and on surfaces; CIFTI: 1 on cortex, "
+                   "0.5 in volume structures)")
     r.add_argument("--tfce_C", type=int, choices=(6, 18, 26), help="TFCE connectivity (default 6, 26 with --T2)")
     r.add_argument("--tfce_D", type=float, metavar="DH", help="TFCE fixed step; implies --tfce-mode fsl")
     r.add_argument("--tfce-mode", choices=("exact", "fsl"), default=None,
@@ -166,11 +177,14 @@ def _get_parser():
         "written as a NIfTI image in the input's space. The exact integral by default; --mode fsl gives "
         "fslmaths -tfce's stepped sum. Both signs are enhanced (negative values keep their sign) unless "
         "--positive-only.")
-    t.add_argument("input", metavar="IN", help="3D statistic map")
-    t.add_argument("output", metavar="OUT", help="output TFCE map (.nii or .nii.gz)")
+    t.add_argument("input", metavar="IN", help="3D statistic map, or one map on a surface (GIFTI, curv, "
+                   "MGH/MGZ, with --surf) or CIFTI (.dscalar.nii, with --left-surf/--right-surf)")
+    t.add_argument("output", metavar="OUT", help="output TFCE map, in IN's format (.nii/.nii.gz, .func.gii, "
+                   ".mgh/.mgz, .dscalar.nii)")
     t.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6,
                    help="voxel neighbourhood: faces (6), edges (18) or corners (26)")
-    t.add_argument("-E", dest="E", type=float, default=0.5, help="extent power")
+    t.add_argument("-E", dest="E", type=float, default=None,
+                   help="extent power (default 0.5; 1 on surfaces; CIFTI: 1 on cortex, 0.5 in volume structures)")
     t.add_argument("-H", dest="H", type=float, default=2.0, help="height power")
     t.add_argument("--mode", choices=("exact", "fsl"), default="exact",
                    help="exact integral, or FSL's sum over fixed steps")
@@ -179,6 +193,7 @@ def _get_parser():
                    "(default: every voxel)")
     t.add_argument("--positive-only", action="store_true",
                    help="enhance positive values only, as fslmaths -tfce (default: both signs)")
+    _surface_options(t)
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
     t.set_defaults(func=_run_tfce)
 
@@ -200,14 +215,69 @@ def _get_parser():
                    help="positive clusters, negative ones, or both (labelled apart)")
     c.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
                    help="voxel neighbourhood: faces (6), edges (18) or corners (26, as FSL's cluster)")
-    c.add_argument("--min-size", type=int, default=1, help="smallest cluster kept (voxels)")
-    c.add_argument("--atlas", metavar="LABELS", help="integer atlas image, to name each peak's region")
+    c.add_argument("--min-size", type=float, default=None,
+                   help="smallest cluster kept: voxels (default 1), or mm² on surfaces (default 0)")
+    c.add_argument("--surf", metavar="SURF", help="surface STAT: its mesh (.surf.gii or FreeSurfer surface); "
+                   "peaks are reported on it")
+    c.add_argument("--area", metavar="AREA", help="surface STAT: vertex areas (file or number) for the "
+                   "cluster areas (default: the mesh's)")
+    c.add_argument("--mask", metavar="MASK", help="surface STAT: vertices that may join clusters "
+                   "(per-vertex file or .label)")
+    c.add_argument("--atlas", metavar="LABELS", help="integer atlas image, to name each peak's region "
+                   "(surfaces: FreeSurfer .annot or .label.gii)")
     c.add_argument("--atlas-labels", metavar="LUT", help="TSV with 'index' and 'name' columns")
     c.add_argument("-o", "--output", metavar="TSV", help="output table (default: stdout)")
-    c.add_argument("--out-index", metavar="IMG", help="write the cluster index image")
+    c.add_argument("--out-index", metavar="IMG", help="write the cluster index image (surfaces: .label.gii)")
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     c.set_defaults(func=_run_cluster)
     return parser
+
+
+def _surface_options(parser):
+    """Meshes and vertex areas of surface and CIFTI inputs (PALM's -s surf [area])."""
+    parser.add_argument("--surf", nargs="+", metavar="SURF [AREA]",
+                        help="surface input: the mesh the maps are on (.surf.gii or FreeSurfer surface such as "
+                        "lh.white), optionally followed by vertex areas (a per-vertex file or a number), as "
+                        "PALM's -s surf [area]")
+    parser.add_argument("--area", metavar="AREA",
+                        help="surface input: vertex areas for cluster extents and TFCE (file or number; "
+                        "default: a third of each adjacent triangle's area on --surf)")
+    parser.add_argument("--left-surf", metavar="SURF", help="CIFTI input: the left hemisphere's mesh")
+    parser.add_argument("--right-surf", metavar="SURF", help="CIFTI input: the right hemisphere's mesh")
+    parser.add_argument("--left-area", metavar="AREA", help="CIFTI input: the left mesh's vertex areas")
+    parser.add_argument("--right-area", metavar="AREA", help="CIFTI input: the right mesh's vertex areas")
+
+
+def _area_value(text, flag="--area"):
+    """An area option: a number (every vertex weighs that) or a file name."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not value > 0:
+        raise CLIError(f"{flag}: expected a file or a number > 0, got {text}")
+    return value
+
+
+def _surface_kwargs(args):
+    """The library's surface options from --surf [AREA], --area, --left-surf, ... (only those given)."""
+    surf = getattr(args, "surf", None)
+    areas = _area_value(getattr(args, "area", None))
+    if surf:
+        if len(surf) > 2:
+            raise CLIError(f"--surf: expected a mesh and optionally vertex areas, got {len(surf)} values")
+        if len(surf) == 2:
+            if areas is not None:
+                raise CLIError("--surf SURF AREA and --area both give vertex areas; give one")
+            areas = _area_value(surf[1], "--surf")
+        surf = surf[0]
+    out = {"surf": surf, "areas": areas, "left_surf": getattr(args, "left_surf", None),
+           "right_surf": getattr(args, "right_surf", None),
+           "left_area": _area_value(getattr(args, "left_area", None), "--left-area"),
+           "right_area": _area_value(getattr(args, "right_area", None), "--right-area")}
+    return {key: value for key, value in out.items() if value is not None}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -275,6 +345,28 @@ def _p_values(p, logp):
     return -np.log10(p) if logp else 1.0 - p
 
 
+def _element_name(masker):
+    """What the masker's elements are called in the summary."""
+    return {"surface": "vertices", "cifti": "grayordinates"}.get(getattr(masker, "kind", "volume"), "voxels")
+
+
+def _jsonable_index(index):
+    """A masker position's index as JSON: [i, j, k], a vertex number, or [structure, vertex or [i, j, k]]."""
+    if isinstance(index, (int, float)) or hasattr(index, "__index__"):
+        return int(index)
+    return [_jsonable_index(v) if not isinstance(v, str) else v for v in index]
+
+
+def _where(index):
+    """'voxel (i, j, k)', 'vertex 123' or 'CIFTI_STRUCTURE_... vertex 123 / voxel (i, j, k)'."""
+    if isinstance(index, int):
+        return f"vertex {index}"
+    if index and isinstance(index[0], str):
+        structure, element = index
+        return f"{structure} {_where(element)}"
+    return f"voxel {tuple(index)}"
+
+
 def _peak(masker, values):
     """Return (max, index, xyz) of ``values`` over the masker's elements."""
     import numpy as np
@@ -295,7 +387,8 @@ def _tfce_settings(args):
         if any(v is not None for v in tuning):
             raise CLIError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
         return None
-    E, H, C = (1.0, 2.0, 26) if args.tfce2d else (0.5, 2.0, 6)
+    # E None: by element kind in the library (0.5 in volumes, 1 on surfaces)
+    E, H, C = (1.0, 2.0, 26) if args.tfce2d else (None, 2.0, 6)
     mode = args.tfce_mode or ("fsl" if args.tfce_D is not None else "exact")
     if args.tfce_D is not None and mode != "fsl":
         raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (or no --tfce-mode).")
@@ -335,7 +428,7 @@ def _load_model(args):
     return design, tcons, fcons
 
 
-def _randomise_outputs(args, n_t, n_f, tfce, welch=False):
+def _randomise_outputs(args, n_t, n_f, tfce, welch=False, suffix=".nii.gz"):
     """Output file names per (kind, index): {(kind, i): {suffix: path}}.
 
     With variance groups the statistics are named as PALM names them: ``vstat``
@@ -372,7 +465,7 @@ def _randomise_outputs(args, n_t, n_f, tfce, welch=False):
                 names["clusterm_corrp"] = f"clusterm_corrp_{stat}"
                 if args.corrcon:
                     names["clusterm_cfwep"] = f"clusterm_cfwep_{stat}"
-            out[(kind, i)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
+            out[(kind, i)] = {key: Path(f"{args.output}_{name}{suffix}") for key, name in names.items()}
     return out
 
 
@@ -380,8 +473,12 @@ def _randomise_inputs(args):
     """-i as the library takes it, and the number of subjects (headers only)."""
     from voxstats.image import check_img
     from voxstats.loading import is_image_path, read_image_list
+    from voxstats.surface_loading import count_maps, input_kind
 
-    if is_image_path(args.input):
+    if input_kind(args.input, name="-i") != "volume":  # surface or CIFTI maps, one per subject
+        imgs = str(args.input)
+        n_subjects = count_maps(args.input, name="-i")
+    elif is_image_path(args.input):
         imgs, n_subjects = str(args.input), check_img(args.input, name="-i", ndim=4).shape[3]
     else:
         imgs = [str(p) for p in read_image_list(args.input, name="-i")]
@@ -448,7 +545,13 @@ def _run_randomise(args):
                            f"got {len(labels)}.")
         groups = resolve_variance_groups(labels, n_subjects)
 
-    outputs = _randomise_outputs(args, len(tcons), len(fcons or {}), tfce is not None, welch=groups is not None)
+    from voxstats.surface_loading import output_suffix
+
+    suffix = output_suffix(imgs, name="-i")
+    if tfce is not None and tfce["tfce_E"] is None:  # CIFTI: None, E by structure in the library
+        tfce["tfce_E"] = {".nii.gz": 0.5, ".dscalar.nii": None}.get(suffix, 1.0)
+    outputs = _randomise_outputs(args, len(tcons), len(fcons or {}), tfce is not None, welch=groups is not None,
+                                 suffix=suffix)
     json_path = Path(f"{args.output}.json")
     _check_outputs([p for names in outputs.values() for p in names.values()] + [json_path], args.overwrite, "-o")
     earlier = _earlier_outputs(json_path, args.output) if args.overwrite else []
@@ -485,6 +588,7 @@ def _run_randomise(args):
     )
     if tfce is not None:
         options.update(tfce)
+    options.update(_surface_kwargs(args))
     again = list(args.argv) + ([] if args.resume else ["--resume"])
     again += [] if args.seed is not None else ["--seed", str(seed)]
     try:
@@ -507,7 +611,7 @@ def _run_randomise(args):
         counts[kind] += 1
         index = counts[kind]
         names = outputs[(kind, index)]
-        stat_name = names["stat"].name[len(Path(args.output).name) + 1:-len(".nii.gz")]
+        stat_name = names["stat"].name[len(Path(args.output).name) + 1:-len(suffix)]
 
         def cfwe(values):
             return None if values is None else _p_values(values, args.logp)
@@ -543,13 +647,14 @@ def _run_randomise(args):
             "n_fwe_voxel": int(np.sum(np.asarray(contrast.p_fwe) < 0.05)),
             "n_fwe_tfce": None if contrast.tfce_p_fwe is None else int(np.sum(np.asarray(contrast.tfce_p_fwe) < 0.05)),
             "max_stat": peak,
-            "max_voxel": list(ijk),
+            "max_voxel": _jsonable_index(ijk),
             "max_mm": [round(float(v), 3) for v in xyz],
             "tfce_dh": contrast.tfce_dh,
         })
 
     inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
     inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks, args.eb) if p]
+    inputs += [p for key, p in _surface_kwargs(args).items() if isinstance(p, str) and Path(p).is_file()]
     if args.vg and args.vg != "auto":
         inputs.append(args.vg)
     record = {
@@ -590,12 +695,12 @@ def _run_randomise(args):
     if not args.quiet:
         exact = "exhaustive" if res.exhaustive else "random"
         print(f"{res.n_perm} permutations ({exact}, {res.scheme}), seed {seed}, "
-              f"{record['n_voxels']} voxels; outputs {args.output}_*.nii.gz and {json_path}")
+              f"{record['n_voxels']} {_element_name(res.masker)}; outputs {args.output}_*{suffix} and {json_path}")
         for s in summary:
             tfce_txt = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
             mm = ", ".join(f"{v:.1f}" for v in s["max_mm"])
-            print(f"{s['output']} ({s['name']}): FWE p<0.05 voxels: voxel {s['n_fwe_voxel']}{tfce_txt}; "
-                  f"max {s['max_stat']:.4g} at voxel {tuple(s['max_voxel'])} = ({mm}) mm")
+            print(f"{s['output']} ({s['name']}): FWE p<0.05 {_element_name(res.masker)}: voxel "
+                  f"{s['n_fwe_voxel']}{tfce_txt}; max {s['max_stat']:.4g} at {_where(s['max_voxel'])} = ({mm}) mm")
     return 0
 
 
@@ -614,15 +719,38 @@ def _run_tfce(args):
     if args.dh is not None and args.mode != "fsl":
         raise CLIError("--dh sets a fixed step, which needs --mode fsl.")
     _check_outputs([args.output], args.overwrite, "OUT")
+    from voxstats.surface_loading import input_kind, output_suffix
+
+    surface = _surface_kwargs(args)
+    if input_kind(args.input, name="IN") != "volume":
+        from voxstats.surface_loading import load_surface_map, surface_tfce
+
+        suffix = output_suffix(args.input, name="IN")
+        if not str(args.output).lower().endswith(".gii" if suffix == ".func.gii" else suffix):
+            raise CLIError(f"OUT: {args.input} is written in its own format: give a name ending in {suffix}")
+        values, masker = load_surface_map(args.input, args.mask, name="IN", mask_name="--mask", **surface)
+        out = surface_tfce(values, masker, connectivity=args.connectivity, E=args.E, H=args.H, mode=args.mode,
+                           dh=args.dh, two_sided=not args.positive_only)
+        masker.save(np.asarray(out, dtype=np.float32), args.output)
+        return 0
+    if surface:
+        raise CLIError(f"--{next(iter(surface)).replace('_', '-').replace('areas', 'area')}: only for surface "
+                       "(GIFTI, FreeSurfer) or CIFTI input")
     img = check_img(args.input, name="IN", ndim=3)
     mask = None if args.mask is None else check_mask(args.mask, name="--mask", reference=img)[0]
     data = read_data(img, name="IN", dtype=np.float64)
-    out = tfce(data, mask=mask, connectivity=args.connectivity, E=args.E, H=args.H,
+    out = tfce(data, mask=mask, connectivity=args.connectivity, E=0.5 if args.E is None else args.E, H=args.H,
                mode=args.mode, dh=args.dh, two_sided=not args.positive_only)
     out_img = nib.Nifti1Image(np.asarray(out, dtype=np.float32), img.affine, img.header)
     out_img.set_data_dtype(np.float32)
     save_img_atomic(out_img, args.output)
     return 0
+
+
+def _lut(path):
+    from voxstats.cluster_table import read_atlas_labels
+
+    return read_atlas_labels(path)
 
 
 def _run_cluster(args):
@@ -634,10 +762,42 @@ def _run_cluster(args):
     if args.p_img is None and args.threshold is None:
         raise CLIError("give --threshold, --p PMAP, or both, to define clusters.")
     _check_outputs([p for p in (args.output, args.out_index) if p], args.overwrite, "-o/--out-index")
+    from voxstats.surface_loading import input_kind
+
+    kind = input_kind(args.input, name="STAT")
+    if kind == "cifti":
+        raise CLIError("STAT: cluster tables of CIFTI maps are not supported; separate the cortical "
+                       "structures (wb_command -cifti-separate) and give each with its --surf")
+    if kind == "surface":
+        from voxstats.surface_clusters import surface_cluster_table
+
+        if args.surf is None:
+            raise CLIError("--surf: a surface map needs the mesh it is on")
+        if args.out_index and not str(args.out_index).lower().endswith(".label.gii"):
+            raise CLIError(f"--out-index: surface clusters are written as GIFTI labels: give a name ending in "
+                           f".label.gii, got {args.out_index}")
+        res = surface_cluster_table(
+            args.input, args.surf, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
+            threshold=args.threshold, sign=args.sign, mask_img=args.mask, areas=_area_value(args.area),
+            min_area=0.0 if args.min_size is None else args.min_size, atlas_img=args.atlas,
+            atlas_labels=None if args.atlas_labels is None else _lut(args.atlas_labels))
+        if args.out_index:
+            res.save_labels(args.out_index)
+        if args.output:
+            res.to_tsv(args.output)
+        else:
+            sys.stdout.write(res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+        return 0
+    for flag, value in (("--surf", args.surf), ("--area", args.area), ("--mask", args.mask)):
+        if value is not None:
+            raise CLIError(f"{flag}: only for a surface STAT (GIFTI, FreeSurfer curv or MGH/MGZ)")
+    min_size = 1 if args.min_size is None else args.min_size
+    if int(min_size) != min_size:
+        raise CLIError(f"--min-size: expected a whole number of voxels, got {args.min_size}")
     res = cluster_table(
         args.input, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
         threshold=args.threshold, sign=args.sign, connectivity=args.connectivity,
-        min_size=args.min_size, atlas_img=args.atlas, atlas_labels=args.atlas_labels,
+        min_size=int(min_size), atlas_img=args.atlas, atlas_labels=args.atlas_labels,
     )
     if args.out_index:
         save_img_atomic(res.labels_img, args.out_index)
