@@ -67,14 +67,15 @@ def _rate(schedule, rows=1000, repeats=3):
 
 
 def speed():
-    from voxstats.exchangeability import blocks_from_families
+    from voxstats.families import blocks_from_families
     from voxstats.permutation import make_schedule
 
     print("2. generation speed (ms per 1000 rows, groups of 32, best of 3)")
     rng = np.random.default_rng(0)
     cases = {
         "enumerate, 3 groups of 4 (34650 rows)": make_schedule(12, 0, design=np.repeat(np.eye(3), 4, axis=0)),
-        "shuffle, 10+10 groups (184756 distinct)": make_schedule(20, 10_000, design=np.repeat([[0], [1]], 10, 0), rng=0),
+        "shuffle, 10+10 groups (184756 distinct)": make_schedule(20, 10_000, design=np.repeat([[0], [1]], 10, 0),
+                                                                 rng=0),
         "shuffle, 12 subjects free, -n 2e9": make_schedule(12, 2_000_000_000, rng=0),
         "sample, 240 subjects, two groups": make_schedule(240, 10_000, design=np.repeat([[0], [1]], 120, 0), rng=0),
         "sample, 240 subjects + sign flips": make_schedule(240, 10_000, sign_flip=True, rng=0),

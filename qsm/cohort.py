@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 CORE_COLUMNS = ("subject", "session", "chi_path", "structural_path")
 _STRUCTURAL_SUFFIXES = {
     "T1w": ("_T1w.nii.gz", "_T1w.nii"),
-    "magnitude": ("_magnitude.nii.gz", "_magnitude.nii", "_mag.nii.gz", "_MEGRE.nii.gz"),
+    "magnitude": ("_magnitude.nii.gz", "_magnitude.nii", "_mag.nii.gz", "_mag.nii",
+                  "_MEGRE.nii.gz", "_MEGRE.nii"),
 }
 _BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|space)-([A-Za-z0-9]+)")
@@ -244,7 +245,7 @@ def _from_bids(root, structural, require_structural):
         rows.append({"subject": subject, "session": session, "chi_path": chi,
                      "structural_path": candidates[0] if len(candidates) == 1 else None})
     if not rows:
-        raise CohortError(f"No 'sub-*/[ses-*/]anat/*_Chimap.nii.gz' file found in '{root}'.")
+        raise CohortError(f"No 'sub-*/[ses-*/]anat/*_Chimap.nii[.gz]' file found in '{root}'.")
     table = pd.DataFrame(rows, columns=list(CORE_COLUMNS))
     participants = root / "participants.tsv"
     if participants.exists():

@@ -33,7 +33,9 @@ FLAGS = {
     "cluster_threshold": "-c", "cluster_mass_threshold": "-C", "cluster_threshold_f": "-F",
     "cluster_mass_threshold_f": "-S", "variance_smoothing": "-v", "voxelwise_evs": "--vxl/--vxf",
     "rng": "--seed", "output": "-o", "demean": "-D", "variance_groups": "--vg",
-    "correct_across_contrasts": "--corrcon", "two_sided": "--twotail",
+    "correct_across_contrasts": "--corrcon", "two_sided": "--twotail", "surf": "--surf", "areas": "--area",
+    "left_surf": "--left-surf", "right_surf": "--right-surf", "left_area": "--left-area",
+    "right_area": "--right-area", "effective_design": "--effective_design",
 }
 
 # randomise flags voxstats does not implement: flag -> why, and what to use instead
@@ -60,7 +62,9 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
     )
     add = r.add_argument
     add("-i", dest="input", required=True, metavar="IN",
-        help="4D NIfTI, or a text file listing 3D NIfTI paths one per line")
+        help="4D NIfTI, or a text file listing 3D NIfTI paths one per line; surfaces: GIFTI, FreeSurfer curv "
+        "or MGH/MGZ per-vertex maps (one file per subject, listed, or one file holding all); CIFTI: "
+        ".dscalar.nii/.dtseries.nii")
     add("-o", dest="output", required=True, metavar="OUT", help="output prefix")
     add("-d", dest="design", metavar="DESIGN", help="design.mat (VEST) or CSV/TSV with a header")
     add("-t", dest="tcon", metavar="CON", help="t contrasts: design.con or CSV/TSV naming design columns")
@@ -68,6 +72,9 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
     add("-m", dest="mask", metavar="MASK", help="mask image: voxels finite and non-zero (default: voxels "
         "not constant across subjects, as randomise)")
     add("--norcmask", action="store_true", help="without -m, keep voxels constant across subjects")
+    from voxstats.cli import _surface_options
+
+    _surface_options(r)
     add("-e", dest="blocks", metavar="GRP", help="exchangeability blocks (design.grp)")
     add("--permuteBlocks", dest="whole_blocks", action="store_true",
         help="permute whole blocks (with -e) instead of within blocks")
@@ -82,14 +89,17 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
         help="number of permutations; 0 for all distinct ones (exhaustive)")
     add("-x", dest="vox_corrp", action="store_true", help="write voxel-wise FWE-corrected p")
     add("--fonly", action="store_true", help="F contrasts only (skip the t contrasts)")
-    add("-T", dest="tfce", action="store_true", help="TFCE (H=2, E=0.5, 6-connectivity)")
+    add("-T", dest="tfce", action="store_true",
+        help="TFCE (H=2, E=0.5, 6-connectivity; on surfaces E=1, area-weighted, mesh neighbours)")
     add("--T2", dest="tfce2d", action="store_true", help="2D TFCE (H=2, E=1, 26-connectivity)")
     add("-c", dest="cluster_e", type=float, metavar="THR", help="cluster extent FWE p at this t threshold")
     add("-C", dest="cluster_m", type=float, metavar="THR", help="cluster mass FWE p at this t threshold")
     add("-F", dest="cluster_e_f", type=float, metavar="THR", help="cluster extent FWE p at this F threshold")
     add("-S", dest="cluster_m_f", type=float, metavar="THR", help="cluster mass FWE p at this F threshold")
     add("--tfce_H", type=float, help="TFCE height power (default 2)")
-    add("--tfce_E", type=float, help="TFCE extent power (default 0.5, 1 with --T2)")
+    add("--tfce_E", type=float,
+        help="TFCE extent power (default 0.5, 1 with --T2 and on surfaces; CIFTI: 1 on cortex, 0.5 in volume "
+        "structures)")
     add("--tfce_C", type=int, choices=(6, 18, 26), help="TFCE connectivity (default 6, 26 with --T2)")
     add("--tfce_D", type=float, metavar="DH", help="TFCE step (default: max of the unpermuted map / 100)")
     add("-v", dest="var_smooth", type=float, metavar="MM",
@@ -196,7 +206,8 @@ def _tfce_settings(args):
         if any(v is not None for v in tuning):
             raise CLIError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
         return None
-    E, H, C = (1.0, 2.0, 26) if args.tfce2d else (0.5, 2.0, 6)
+    # E None: by element kind (0.5 in volumes, 1 on surfaces), set once the input is known
+    E, H, C = (1.0, 2.0, 26) if args.tfce2d else (None, 2.0, 6)
     mode = args.tfce_mode or "fsl"
     if args.tfce_D is not None and mode != "fsl":
         raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default).")
@@ -317,7 +328,13 @@ def _inputs(args):
     """-i as the library takes it, and the number of subjects (headers only)."""
     from voxstats.image import check_img
     from voxstats.loading import is_image_path, read_image_list
+    from voxstats.surface_loading import count_maps, input_kind
 
+    if input_kind(args.input, name="-i") != "volume":  # surface or CIFTI maps, one per subject
+        n_subjects = count_maps(args.input, name="-i")
+        if n_subjects < 2:
+            raise CLIError(f"-i: expected at least 2 subjects, got {n_subjects} in {args.input}")
+        return str(args.input), n_subjects
     if is_image_path(args.input):
         if not Path(args.input).exists():
             raise CLIError(f"-i: file not found: {args.input}")
@@ -360,7 +377,7 @@ def run(args):
 
     import voxstats
     from voxstats.checkpoint import RunInterrupted, recorded_seed
-    from voxstats.cli import _earlier_outputs
+    from voxstats.cli import _earlier_outputs, _jsonable_index
     from voxstats.design_files import read_design
     from voxstats.executor import ExecutorLost
     from voxstats.outputs import atomic_write_text, check_outputs
@@ -392,7 +409,13 @@ def run(args):
     groups = _variance_groups(args, blocks, n_subjects)
     voxelwise = _voxelwise(args, design)
 
-    outputs = image_outputs(args, contrasts, tfce is not None, welch=groups is not None)
+    from voxstats.cli import _surface_kwargs
+    from voxstats.surface_loading import output_suffix
+
+    suffix = output_suffix(imgs, name="-i")
+    if tfce is not None and tfce["tfce_E"] is None:  # CIFTI: None, E by structure in the library
+        tfce["tfce_E"] = {".nii.gz": 0.5, ".dscalar.nii": None}.get(suffix, 1.0)
+    outputs = image_outputs(args, contrasts, tfce is not None, welch=groups is not None, suffix=suffix)
     texts = text_outputs(args, contrasts, tfce is not None, welch=groups is not None)
     glm_paths = glm_outputs(args)
     json_path = Path(f"{args.output}.json")
@@ -429,6 +452,7 @@ def run(args):
     )
     if tfce is not None:
         options.update(tfce)
+    options.update(_surface_kwargs(args))
     again = list(args.argv) + ([] if args.resume else ["--resume"])
     again += [] if args.seed is not None else ["--seed", str(seed)]
     try:
@@ -475,6 +499,7 @@ def run(args):
             if wanted and res.n_perm > 1:
                 critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
         index, xyz = peak(res.masker, np.asarray(contrast.stat))
+        index = None if index is None else _jsonable_index(index)
         summary.append({
             "name": contrast.name, "output": stat, "kind": contrast.kind, "statistic": contrast.kind,
             "tail": contrast.tail,
@@ -482,7 +507,7 @@ def run(args):
             "n_fwe_voxel": int(np.sum(np.asarray(contrast.p_fwe) < 0.05)),
             "n_fwe_tfce": None if contrast.tfce_p_fwe is None else int(np.sum(contrast.tfce_p_fwe < 0.05)),
             "max_stat": float(np.max(contrast.stat)) if contrast.stat.size else None,
-            "max_voxel": None if index is None else list(index),
+            "max_voxel": index,
             "max_mm": None if xyz is None else [round(float(v), 3) for v in xyz],
             "tfce_dh": contrast.tfce_dh,
         })
@@ -504,7 +529,7 @@ def run(args):
         # randomise analyses (and prints) the F contrasts first
         for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
             print(f"Critical Value for: {name} is: {value:g}")
-        print_summary(args, res, seed, record, summary, tfce, json_path)
+        print_summary(args, res, seed, record, summary, tfce, json_path, suffix)
     return 0
 
 

@@ -28,7 +28,7 @@ def stat_name(kind, index, welch):
     return randomise_stat_name(kind, index)
 
 
-def image_outputs(args, contrasts, tfce, welch=False):
+def image_outputs(args, contrasts, tfce, welch=False, suffix=".nii.gz"):
     """{(kind, index): {key: path}} of the images each contrast writes, as randomise names them.
 
     With variance groups the statistics are named as PALM names them (``vstat``,
@@ -82,7 +82,7 @@ def image_outputs(args, contrasts, tfce, welch=False):
                     names["tfcen_p"] = f"tfcen_p_{stat}"
                 if args.raw:
                     names["tfcen"] = f"tfcen_{stat}"
-        out[(kind, index)] = {key: Path(f"{args.output}_{name}.nii.gz") for key, name in names.items()}
+        out[(kind, index)] = {key: Path(f"{args.output}_{name}{suffix}") for key, name in names.items()}
     return out
 
 
@@ -197,6 +197,9 @@ def run_record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, w
     inputs = [args.input] + ([] if isinstance(imgs, str) else imgs)
     inputs += [p for p in (args.design, args.tcon, args.fcon, args.mask, args.blocks, args.eb,
                            args.effective_design) if p]
+    from voxstats.cli import _surface_kwargs
+
+    inputs += [p for key, p in _surface_kwargs(args).items() if isinstance(p, str) and Path(p).is_file()]
     if args.vg and args.vg != "auto":
         inputs.append(args.vg)
     inputs += [] if not args.vxf else [f.strip() for f in args.vxf.split(",") if f.strip()]
@@ -236,20 +239,23 @@ def run_record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, w
     }
 
 
-def print_summary(args, res, seed, record, summary, tfce, json_path):
+def print_summary(args, res, seed, record, summary, tfce, json_path, suffix=".nii.gz"):
+    from voxstats.cli import _element_name, _where
+
     exact = "exhaustive" if res.exhaustive else "random"
     tfce_txt = "" if tfce is None else f", TFCE {tfce['tfce_mode']}"
     tail = "two-sided (|t|)" if args.twotail else "one-sided (t > 0)"
-    print(f"{res.n_perm} permutations ({exact}, {res.scheme}), seed {seed}, {record['n_voxels']} voxels, "
-          f"{tail}{tfce_txt}; outputs {args.output}_* and {json_path}")
+    elements = _element_name(res.masker)
+    print(f"{res.n_perm} permutations ({exact}, {res.scheme}, {tail}{tfce_txt}), seed {seed}, "
+          f"{record['n_voxels']} {elements}; outputs {args.output}_*{suffix} and {json_path}")
     for s in summary:
         tfce_count = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
         where = ""
         if s["max_voxel"] is not None:
-            where = f" at voxel {tuple(s['max_voxel'])}"
+            where = f" at {_where(s['max_voxel'])}"
         if s["max_mm"] is not None:
             where += " = ({}) mm".format(", ".join(f"{v:.1f}" for v in s["max_mm"]))
-        print(f"{s['output']} ({s['name']}): FWE p<0.05 voxels: voxel {s['n_fwe_voxel']}{tfce_count}; "
+        print(f"{s['output']} ({s['name']}): FWE p<0.05 {elements}: voxel {s['n_fwe_voxel']}{tfce_count}; "
               f"max {s['max_stat']:.4g}{where}")
 
 

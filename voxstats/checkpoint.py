@@ -336,7 +336,10 @@ def open_checkpoint(directory, *, resume, data, design, contrasts, schedule, gra
                 "n_perm": int(schedule.n_perm), "seed": seed,
                 "contrasts": [{"name": c.name, "kind": c.kind} for c in contrasts]}
     text = json.dumps(manifest, indent=2) + "\n"
-    _write_atomic(manifest_path, lambda handle: handle.write(text.encode("utf-8")))
+    try:
+        _write_atomic(manifest_path, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as exc:
+        raise ParameterError("checkpoint_dir", str(exc)) from None
     return Checkpoint(directory, int(chunk_size), fingerprint)
 
 

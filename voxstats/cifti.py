@@ -37,8 +37,8 @@ from scipy import sparse
 from .errors import MissingFileError, ParameterError
 from .graph import graph_from_adjacency, grid_graph
 from .image import save_img_atomic
-from .surface import check_areas, load_mesh
-from .surface_io import _with_weights, default_mask, read_vertex_values
+from .surface import load_mesh
+from .surface_io import _with_weights, default_mask, vertex_areas_of
 
 __all__ = ["CiftiMasker", "load_cifti", "load_cifti_data", "save_cifti_map"]
 
@@ -258,13 +258,7 @@ def _meshes(brain_models, left_surf, right_surf, left_area, right_area, names):
         if mesh.n_vertices != expected:
             raise ParameterError(flag, f"{mesh.name} has {mesh.n_vertices} vertices but the CIFTI file's "
                              f"{structure} is on a mesh of {expected}")
-        if area is None:
-            values = mesh.vertex_areas
-        elif isinstance(area, (str, os.PathLike)):
-            values = check_areas(read_vertex_values(area, expected, name=area_flag), expected, name=area_flag)
-        else:
-            values = check_areas(area, expected, name=area_flag)
-        meshes[structure], areas[structure] = mesh, values
+        meshes[structure], areas[structure] = mesh, vertex_areas_of(mesh, area, name=area_flag)
     return meshes, areas
 
 

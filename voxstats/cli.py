@@ -43,12 +43,15 @@ _FLAGS = {
     "tfce": {
         "stat": "IN", "stat_img": "IN", "mask": "--mask", "mask_img": "--mask", "E": "-E", "H": "-H",
         "dh": "--dh", "mode": "--mode", "connectivity": "--connectivity", "output": "OUT",
+        "surf": "--surf", "areas": "--area", "left_surf": "--left-surf", "right_surf": "--right-surf",
+        "left_area": "--left-area", "right_area": "--right-area", "imgs": "IN",
     },
     "cluster": {
         "stat_img": "STAT", "p_img": "--p", "p_convention": "--p-convention", "alpha": "--alpha",
         "threshold": "--threshold", "sign": "--sign", "connectivity": "--connectivity",
         "min_size": "--min-size", "atlas_img": "--atlas", "atlas_labels": "--atlas-labels",
-        "output": "-o/--out-index",
+        "output": "-o/--out-index", "surf": "--surf", "areas": "--area", "min_area": "--min-size",
+        "mask_img": "--mask",
     },
 }
 # Options whose value may start with '-' (argparse would read "-1" as an option).
@@ -93,11 +96,14 @@ def _get_parser():
         "written as a NIfTI image in the input's space. The exact integral by default; --mode fsl gives "
         "fslmaths -tfce's stepped sum. Both signs are enhanced (negative values keep their sign) unless "
         "--positive-only.")
-    t.add_argument("input", metavar="IN", help="3D statistic map")
-    t.add_argument("output", metavar="OUT", help="output TFCE map (.nii or .nii.gz)")
+    t.add_argument("input", metavar="IN", help="3D statistic map, or one map on a surface (GIFTI, curv, "
+                   "MGH/MGZ, with --surf) or CIFTI (.dscalar.nii, with --left-surf/--right-surf)")
+    t.add_argument("output", metavar="OUT", help="output TFCE map, in IN's format (.nii/.nii.gz, .func.gii, "
+                   ".mgh/.mgz, .dscalar.nii)")
     t.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6,
                    help="voxel neighbourhood: faces (6), edges (18) or corners (26)")
-    t.add_argument("-E", dest="E", type=float, default=0.5, help="extent power")
+    t.add_argument("-E", dest="E", type=float, default=None,
+                   help="extent power (default 0.5; 1 on surfaces; CIFTI: 1 on cortex, 0.5 in volume structures)")
     t.add_argument("-H", dest="H", type=float, default=2.0, help="height power")
     t.add_argument("--mode", choices=("exact", "fsl"), default="exact",
                    help="exact integral, or FSL's sum over fixed steps")
@@ -106,6 +112,7 @@ def _get_parser():
                    "(default: every voxel)")
     t.add_argument("--positive-only", action="store_true",
                    help="enhance positive values only, as fslmaths -tfce (default: both signs)")
+    _surface_options(t)
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
     t.set_defaults(func=_run_tfce)
 
@@ -127,14 +134,69 @@ def _get_parser():
                    help="positive clusters, negative ones, or both (labelled apart)")
     c.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
                    help="voxel neighbourhood: faces (6), edges (18) or corners (26, as FSL's cluster)")
-    c.add_argument("--min-size", type=int, default=1, help="smallest cluster kept (voxels)")
-    c.add_argument("--atlas", metavar="LABELS", help="integer atlas image, to name each peak's region")
+    c.add_argument("--min-size", type=float, default=None,
+                   help="smallest cluster kept: voxels (default 1), or mm² on surfaces (default 0)")
+    c.add_argument("--surf", metavar="SURF", help="surface STAT: its mesh (.surf.gii or FreeSurfer surface); "
+                   "peaks are reported on it")
+    c.add_argument("--area", metavar="AREA", help="surface STAT: vertex areas (file or number) for the "
+                   "cluster areas (default: the mesh's)")
+    c.add_argument("--mask", metavar="MASK", help="surface STAT: vertices that may join clusters "
+                   "(per-vertex file or .label)")
+    c.add_argument("--atlas", metavar="LABELS", help="integer atlas image, to name each peak's region "
+                   "(surfaces: FreeSurfer .annot or .label.gii)")
     c.add_argument("--atlas-labels", metavar="LUT", help="TSV with 'index' and 'name' columns")
     c.add_argument("-o", "--output", metavar="TSV", help="output table (default: stdout)")
-    c.add_argument("--out-index", metavar="IMG", help="write the cluster index image")
+    c.add_argument("--out-index", metavar="IMG", help="write the cluster index image (surfaces: .label.gii)")
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     c.set_defaults(func=_run_cluster)
     return parser
+
+
+def _surface_options(parser):
+    """Meshes and vertex areas of surface and CIFTI inputs (PALM's -s surf [area])."""
+    parser.add_argument("--surf", nargs="+", metavar="SURF [AREA]",
+                        help="surface input: the mesh the maps are on (.surf.gii or FreeSurfer surface such as "
+                        "lh.white), optionally followed by vertex areas (a per-vertex file or a number), as "
+                        "PALM's -s surf [area]")
+    parser.add_argument("--area", metavar="AREA",
+                        help="surface input: vertex areas for cluster extents and TFCE (file or number; "
+                        "default: a third of each adjacent triangle's area on --surf)")
+    parser.add_argument("--left-surf", metavar="SURF", help="CIFTI input: the left hemisphere's mesh")
+    parser.add_argument("--right-surf", metavar="SURF", help="CIFTI input: the right hemisphere's mesh")
+    parser.add_argument("--left-area", metavar="AREA", help="CIFTI input: the left mesh's vertex areas")
+    parser.add_argument("--right-area", metavar="AREA", help="CIFTI input: the right mesh's vertex areas")
+
+
+def _area_value(text, flag="--area"):
+    """An area option: a number (every vertex weighs that) or a file name."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not value > 0:
+        raise CLIError(f"{flag}: expected a file or a number > 0, got {text}")
+    return value
+
+
+def _surface_kwargs(args):
+    """The library's surface options from --surf [AREA], --area, --left-surf, ... (only those given)."""
+    surf = getattr(args, "surf", None)
+    areas = _area_value(getattr(args, "area", None))
+    if surf:
+        if len(surf) > 2:
+            raise CLIError(f"--surf: expected a mesh and optionally vertex areas, got {len(surf)} values")
+        if len(surf) == 2:
+            if areas is not None:
+                raise CLIError("--surf SURF AREA and --area both give vertex areas; give one")
+            areas = _area_value(surf[1], "--surf")
+        surf = surf[0]
+    out = {"surf": surf, "areas": areas, "left_surf": getattr(args, "left_surf", None),
+           "right_surf": getattr(args, "right_surf", None),
+           "left_area": _area_value(getattr(args, "left_area", None), "--left-area"),
+           "right_area": _area_value(getattr(args, "right_area", None), "--right-area")}
+    return {key: value for key, value in out.items() if value is not None}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -195,6 +257,28 @@ def _earlier_outputs(json_path, prefix):
     return own
 
 
+def _element_name(masker):
+    """What the masker's elements are called in the summary."""
+    return {"surface": "vertices", "cifti": "grayordinates"}.get(getattr(masker, "kind", "volume"), "voxels")
+
+
+def _jsonable_index(index):
+    """A masker position's index as JSON: [i, j, k], a vertex number, or [structure, vertex or [i, j, k]]."""
+    if isinstance(index, (int, float)) or hasattr(index, "__index__"):
+        return int(index)
+    return [_jsonable_index(v) if not isinstance(v, str) else v for v in index]
+
+
+def _where(index):
+    """'voxel (i, j, k)', 'vertex 123' or 'CIFTI_STRUCTURE_... vertex 123 / voxel (i, j, k)'."""
+    if isinstance(index, int):
+        return f"vertex {index}"
+    if index and isinstance(index[0], str):
+        structure, element = index
+        return f"{structure} {_where(element)}"
+    return f"voxel {tuple(index)}"
+
+
 def _run_tfce(args):
     import nibabel as nib
     import numpy as np
@@ -207,15 +291,38 @@ def _run_tfce(args):
     if args.dh is not None and args.mode != "fsl":
         raise CLIError("--dh sets a fixed step, which needs --mode fsl.")
     _check_outputs([args.output], args.overwrite, "OUT")
+    from voxstats.surface_loading import input_kind, output_suffix
+
+    surface = _surface_kwargs(args)
+    if input_kind(args.input, name="IN") != "volume":
+        from voxstats.surface_loading import load_surface_map, surface_tfce
+
+        suffix = output_suffix(args.input, name="IN")
+        if not str(args.output).lower().endswith(".gii" if suffix == ".func.gii" else suffix):
+            raise CLIError(f"OUT: {args.input} is written in its own format: give a name ending in {suffix}")
+        values, masker = load_surface_map(args.input, args.mask, name="IN", mask_name="--mask", **surface)
+        out = surface_tfce(values, masker, connectivity=args.connectivity, E=args.E, H=args.H, mode=args.mode,
+                           dh=args.dh, two_sided=not args.positive_only)
+        masker.save(np.asarray(out, dtype=np.float32), args.output)
+        return 0
+    if surface:
+        raise CLIError(f"--{next(iter(surface)).replace('_', '-').replace('areas', 'area')}: only for surface "
+                       "(GIFTI, FreeSurfer) or CIFTI input")
     img = check_img(args.input, name="IN", ndim=3)
     mask = None if args.mask is None else check_mask(args.mask, name="--mask", reference=img)[0]
     data = read_data(img, name="IN", dtype=np.float64)
-    out = tfce(data, mask=mask, connectivity=args.connectivity, E=args.E, H=args.H,
+    out = tfce(data, mask=mask, connectivity=args.connectivity, E=0.5 if args.E is None else args.E, H=args.H,
                mode=args.mode, dh=args.dh, two_sided=not args.positive_only)
     out_img = nib.Nifti1Image(np.asarray(out, dtype=np.float32), img.affine, img.header)
     out_img.set_data_dtype(np.float32)
     save_img_atomic(out_img, args.output)
     return 0
+
+
+def _lut(path):
+    from voxstats.cluster_table import read_atlas_labels
+
+    return read_atlas_labels(path)
 
 
 def _run_cluster(args):
@@ -227,10 +334,42 @@ def _run_cluster(args):
     if args.p_img is None and args.threshold is None:
         raise CLIError("give --threshold, --p PMAP, or both, to define clusters.")
     _check_outputs([p for p in (args.output, args.out_index) if p], args.overwrite, "-o/--out-index")
+    from voxstats.surface_loading import input_kind
+
+    kind = input_kind(args.input, name="STAT")
+    if kind == "cifti":
+        raise CLIError("STAT: cluster tables of CIFTI maps are not supported; separate the cortical "
+                       "structures (wb_command -cifti-separate) and give each with its --surf")
+    if kind == "surface":
+        from voxstats.surface_clusters import surface_cluster_table
+
+        if args.surf is None:
+            raise CLIError("--surf: a surface map needs the mesh it is on")
+        if args.out_index and not str(args.out_index).lower().endswith(".label.gii"):
+            raise CLIError(f"--out-index: surface clusters are written as GIFTI labels: give a name ending in "
+                           f".label.gii, got {args.out_index}")
+        res = surface_cluster_table(
+            args.input, args.surf, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
+            threshold=args.threshold, sign=args.sign, mask_img=args.mask, areas=_area_value(args.area),
+            min_area=0.0 if args.min_size is None else args.min_size, atlas_img=args.atlas,
+            atlas_labels=None if args.atlas_labels is None else _lut(args.atlas_labels))
+        if args.out_index:
+            res.save_labels(args.out_index)
+        if args.output:
+            res.to_tsv(args.output)
+        else:
+            sys.stdout.write(res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+        return 0
+    for flag, value in (("--surf", args.surf), ("--area", args.area), ("--mask", args.mask)):
+        if value is not None:
+            raise CLIError(f"{flag}: only for a surface STAT (GIFTI, FreeSurfer curv or MGH/MGZ)")
+    min_size = 1 if args.min_size is None else args.min_size
+    if int(min_size) != min_size:
+        raise CLIError(f"--min-size: expected a whole number of voxels, got {args.min_size}")
     res = cluster_table(
         args.input, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
         threshold=args.threshold, sign=args.sign, connectivity=args.connectivity,
-        min_size=args.min_size, atlas_img=args.atlas, atlas_labels=args.atlas_labels,
+        min_size=int(min_size), atlas_img=args.atlas, atlas_labels=args.atlas_labels,
     )
     if args.out_index:
         save_img_atomic(res.labels_img, args.out_index)
@@ -265,6 +404,7 @@ def _message(err, command):
     def flag(match):
         return flags.get(match.group(1), match.group(0))
 
+    text = re.sub(r"^(\w+):", lambda m: f"{flags[m.group(1)]}:" if m.group(1) in flags else m.group(0), text)
     text = re.sub(r"the '(\w+)' parameter", lambda m: flag(m) if m.group(1) in flags else m.group(0), text)
     text = re.sub(r"'(\w+)'", lambda m: flags[m.group(1)] if m.group(1) in flags else m.group(0), text)
     return " ".join(text.split())

@@ -32,7 +32,6 @@ them, chosen from the number ``N`` of distinct rearrangements:
 """
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -48,6 +47,7 @@ GENERATOR = "voxstats-schedule-2"  # change when any row of any schedule changes
 _SHUFFLE_LIMIT = 2 ** 62
 _BLOCK = 32  # rows per Philox counter value in 'sample' mode (the engine's group)
 _ROUNDS = 8  # Feistel rounds
+_MATERIALISE_LIMIT = 50_000_000  # values of .permutations / .signs (400 MB of int64)
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -217,15 +217,21 @@ class PermutationSchedule:
             signs[:, flipped] = 1 - 2 * bits[:, units[flipped]]
         return perms, signs
 
+    def _all_rows(self):
+        if self.n_perm * self.n_subjects > _MATERIALISE_LIMIT:
+            raise ValueError(f"schedule: {self.n_perm} rows of {self.n_subjects} subjects are too many to "
+                             "materialise; read ranges with rows(start, stop)")
+        return self.rows(0, self.n_perm)
+
     @property
     def permutations(self):
         """All rows' permutations, (n_perm, n_subjects) int64: materialised, for small schedules."""
-        return self.rows(0, self.n_perm)[0]
+        return self._all_rows()[0]
 
     @property
     def signs(self):
         """All rows' signs, (n_perm, n_subjects) int8: materialised, for small schedules."""
-        return self.rows(0, self.n_perm)[1]
+        return self._all_rows()[1]
 
 
 def _key(rng):

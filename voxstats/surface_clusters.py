@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import csgraph
 
-from .errors import MissingFileError, ParameterError
-from .cluster_table import _check_option, _to_p
+from .errors import ParameterError
+from .cluster_table import _ALIASES, P_CONVENTIONS, _check_option, _check_p_values, _resolve_p_convention, _to_p
 from .image import atomic_write_text, save_img_atomic
 from .surface import check_areas, load_mesh
 from .surface_io import read_surface_labels, read_vertex_mask, read_vertex_values
@@ -83,50 +83,55 @@ def _values(x, n_vertices, name):
     return values
 
 
-def surface_cluster_table(stat, surf, *, p=None, p_convention="1-p", alpha=0.05, threshold=None, sign="pos",
-                          mask=None, areas=None, min_area=0.0, atlas=None, atlas_labels=None):
+def surface_cluster_table(stat_img, surf, *, p_img=None, p_convention=None, alpha=0.05, threshold=None,
+                          sign="pos", mask_img=None, areas=None, min_area=0.0, atlas_img=None, atlas_labels=None):
     """Table the clusters of a per-vertex statistic map on a mesh.
 
     A vertex belongs to a cluster when its statistic has the requested sign and
     exceeds ``threshold`` in magnitude (when given) and its p value is below
-    ``alpha`` (when ``p`` is given); at least one of them is required.
+    ``alpha`` (when ``p_img`` is given); at least one of them is required.
     Neighbours are vertices sharing a triangle edge of ``surf``.
 
     Parameters
     ----------
-    stat : str, path-like or (n_vertices,) array
+    stat_img : str, path-like or (n_vertices,) array
         Statistic map over every vertex of the mesh (GIFTI, MGH or curv file).
         Non-finite vertices are in no cluster.
     surf : str, path-like, Mesh or (coordinates, faces)
         The mesh; peak coordinates are given on it (use the white, pial or
         midthickness surface you want to report coordinates on).
-    p : str, path-like or array, optional
+    p_img : str, path-like or array, optional
         p map on the same mesh, stored as ``p_convention``.
-    p_convention : {'1-p', 'p', 'logp'}
+    p_convention : {'p', '1-p', '-log10(p)'}, optional
+        How ``p_img`` stores p; when omitted, read from the p map's JSON sidecar or
+        the voxstats randomise record that lists it (as
+        :func:`voxstats.cluster_table.cluster_table`).
     alpha : float
     threshold : float, optional
         Cluster-forming threshold on |stat|.
     sign : {'pos', 'neg', 'both'}
-    mask : str, path-like or array, optional
+    mask_img : str, path-like or array, optional
         Vertices that may join clusters (a per-vertex file or a ``.label``).
     areas : str, path-like, float or array, optional
         Vertex areas (mm²) for ``area_mm2`` and ``mass``; default: a third of
         each adjacent triangle's area on ``surf``.
     min_area : float
         Smallest cluster area (mm²) kept.
-    atlas : str or path-like, optional
+    atlas_img : str or path-like, optional
         Parcellation on the same mesh: FreeSurfer ``.annot`` or ``.label.gii``.
     atlas_labels : dict of int to str, optional
-        Names that override those stored in ``atlas``.
+        Names that override those stored in ``atlas_img``.
 
     Returns
     -------
     SurfaceClusterTable
     """
-    _check_option("p_convention", p_convention, ("1-p", "p", "logp"))
+    if p_convention is not None:
+        p_convention = _ALIASES.get(p_convention, p_convention)
+        _check_option("p_convention", p_convention, P_CONVENTIONS)
     _check_option("sign", sign, ("pos", "neg", "both"))
-    if p is None and threshold is None:
-        raise ValueError("Either 'threshold' or 'p' must be given to define clusters.")
+    if p_img is None and threshold is None:
+        raise ValueError("Either 'threshold' or 'p_img' must be given to define clusters.")
     if not 0 < alpha <= 1:
         raise ValueError(f"Invalid value for the 'alpha' parameter: expected 0 < alpha <= 1, got {alpha}.")
     if threshold is not None and not (np.isfinite(threshold) and threshold >= 0):
@@ -135,23 +140,30 @@ def surface_cluster_table(stat, surf, *, p=None, p_convention="1-p", alpha=0.05,
         raise ValueError(f"Invalid value for the 'min_area' parameter: expected a number >= 0, got {min_area}.")
     mesh = load_mesh(surf, name="surf")
     n = mesh.n_vertices
-    values = _values(stat, n, "stat")
+    values = _values(stat_img, n, "stat_img")
     finite = np.isfinite(values)
     keep = finite.copy()
-    if mask is not None:
-        keep &= read_vertex_mask(mask, n, name="mask")
+    if mask_img is not None:
+        keep &= read_vertex_mask(mask_img, n, name="mask_img")
     if threshold is not None:
         keep &= np.abs(np.where(finite, values, 0)) > threshold
     p_values = np.full(n, np.nan)
-    if p is not None:
-        p_values = _to_p(_values(p, n, "p"), p_convention)
+    if p_img is not None:
+        if isinstance(p_img, (str, os.PathLike)):
+            p_convention = _resolve_p_convention(p_img, p_convention)
+        elif p_convention is None:
+            raise ParameterError("p_convention", "give how the p values are stored: one of "
+                                 f"{', '.join(map(repr, P_CONVENTIONS))}")
+        raw = _values(p_img, n, "p_img")
+        _check_p_values(raw, p_convention, str(p_img) if isinstance(p_img, (str, os.PathLike)) else "p_img")
+        p_values = _to_p(raw, p_convention, np.float32 if isinstance(p_img, (str, os.PathLike)) else raw.dtype)
         keep &= np.isfinite(p_values) & (p_values < alpha)
     vertex_areas = mesh.vertex_areas if areas is None else (
         check_areas(read_vertex_values(areas, n, name="areas"), n, name="areas")
         if isinstance(areas, (str, os.PathLike)) else check_areas(areas, n))
     codes, names = (None, {})
-    if atlas is not None:
-        codes, names = read_surface_labels(atlas, n, name="atlas")
+    if atlas_img is not None:
+        codes, names = read_surface_labels(atlas_img, n, name="atlas_img")
         names = {**names, **(atlas_labels or {})}
 
     rows = []

@@ -418,12 +418,14 @@ def load_surface(imgs, surf, *, mask_img=None, areas=None, keep_constant=False, 
     if not mask.any():
         raise ParameterError(mask_name, "no vertex to analyse (none is finite in every subject and varies "
                              "across subjects)" if mask_img is None else "the mask is empty")
-    if areas is None:
-        vertex_areas = mesh.vertex_areas
-    elif isinstance(areas, (str, os.PathLike)):
-        vertex_areas = check_areas(read_vertex_values(areas, mesh.n_vertices, name=areas_name),
-                                   mesh.n_vertices, name=areas_name)
-    else:
-        vertex_areas = check_areas(areas, mesh.n_vertices, name=areas_name)
-    masker = SurfaceMasker(mesh=mesh, mask=mask, areas=vertex_areas, fmt=fmt)
+    masker = SurfaceMasker(mesh=mesh, mask=mask, areas=vertex_areas_of(mesh, areas, name=areas_name), fmt=fmt)
     return np.ascontiguousarray(data[:, mask]), masker
+
+
+def vertex_areas_of(mesh, areas=None, *, name="areas"):
+    """Vertex areas of ``mesh``: its own (None), a per-vertex file, a number or an array (mm²)."""
+    if areas is None:
+        return mesh.vertex_areas
+    if isinstance(areas, (str, os.PathLike)):
+        return check_areas(read_vertex_values(areas, mesh.n_vertices, name=name), mesh.n_vertices, name=name)
+    return check_areas(areas, mesh.n_vertices, name=name)

@@ -131,14 +131,20 @@ def auto_variance_groups(exchangeability_blocks, *, whole_blocks=False):
 
     Parameters
     ----------
-    exchangeability_blocks : (n_subjects,) array-like
-        Block label of each subject.
+    exchangeability_blocks : (n_subjects,) array-like, (n_subjects, n_levels) or ExchangeabilityTree
+        Block label of each subject; a multi-level PALM matrix or a tree is
+        handed to :func:`voxstats.exchangeability.variance_groups`.
     whole_blocks : bool
 
     Returns
     -------
     (n_subjects,) ndarray of int64
     """
+    from .exchangeability import ExchangeabilityTree, variance_groups
+
+    if isinstance(exchangeability_blocks, ExchangeabilityTree) or np.ndim(exchangeability_blocks) == 2:
+        # a multi-level tree (PALM -eb): palm_ptree2vg's groups, numbered from 0
+        return variance_groups(exchangeability_blocks) - 1
     blocks = np.asarray(exchangeability_blocks)
     if blocks.ndim != 1:
         raise ValueError(f"exchangeability_blocks: expected one label per subject, got shape {blocks.shape}")

@@ -120,7 +120,8 @@ def test_every_subcommand_has_a_description_and_every_option_its_default():
     (["demo", "--out", "x", "--n-per-group", "0"], "argument --n-per-group: must be >= 1, got 0"),
     (["run", "c.toml", "--out", "x", "--n-perm", "-5"], "argument --n-perm: must be >= 1"),
     (["normalize", "s", "o", "--n-jobs", "0"], "argument --n-jobs: must be >= 1 or -1"),
-    (["normalize", "s", "o", "--hybrid-weight", "2"], "argument --hybrid-weight: must be in"),
+    (["normalize", "s", "o", "--hybrid-mu", "-1"], "argument --hybrid-mu: must be >= 0.0"),
+    (["normalize", "s", "o", "--qc-floor", "2"], "argument --qc-floor: must be in [0.0, 1.0]"),
     (["normalize", "s", "o", "--resolution", "0"], "argument --resolution: must be > 0"),
     (["demo"], "the following arguments are required: --out"),
 ])

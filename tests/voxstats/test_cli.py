@@ -276,7 +276,7 @@ def test_file_errors(study, tmp_path, capsys):
     assert f"{grp}: expected 12 block labels (one per input image), got 3." in capsys.readouterr().err
     assert main(base + ["-i", str(root / "sub00.nii.gz"), "-1"]) == 1
     assert "-i: expected a 4D image, got shape (7, 6, 5)" in capsys.readouterr().err
-    binary = tmp_path / "inputs.mgz"
+    binary = tmp_path / "inputs.bin"
     binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
     assert main(base + ["-i", str(binary), "-1"]) == 1
     assert "expected a NIfTI image (.nii, .nii.gz) or a text file listing 3D images" in capsys.readouterr().err

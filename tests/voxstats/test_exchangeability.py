@@ -10,8 +10,7 @@ from scipy import stats
 
 from voxstats import permuted_glm
 from voxstats.design import make_contrasts, make_design
-from voxstats.exchangeability import (ExchangeabilityTree, _Sampler, as_tree, blocks_from_families,
-                                      variance_groups)
+from voxstats.exchangeability import ExchangeabilityTree, _Sampler, as_tree, variance_groups
 from voxstats.glm import contrast_statistic
 from voxstats.permutation import make_schedule
 
@@ -158,6 +157,12 @@ def test_exhaustive_schedule_lists_each_distinct_arrangement_once(allowed, name,
 @pytest.mark.parametrize("name", sorted(TREES))
 def test_variance_groups_equal_palm(name):
     np.testing.assert_array_equal(variance_groups(np.array(TREES[name])), PALM_VG[name])
+    # what variance_groups='auto' (-vg auto) uses with a multi-level tree
+    from voxstats.welch import auto_variance_groups
+
+    np.testing.assert_array_equal(auto_variance_groups(np.array(TREES[name])) + 1, PALM_VG[name])
+    tree = ExchangeabilityTree.from_matrix(TREES[name])
+    np.testing.assert_array_equal(auto_variance_groups(tree) + 1, PALM_VG[name])
 
 
 def test_sign_flip_units_follow_the_highest_whole_block():
@@ -206,6 +211,11 @@ def test_sampler_is_uniform_over_the_group(allowed):
     assert all(tuple(p) in legal for p in perms)
     counts = np.bincount([legal[tuple(p)] for p in perms], minlength=len(legal))
     assert stats.chisquare(counts).pvalue > 1e-3
+    # so uniform over distinct design arrangements too: each has as many group elements (a coset)
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    classes = {}
+    seen = np.bincount([classes.setdefault(tuple(labels[_inverse(p)]), len(classes)) for p in perms])
+    assert len(classes) == 4 and stats.chisquare(seen).pvalue > 1e-3
 
 
 def test_random_rows_are_distinct_and_legal(allowed):
@@ -263,66 +273,6 @@ def test_tree_survives_pickling():
         np.testing.assert_array_equal(a, b)
 
 
-# --------------------------------------------------------------------------- family tables
-
-FAMILIES = {  # a made-up family table: MZ twins and their brother, DZ twins, three unrelated
-    "subject": [101, 102, 103, 201, 202, 301, 401, 501],
-    "mother": ["m1", "m1", "m1", "m2", "m2", "m3", "m4", "m5"],
-    "father": ["f1", "f1", "f1", "f2", "f2", "f3", "f4", "f5"],
-    "zygosity": ["MZ", "MZ", "NotTwin", "DZ", "NotMZ", "NotTwin", "NotTwin", "NotTwin"],
-}
-
-
-def test_family_table_tree():
-    matrix = blocks_from_families(**FAMILIES)
-    tree = ExchangeabilityTree.from_matrix(matrix)
-    # MZ pair swaps (2), DZ pair swaps (2), the three unrelated subjects shuffle (3!)
-    assert tree.count() == 2 * 2 * 6 == len(_brute_force(matrix))
-    # whole families flip together; the three singletons and the DZ family are units too
-    assert tree.n_flip_units == 5
-    groups = variance_groups(tree)
-    assert groups[0] == groups[1] != groups[2] and groups[3] == groups[4]
-    assert groups[5] == groups[6] == groups[7]
-    # a lone twin (co-twin absent) is a non-twin, and DZ twins may join their siblings
-    lone = blocks_from_families([1, 2, 3], ["a", "a", "b"], ["c", "c", "d"], ["MZ", "NotTwin", "DZ"])
-    assert ExchangeabilityTree.from_matrix(lone).count() == 2  # 1 and 2 are full siblings
-    mixed = blocks_from_families([1, 2, 3], ["a"] * 3, ["c"] * 3, ["DZ", "DZ", "NotTwin"], dz_as_siblings=True)
-    assert ExchangeabilityTree.from_matrix(mixed).count() == 6
-
-
-# 15 subjects: two families of MZ twins + a sibling, DZ twins, three singletons, two pairs of
-# full siblings. hcp2blocks (github.com/andersonwinkler/HCP) on this table, then PALM under GNU
-# Octave: 768 permutations, 256 sign flips, variance groups as below (checked by hand too:
-# 2 x 2 x 2 MZ families, 2 DZ, 3! singletons, 2 x 2 x 2 sibling pairs).
-FAMILIES_15 = {
-    "subject": [101, 102, 103, 201, 202, 301, 401, 501, 601, 602, 603, 701, 702, 801, 802],
-    "mother": [1, 1, 1, 2, 2, 3, 4, 5, 6, 6, 6, 7, 7, 8, 8],
-    "father": [11, 11, 11, 12, 12, 13, 14, 15, 16, 16, 16, 17, 17, 18, 18],
-    "zygosity": ["MZ", "MZ", "NotTwin", "NotMZ", "NotMZ", "NotTwin", "NotTwin", "NotTwin", "MZ", "MZ",
-                 "NotTwin", "NotTwin", "NotTwin", "NotTwin", "NotTwin"],
-}
-HCP2BLOCKS_VG = [5, 5, 4, 3, 3, 1, 1, 1, 5, 5, 4, 2, 2, 2, 2]
-
-
-def _same_partition(a, b):
-    pairs = set(zip(a, b))
-    return len(pairs) == len(set(a)) == len(set(b))
-
-
-def test_family_table_equals_hcp2blocks_through_palm():
-    tree = ExchangeabilityTree.from_matrix(blocks_from_families(**FAMILIES_15))
-    assert tree.count() == 768 == 2 * 2 * 2 * 2 * 6 * 2 * 2 * 2
-    assert 2 ** tree.n_flip_units == 256
-    assert _same_partition(variance_groups(tree), HCP2BLOCKS_VG)
-
-
-def test_family_table_errors():
-    with pytest.raises(ValueError, match=r"zygosity of subject 2 is 'triplet'"):
-        blocks_from_families([1, 2], ["a", "a"], ["b", "b"], ["MZ", "triplet"])
-    with pytest.raises(ValueError, match=r"subject identifiers must be unique"):
-        blocks_from_families([1, 1], ["a", "a"], ["b", "b"], ["MZ", "MZ"])
-
-
 # --------------------------------------------------------------------------- exact p-values
 
 
@@ -346,3 +296,19 @@ def test_exhaustive_p_is_exact_on_a_multilevel_tree(allowed):
     p_fwe_brute = np.array([(t.max(axis=1) >= o - e).sum() for o, e in zip(t[0], tol)]) / len(perms)
     np.testing.assert_allclose(res[0].p, p_brute, rtol=1e-12)
     np.testing.assert_allclose(res[0].p_fwe, p_fwe_brute, rtol=1e-12)
+
+
+def test_exhaustive_p_equals_palm_on_an_eb_file():
+    """PALM (-eb with tree T2, -n 0, one-sided t) under GNU Octave on these data: 16 shufflings;
+    uncorrected and FWE p (times 16) as below, voxel by voxel."""
+    rng = np.random.default_rng(3)
+    group = np.array([1, 0, 1, 0, 0, 1, 0, 1.0])
+    volume = rng.standard_normal((3, 3, 3, 8)).astype(np.float32) + 10
+    volume[0] += 1.5 * group
+    res = permuted_glm(volume.reshape(-1, 8).T.astype(np.float64), np.column_stack([group, 1 - group]), [1, -1],
+                       exchangeability_blocks=np.array(TREES["T2"]), n_perm=0, two_sided=False, rng=0)
+    palm_uncp = [1, 5, 1, 1, 1, 1, 1, 1, 1, 6, 11, 6, 6, 8, 11, 16, 5, 8, 14, 4, 2, 16, 13, 4, 1, 1, 12]
+    palm_fwep = [1, 16, 1, 2, 8, 7, 7, 1, 15, 16, 16, 16, 16, 16, 16, 16, 16, 16, 16, 15, 15, 16, 16, 16, 15, 6, 16]
+    assert res.n_perm == 16
+    np.testing.assert_array_equal(np.round(res[0].p * 16), palm_uncp)
+    np.testing.assert_array_equal(np.round(res[0].p_fwe * 16), palm_fwep)

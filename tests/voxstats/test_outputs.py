@@ -133,3 +133,20 @@ def test_the_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
     with output_lock(target, flag="-o") as lock:  # the system released the dead holder's lock
         assert lock == tmp_path / ".res.lock"
     assert not (tmp_path / ".res.lock").exists()
+
+
+def test_write_errors_name_the_target_not_the_temporary(tmp_path, monkeypatch):
+    def full(handle):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=rf"^cannot write {tmp_path / 'r.json'} \(No space left on device\)$"):
+        atomic_write(tmp_path / "r.json", full)
+    img = nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4))
+
+    def failing_save(image, filename):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(nib, "save", failing_save)
+    with pytest.raises(PermissionError, match=rf"^cannot write {tmp_path / 'b.nii.gz'} \(Permission denied\)$"):
+        save_img_atomic(img, tmp_path / "b.nii.gz")
+    assert list(tmp_path.iterdir()) == []

@@ -325,6 +325,8 @@ def test_huge_schedule_is_built_without_memory():
     schedule = make_schedule(12, 2_000_000_000, rng=0)
     assert schedule.exhaustive and schedule.n_perm == math.factorial(12)
     assert len(pickle.dumps(schedule)) < 20_000
+    with pytest.raises(ValueError, match=r"too many to materialise; read ranges with rows\(start, stop\)"):
+        schedule.permutations
     perms, _ = schedule.rows(schedule.n_perm - 3, schedule.n_perm)
     assert np.all(np.sort(perms, axis=1) == np.arange(12))
     assert len({p.tobytes() for p in perms}) == 3
@@ -380,3 +382,17 @@ def test_random_distinct_draws_are_uniform_over_distinct_arrangements():
             counts[index.setdefault(key, len(index))] += 1
     assert len(index) == 69
     assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_definition_follows_what_the_rows_depend_on():
+    """The checkpoint fingerprint of a schedule: same partition of design rows, same rows."""
+    design = np.repeat([[0.0], [1.0]], 4, axis=0)
+    base = make_schedule(8, 20, design=design, rng=4)
+    relabelled = make_schedule(8, 20, design=design * 7 + 3, rng=4)  # equal rows stay equal
+    assert relabelled.definition() == base.definition()
+    np.testing.assert_array_equal(relabelled.rows(0, 20)[0], base.rows(0, 20)[0])
+    others = [make_schedule(8, 20, design=np.arange(8.0)[:, None], rng=4),
+              make_schedule(8, 21, design=design, rng=4),
+              make_schedule(8, 20, design=design, exchangeability_blocks=np.repeat([1, 2], 4), rng=4),
+              make_schedule(8, 20, design=design, sign_flip=True, rng=4)]
+    assert all(o.definition() != base.definition() for o in others)

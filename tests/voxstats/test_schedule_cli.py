@@ -63,6 +63,16 @@ def test_eb_file_is_a_multilevel_tree(study, tmp_path):
     np.testing.assert_array_equal(read_exchangeability_blocks(study["root"] / "eb.csv"), EB)
 
 
+def test_eb_with_automatic_variance_groups(study, tmp_path):
+    # tree T1 of tests/voxstats/test_exchangeability.py: PALM's -vg auto gives 1 2 1 2 3 3 3 3
+    eb = tmp_path / "eb1.csv"
+    eb.write_text("-1,1,-1,1\n-1,1,-1,2\n-1,1,-2,3\n-1,1,-2,4\n-1,2,1,5\n-1,2,1,6\n-1,2,2,7\n-1,2,2,8\n")
+    assert _run(study, tmp_path, "-n", "0", "--eb", str(eb), "--vg", "auto") == 0
+    record = json.loads((tmp_path / "out.json").read_text())
+    codes = record["variance_groups"]["of_subject"]
+    assert [codes.index(c) for c in codes] == [0, 1, 0, 1, 4, 4, 4, 4]  # same partition as PALM's
+
+
 @pytest.mark.parametrize("content, extra, message", [
     ("1,1\n1,0\n" * 4, [], "--eb {eb}: block index 0 is neither positive"),
     ("1,1\n" * 7, [], "--eb {eb}: expected 8 rows (one per input image), got 7."),

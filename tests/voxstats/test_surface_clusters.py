@@ -65,7 +65,7 @@ def test_p_map_atlas_and_labels_file(tmp_path):
     ctab = np.array([[0, 0, 0, 0, 0], [200, 10, 10, 0, 0], [10, 10, 200, 0, 0]])
     annot = tmp_path / "lh.test.annot"
     nib.freesurfer.write_annot(str(annot), codes, ctab, [b"unknown", b"frontal", b"occipital"], fill_ctab=True)
-    res = surface_cluster_table(values, mesh, p=one_minus_p, alpha=0.05, atlas=annot)
+    res = surface_cluster_table(values, mesh, p_img=one_minus_p, p_convention="1-p", alpha=0.05, atlas_img=annot)
     t = res.table
     assert t["peak_label"].tolist() == ["frontal", "occipital"]
     assert t["p_min"].tolist() == pytest.approx([0.01, 0.01])
@@ -78,9 +78,9 @@ def test_p_map_atlas_and_labels_file(tmp_path):
 
 def test_errors():
     mesh = _strip()
-    with pytest.raises(ValueError, match=r"Either 'threshold' or 'p' must be given"):
+    with pytest.raises(ValueError, match=r"Either 'threshold' or 'p_img' must be given"):
         surface_cluster_table(np.zeros(14), mesh)
-    with pytest.raises(ValueError, match=r"stat: expected one value per vertex of the mesh \(14\), got 3"):
+    with pytest.raises(ValueError, match=r"stat_img: expected one value per vertex of the mesh \(14\), got 3"):
         surface_cluster_table(np.zeros(3), mesh, threshold=1)
     with pytest.raises(ValueError, match=r"Invalid value for the 'sign' parameter"):
         surface_cluster_table(np.zeros(14), mesh, threshold=1, sign="up")
