@@ -23,7 +23,8 @@ import numpy as np
 
 from . import _tfce_numba
 from .glm import f_to_z
-from .tfce import stepped_table
+from .tfce import fsl_step as _fsl_step
+from .tfce import batch_tfce, kernel_options
 
 logger = logging.getLogger(__name__)
 
@@ -193,17 +194,8 @@ def _enhanceable(job, stats):
 
 def tfce_maps(job, stats, n_threads):
     """TFCE of a batch of statistic maps (float32, same shape)."""
-    enhanced = np.ascontiguousarray(_enhanceable(job, stats))
-    top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
-    if job.fsl:
-        table = stepped_table(job.dh, job.H, top)
-        dh = job.dh
-    else:
-        table, dh = np.zeros(1), 1.0
-    out = np.empty(enhanced.shape, dtype=np.float32)
-    _tfce_numba.tfce_batch(enhanced, job.graph.neighbours, job.tests_both_signs,
-                           float(job.E), float(job.H), bool(job.fsl), float(dh), table, out, n_threads)
-    return out
+    return batch_tfce(_enhanceable(job, stats), job.graph, E=job.E, H=job.H, fsl=job.fsl, dh=job.dh,
+                      two_sided=job.tests_both_signs, n_threads=n_threads)
 
 
 def observed_maps(job, schedule, n_threads, pool=None):
@@ -214,10 +206,10 @@ def observed_maps(job, schedule, n_threads, pool=None):
 
 
 def fsl_step(job, observed):
-    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100."""
+    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100, in single precision."""
     enhanced = _enhanceable(job, observed.stat[np.newaxis])[0]
     top = float(np.abs(enhanced).max() if job.tests_both_signs else max(enhanced.max(), 0.0))
-    return top / 100.0 if top > 0 else 1.0
+    return _fsl_step(top)
 
 
 def _exceedances(job, maps, observed):
@@ -238,11 +230,12 @@ def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
         result["tfce_counts"], result["null_max_tfce"] = _exceedances(
             job, tfce_maps(job, stats, n_threads), observed.tfce)
     if job.cluster_threshold is not None:
-        extent = np.zeros(stop - start, dtype=np.int64)
+        extent = np.zeros(stop - start)
         mass = np.zeros(stop - start)
+        weights, _ = kernel_options(job.graph, False)
         _tfce_numba.cluster_maxima_batch(stats, float(job.cluster_threshold), job.tests_both_signs,
-                                         job.graph.neighbours, extent, mass, n_threads)
-        result["null_max_extent"] = extent.astype(np.float64)
+                                         job.graph.neighbours, weights, extent, mass, n_threads)
+        result["null_max_extent"] = extent
         result["null_max_mass"] = mass
     return ChunkResult(start=start, stop=stop, **result)
 

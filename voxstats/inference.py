@@ -74,15 +74,18 @@ def tail_fwe_pvalues(observed, null_max, *, tail_fraction=0.1):
     return np.clip(p, np.finfo(float).tiny, 1.0)
 
 
-def cluster_labels(values, threshold, graph, *, two_sided=True):
+def cluster_labels(values, threshold, graph, *, two_sided=True, weights=None):
     """Clusters of voxels above ``threshold`` (or below ``-threshold``).
+
+    ``weights`` (n_voxels,), default ``graph.weights``: extent weight of each
+    voxel or vertex (e.g. vertex areas in mm^2).
 
     Returns
     -------
     labels : (n_voxels,) ndarray of int
         0 outside clusters, 1..n inside (positive and negative clusters apart).
     extent : (n + 1,) ndarray
-        Number of voxels of each cluster (entry 0 unused).
+        Number of voxels of each cluster, or the sum of their weights (entry 0 unused).
     mass : (n + 1,) ndarray
         Sum of |value| over each cluster.
     """
@@ -98,7 +101,8 @@ def cluster_labels(values, threshold, graph, *, two_sided=True):
         n, lab = csgraph.connected_components(adjacency[nodes][:, nodes], directed=False)
         labels[nodes] = lab + 1 + n_total
         n_total += n
-    extent = np.bincount(labels, minlength=n_total + 1).astype(np.float64)
+    weights = getattr(graph, "weights", None) if weights is None else weights
+    extent = np.bincount(labels, weights=weights, minlength=n_total + 1).astype(np.float64)
     mass = np.bincount(labels, weights=np.abs(values), minlength=n_total + 1)
     extent[0] = mass[0] = 0
     return labels, extent, mass
