@@ -192,16 +192,16 @@ def _enhanceable(job, stats):
     return f_to_z(stats, job.q, job.df).astype(np.float32)
 
 
-def tfce_maps(job, stats, n_threads):
-    """TFCE of a batch of statistic maps (float32, same shape)."""
+def tfce_maps(job, stats, pool=None):
+    """TFCE of a batch of statistic maps (float32, same shape), rows dealt to ``pool``'s threads."""
     return batch_tfce(_enhanceable(job, stats), job.graph, E=job.E, H=job.H, fsl=job.fsl, dh=job.dh,
-                      two_sided=job.tests_both_signs, n_threads=n_threads)
+                      two_sided=job.tests_both_signs, pool=pool)
 
 
 def observed_maps(job, schedule, n_threads, pool=None):
     """Maps of the identity rearrangement (row 0 of the schedule)."""
     stat = statistics(job, schedule, 0, 1, pool)
-    enhanced = tfce_maps(job, stat, n_threads)[0] if job.tfce else None
+    enhanced = tfce_maps(job, stat, pool)[0] if job.tfce else None
     return Observed(stat=stat[0], tfce=enhanced)
 
 
@@ -228,7 +228,7 @@ def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat)
     if job.tfce:
         result["tfce_counts"], result["null_max_tfce"] = _exceedances(
-            job, tfce_maps(job, stats, n_threads), observed.tfce)
+            job, tfce_maps(job, stats, pool), observed.tfce)
     if job.cluster_threshold is not None:
         extent = np.zeros(stop - start)
         mass = np.zeros(stop - start)

@@ -4,6 +4,8 @@ The public function :func:`tfce` validates its input and calls the compiled
 kernels of ``voxstats._tfce_numba``.
 """
 
+import queue
+
 import numpy as np
 from scipy import sparse
 
@@ -14,6 +16,7 @@ from .image import check_img
 __all__ = ["tfce"]
 
 _MODES = ("exact", "fsl")
+_TASK_VOXELS = 2 ** 18  # voxels per task of batch_tfce (rows of small maps go together)
 _MAX_STEPS = 2 ** 22  # thresholds per map in FSL mode; float32 sums h += dh stall near 2**24 steps
 
 
@@ -242,13 +245,16 @@ def kernel_options(graph, fsl):
     return weights, skip
 
 
-def batch_tfce(maps, graph, *, E=0.5, H=2.0, fsl=False, dh=None, two_sided=True, n_threads=1, out=None):
+def batch_tfce(maps, graph, *, E=0.5, H=2.0, fsl=False, dh=None, two_sided=True, pool=None, out=None):
     """TFCE of every row of ``maps`` ((n_maps, n_voxels) float32) on ``graph``, into float32 ``out``.
 
-    The engine's kernel: the rows are sorted by a float32 radix sort, several
-    rows run in parallel on ``n_threads`` threads, and the result does not
-    depend on the number of threads. ``dh`` (FSL mode) is required: it is fixed
-    from the unpermuted map for all rows. Conventions as :func:`tfce`.
+    The engine's kernel: each row is sorted by a float32 radix sort and swept.
+    With a ``pool`` (``concurrent.futures`` executor of threads) the rows are
+    dealt to its threads dynamically, in tasks of about ``_TASK_VOXELS``
+    voxels (a thread that the system holds back takes fewer); a row's result
+    does not depend on the thread that computes it. ``dh`` (FSL mode) is
+    required: it is fixed from the unpermuted map for all rows. Conventions as
+    :func:`tfce`.
     """
     maps = np.ascontiguousarray(maps, dtype=np.float32)
     if out is None:
@@ -264,8 +270,26 @@ def batch_tfce(maps, graph, *, E=0.5, H=2.0, fsl=False, dh=None, two_sided=True,
     else:
         thresholds, cumulative = _no_table()
     weights, skip = kernel_options(graph, fsl)
-    _tfce_numba.tfce_batch(maps, graph.neighbours, weights, skip, bool(two_sided), float(E), float(H),
-                           bool(fsl), thresholds, cumulative, out, int(n_threads))
+    n_maps, n_vox = maps.shape
+    degree = graph.neighbours.shape[1]
+    step = max(1, -(-_TASK_VOXELS // max(n_vox, 1)))
+    tasks = [(lo, min(lo + step, n_maps)) for lo in range(0, n_maps, step)]
+    spare = queue.SimpleQueue()  # one work space per thread, made on first need
+
+    def run(task):
+        try:
+            work = spare.get_nowait()
+        except queue.Empty:
+            work = _tfce_numba.tfce_work(n_vox, degree)
+        _tfce_numba.tfce_rows(maps, task[0], task[1], graph.neighbours, weights, skip, bool(two_sided),
+                              float(E), float(H), bool(fsl), thresholds, cumulative, out, *work)
+        spare.put(work)
+
+    if pool is None or len(tasks) < 2:
+        for task in tasks:
+            run(task)
+    else:
+        list(pool.map(run, tasks))
     return out
 
 

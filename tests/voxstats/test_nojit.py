@@ -8,6 +8,7 @@ kernels' Python source.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_tfce_batch_kernel(fsl):
     graph = grid_graph(mask, 6)
     maps = np.stack([_field(s, mask.shape).ravel() for s in range(3)]).astype(np.float32)
     dh = 0.2
-    out = batch_tfce(maps, graph, fsl=fsl, dh=dh if fsl else None, n_threads=2)
+    with ThreadPoolExecutor(2) as pool:
+        out = batch_tfce(maps, graph, fsl=fsl, dh=dh if fsl else None, pool=pool)
     for row, got in zip(maps, out):
         want = tfce_values(row.astype(np.float64), graph, mode="fsl" if fsl else "exact", dh=dh if fsl else None)
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)

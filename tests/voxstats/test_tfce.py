@@ -1,5 +1,8 @@
 """voxstats.tfce against the label-at-every-threshold reference and hand computations."""
 
+import importlib
+from concurrent.futures import ThreadPoolExecutor
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -209,7 +212,8 @@ def test_float32_batch_kernel_matches_public(rng, mode, dh, two_sided):
     mask = rng.random(shape) < 0.8
     graph = grid_graph(mask, 6)
     maps32 = np.stack([_field(rng, shape)[mask] for _ in range(5)]).astype(np.float32)
-    out = batch_tfce(maps32, graph, fsl=mode == "fsl", dh=dh, two_sided=two_sided, n_threads=2)
+    with ThreadPoolExecutor(2) as pool:
+        out = batch_tfce(maps32, graph, fsl=mode == "fsl", dh=dh, two_sided=two_sided, pool=pool)
     for row, got in zip(maps32, out):
         want = tfce_values(row.astype(np.float64), graph, mode=mode, dh=dh, two_sided=two_sided)
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
@@ -460,3 +464,22 @@ def test_fsl_values_checked_against_fsl():
     stat[1, 1, 1] = 3.7
     assert tfce_fsl_reference(stat)[1, 1, 1] == 463.2002258300781
     assert tfce(stat, mode="fsl")[1, 1, 1] == pytest.approx(463.2002258300781, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+def test_batch_is_bit_identical_whatever_the_threads_and_tasks(rng, mode, monkeypatch):
+    tfce_module = importlib.import_module("voxstats.tfce")  # the module (voxstats.tfce is the function)
+
+    shape = (9, 8, 7)
+    graph = grid_graph(rng.random(shape) < 0.9, 6)
+    maps = np.stack([_field(rng, shape)[graph.mask] for _ in range(7)]).astype(np.float32)
+    dh = 0.07 if mode == "fsl" else None
+    serial = batch_tfce(maps, graph, fsl=mode == "fsl", dh=dh)
+    for task_voxels in (1, 3 * graph.n_voxels, 10 ** 9):  # one row per task, three, all rows in one
+        monkeypatch.setattr(tfce_module, "_TASK_VOXELS", task_voxels)
+        for workers in (2, 3):
+            with ThreadPoolExecutor(workers) as pool:
+                np.testing.assert_array_equal(batch_tfce(maps, graph, fsl=mode == "fsl", dh=dh, pool=pool),
+                                              serial)
+    for i, row in enumerate(maps):  # and each row alone
+        np.testing.assert_array_equal(batch_tfce(row[np.newaxis], graph, fsl=mode == "fsl", dh=dh)[0], serial[i])
