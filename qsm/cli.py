@@ -1,4 +1,4 @@
-"""The ``qsm`` command: ``qsm run``, ``qsm demo`` and ``qsm normalize``.
+"""The ``qsm`` command: ``qsm run``, ``qsm demo``, ``qsm normalize`` and ``qsm atlas``.
 
 A thin layer over the library (nibabel's pattern): ``_get_parser()`` builds
 argparse, ``main(argv=None) -> int`` calls the library and returns the exit
@@ -131,8 +131,13 @@ def _add_normalize(p: argparse.ArgumentParser) -> None:
                                   "chi_path, structural_path)")
     p.add_argument("out_dir", help="output BIDS-derivatives folder")
     tpl = p.add_argument_group("template")
-    tpl.add_argument("--template", metavar="IMG",
-                     help="user template image (default: nilearn's bundled MNI152 2009a)")
+    tpl.add_argument("--template", metavar="IMG|SPACE",
+                     help="user template image, or a packaged template space "
+                          "(MNI152NLin2009aSym, MNI152NLin2009cAsym, MNI152NLin6Asym) "
+                          "(default: nilearn's bundled MNI152 2009a)")
+    tpl.add_argument("--template-chi", metavar="IMG",
+                     help="χ channel of the template (ppb, on its grid): needed by --drive "
+                          "chi, hybrid and multichannel")
     tpl.add_argument("--template-mask", metavar="IMG",
                      help="brain mask of --template (required with it)")
     tpl.add_argument("--space", help="space name of --template, a BIDS label such as "
@@ -145,13 +150,28 @@ def _add_normalize(p: argparse.ArgumentParser) -> None:
     reg = p.add_argument_group("registration")
     reg.add_argument("--engine", choices=("dipy", "ants"), default="dipy",
                      help="registration engine (ants needs the optional antspyx)")
-    reg.add_argument("--drive", choices=("structural", "chi", "hybrid"), default="structural",
-                     help="image that drives the registration; χ rides along")
-    reg.add_argument("--hybrid-weight", type=_float_in(0.0, 1.0), default=0.5, metavar="W",
-                     help="weight of χ in the hybrid drive, in [0, 1]")
-    reg.add_argument("--affine-only", action="store_true", help="no nonlinear (SyN) stage")
+    reg.add_argument("--drive", choices=("structural", "chi", "hybrid", "multichannel"),
+                     default="structural",
+                     help="what drives the registration: the structural image, χ alone (no "
+                          "structural image needed), the MuSus-100 hybrid T1w - mu*χ, or "
+                          "both as two channels; χ rides along")
+    reg.add_argument("--hybrid-mu", type=_float_in(0.0), default=400.0, metavar="MU",
+                     help="hybrid contrast T1w[0, 255] - MU * χ[ppm]")
+    stages = reg.add_mutually_exclusive_group()
+    stages.add_argument("--affine-only", action="store_true", help="no nonlinear (SyN) stage")
+    stages.add_argument("--nonlinear", action="store_true",
+                        help="force SyN (default: per drive; affine only for a GRE magnitude "
+                             "against a T1 template)")
     reg.add_argument("--resolution", type=_float_in(0.0, low_open=True), default=None,
                      metavar="MM", help="output voxel size in mm (default: the template grid)")
+    reg.add_argument("--registration-resolution", type=_float_in(0.0, low_open=True),
+                     default=None, metavar="MM",
+                     help="register on a coarser grid of MM mm (default: the template grid)")
+    reg.add_argument("--units", choices=("ppb", "ppm"), default="ppb",
+                     help="units of the input χ maps (outputs are in ppb; QSM toolboxes "
+                          "write ppm)")
+    reg.add_argument("--qc-floor", type=_float_in(0.0, 1.0), default=None, metavar="R",
+                     help="absolute floor of |r| with the template (default: per drive)")
     reg.add_argument("--interpolation", choices=("linear", "cubic", "quintic"),
                      default="linear", help="interpolation of the χ maps")
     ref = p.add_argument_group("reference region")
@@ -178,6 +198,12 @@ def _add_normalize(p: argparse.ArgumentParser) -> None:
                                        "below -Z")
 
 
+def _add_atlas(p: argparse.ArgumentParser) -> None:
+    from qsm import cli_atlas
+
+    cli_atlas.configure(p)
+
+
 _COMMANDS = {
     "run": (_add_run, "run a study from its TOML config",
             "Run the whole study of a config: cohort checks, normalization (space = \"native\"),"
@@ -188,9 +214,13 @@ _COMMANDS = {
              "each) with planted effects, save it with its study.toml in OUT/data, and run the "
              "study on it (rerun it with: qsm run OUT/data/study.toml --out OTHER)."),
     "normalize": (_add_normalize, "normalize a cohort's χ maps to a template",
-                  "Register each subject to a template (the structural image drives, χ rides "
-                  "along), re-reference χ, and write BIDS derivatives with sidecars, QC images "
-                  "and normalization_quality.tsv into OUT_DIR."),
+                  "Register each subject to a template (the structural image, χ, a hybrid or "
+                  "both drive; χ rides along), re-reference χ, and write BIDS derivatives with "
+                  "sidecars, QC images and normalization_quality.tsv into OUT_DIR."),
+    "atlas": (_add_atlas, "published thalamic atlases: transfer between template spaces",
+              "qsm atlas transfer: register the atlas space's template to a study template, "
+              "carry the labels by nearest neighbour, and report QC (Dice, centroid shift, a "
+              "thalamus close-up)."),
 }
 
 #: Library parameter names as ``qsm normalize`` spells them on its command line.
@@ -199,7 +229,9 @@ _NORMALIZE_FLAGS = {"reference_mask_img": "--reference-mask", "region_mask_img":
                     "--interpolation", "n_iterations": "--build-template", "space": "--space",
                     "mask_img": "--template-mask", "img": "--template", "resolution":
                     "--resolution", "drive": "--drive", "engine": "--engine", "n_jobs":
-                    "--n-jobs", "hybrid_weight": "--hybrid-weight", "outlier_z": "--outlier-z",
+                    "--n-jobs", "hybrid_mu": "--hybrid-mu", "outlier_z": "--outlier-z",
+                    "units": "--units", "registration_resolution": "--registration-resolution",
+                    "qc_floor": "--qc-floor", "chi_img": "--template-chi",
                     "structural": "--structural", "region": "--reference"}
 
 
@@ -332,43 +364,49 @@ def _normalize(args, log: _Logging, argv) -> int:
     """Run ``qsm normalize`` (a thin layer on qsm.normalize); returns the exit code."""
     from qsm.cohort import load_cohort
     from qsm.normalize import build_template, normalize_cohort
-    from qsm.template import load_template
+    from qsm.template import SPACE_TEMPLATES
 
-    if args.template is None and (args.template_mask or args.space):
-        raise ValueError("--template-mask and --space describe a user --template; give "
-                         "--template too (or leave them out for the bundled MNI template).")
-    if args.template is not None and not (args.template_mask and args.space):
+    packaged = args.template in SPACE_TEMPLATES
+    if (args.template is None or packaged) and (args.template_mask or args.space):
+        raise ValueError("--template-mask and --space describe a user --template image; give "
+                         "--template IMG too (a bundled or packaged template brings its own).")
+    if args.template is not None and not packaged and not (args.template_mask and args.space):
         raise ValueError("--template needs --template-mask (its brain mask) and --space (its "
-                         "space name).")
+                         "space name), unless it names a packaged space "
+                         f"({', '.join(SPACE_TEMPLATES)}).")
     if (args.reference == "mask") != (args.reference_mask is not None):
         raise ValueError("--reference mask and --reference-mask IMG go together.")
     from voxstats.image import check_img
 
-    for flag, value in (("--template", args.template), ("--template-mask", args.template_mask),
+    for flag, value in (("--template", None if packaged else args.template),
+                        ("--template-mask", args.template_mask),
+                        ("--template-chi", args.template_chi),
                         ("--reference-mask", args.reference_mask)):
         if value is not None:
             check_img(value, name=flag, ndim=3)
     out = _out_dir(args.out_dir, "out_dir")
     try:
-        cohort = load_cohort(args.source, skip_bad=args.skip_bad, structural=args.structural)
-        if args.template is not None:
-            template = load_template(args.template, args.template_mask, space=args.space)
-        else:
-            template = load_template(resolution=args.template_resolution)
+        cohort = load_cohort(args.source, skip_bad=args.skip_bad, structural=args.structural,
+                             require_structural=args.drive != "chi")
+        template = _cli_template(args)
         log.to_file(out, argv)
+        nonlinear = False if args.affine_only else True if args.nonlinear else None
         if args.build_template:
             template = build_template(cohort, n_iterations=args.build_template, template=template,
-                                      engine=args.engine, drive=args.drive,
-                                      nonlinear=not args.affine_only, rng=args.seed,
-                                      verbose=not args.quiet)
+                                      engine=args.engine, drive=args.drive, nonlinear=nonlinear,
+                                      units=args.units, hybrid_mu=args.hybrid_mu,
+                                      registration_resolution=args.registration_resolution,
+                                      rng=args.seed, verbose=not args.quiet)
             template.save(f"{out}/templates")
         result = normalize_cohort(
             cohort, out, template=template, engine=args.engine, drive=args.drive,
-            nonlinear=not args.affine_only, resolution=args.resolution,
+            nonlinear=nonlinear, resolution=args.resolution,
+            registration_resolution=args.registration_resolution,
             reference=args.reference, reference_mask_img=args.reference_mask,
             reference_statistic=args.reference_statistic, interpolation=args.interpolation,
-            hybrid_weight=args.hybrid_weight, outlier_z=args.outlier_z, n_jobs=args.n_jobs,
-            rng=args.seed, verbose=not args.quiet, overwrite=args.overwrite)
+            hybrid_mu=args.hybrid_mu, units=args.units, outlier_z=args.outlier_z,
+            qc_floor=args.qc_floor, n_jobs=args.n_jobs, rng=args.seed, verbose=not args.quiet,
+            overwrite=args.overwrite)
     except (ValueError, ImportError) as err:
         raise ValueError(_with_flags(str(err), _NORMALIZE_FLAGS)) from None
     table = result.table
@@ -380,7 +418,32 @@ def _normalize(args, log: _Logging, argv) -> int:
     return 0
 
 
-_RUNNERS = {"run": _run, "demo": _demo, "normalize": _normalize}
+def _cli_template(args):
+    """The template of ``qsm normalize``: a packaged space, the user's files, or nilearn's."""
+    from qsm.template import SPACE_TEMPLATES, load_space_template, load_template
+
+    if args.template in SPACE_TEMPLATES:
+        tpl = load_space_template(args.template, resolution=args.template_resolution)
+    elif args.template is not None:
+        return load_template(args.template, args.template_mask, space=args.space,
+                             chi_img=args.template_chi)
+    else:
+        tpl = load_template(resolution=args.template_resolution)
+    if args.template_chi:
+        tpl = load_template(tpl.img, tpl.mask_img, space=tpl.space, chi_img=args.template_chi)
+    return tpl
+
+
+def _atlas(args, log: _Logging, argv) -> int:
+    """Run ``qsm atlas transfer`` (qsm.cli_atlas); returns the exit code."""
+    from qsm import cli_atlas
+
+    out = _out_dir(args.out)
+    log.to_file(out, argv)
+    return cli_atlas.run(args)
+
+
+_RUNNERS = {"run": _run, "demo": _demo, "normalize": _normalize, "atlas": _atlas}
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 CORE_COLUMNS = ("subject", "session", "chi_path", "structural_path")
 _STRUCTURAL_SUFFIXES = {
     "T1w": ("_T1w.nii.gz", "_T1w.nii"),
-    "magnitude": ("_magnitude.nii.gz", "_magnitude.nii", "_mag.nii.gz", "_MEGRE.nii.gz"),
+    "magnitude": ("_magnitude.nii.gz", "_magnitude.nii", "_mag.nii.gz", "_mag.nii",
+                  "_MEGRE.nii.gz", "_MEGRE.nii"),
 }
 _BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|space)-([A-Za-z0-9]+)")
@@ -244,7 +245,7 @@ def _from_bids(root, structural, require_structural):
         rows.append({"subject": subject, "session": session, "chi_path": chi,
                      "structural_path": candidates[0] if len(candidates) == 1 else None})
     if not rows:
-        raise CohortError(f"No 'sub-*/[ses-*/]anat/*_Chimap.nii.gz' file found in '{root}'.")
+        raise CohortError(f"No 'sub-*/[ses-*/]anat/*_Chimap.nii[.gz]' file found in '{root}'.")
     table = pd.DataFrame(rows, columns=list(CORE_COLUMNS))
     participants = root / "participants.tsv"
     if participants.exists():
@@ -319,6 +320,11 @@ def _validate_row(row, require_structural):
         return (f"Subject '{prefix}': χ map '{row['chi_path']}' {chi.shape[:3]} and structural "
                 f"image '{row['structural_path']}' {struct.shape[:3]} are not in the same space "
                 f"({what}).")
+    kind = chi.get_data_dtype().kind
+    if kind not in "iuf":
+        what = {"c": "complex", "V": "RGB or structured", "b": "boolean"}.get(kind, kind)
+        return (f"Subject '{prefix}': χ map '{row['chi_path']}' holds {what} values; expected "
+                "real numbers (ppb).")
     try:
         data = np.asarray(chi.dataobj)
     except Exception as err:  # a truncated or corrupt file fails only when its data are read

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import tomllib
 from dataclasses import MISSING, dataclass, field
@@ -30,7 +29,10 @@ __all__ = ["StudyConfig", "load_config", "demo_config_path", "read_participants"
 
 _REFERENCING = ("none", "brain", "wm")
 _ENGINES = ("dipy", "ants")
-_DRIVES = ("structural", "chi", "hybrid")
+_DRIVES = ("structural", "chi", "hybrid", "multichannel")
+_UNITS = ("ppb", "ppm")
+_PUBLISHED = ("thomas", "najdenovska")
+_ON_MISSING = ("stop", "exclude")
 _INTERPOLATIONS = ("linear", "cubic", "quintic")
 #: A BIDS label: letters and digits.
 _BIDS_LABEL = re.compile(r"[A-Za-z0-9]+")
@@ -77,12 +79,14 @@ class Study:
     group_column: str = "group"
     chi_column: str = "chi_path"
     space: str = "MNI152NLin2009aSym"
+    units: str = "ppb"
     min_subjects_per_group: int = 3
 
 
 @dataclass(frozen=True)
 class Atlas:
     builtin: str = "demo_thalamus"
+    name: str = ""
     labels_img: str = ""
     label_table: str = ""
     space: str = ""
@@ -95,6 +99,8 @@ class Atlas:
 class Referencing:
     region: str = "brain"
     statistic: str = "mean"
+    brain_mask: str = ""
+    wm_mask: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,20 +108,27 @@ class Normalization:
     """``[normalization]``: how ``space = "native"`` cohorts reach template space.
 
     Used only when ``[study] space = "native"`` (see :func:`qsm.normalize.normalize_cohort`).
-    ``template = ""`` is nilearn's bundled MNI152 2009a at ``template_resolution`` mm;
-    ``resolution = 0`` keeps the template grid; ``dipy_params`` overrides
-    :data:`qsm.registration.DIPY_DEFAULTS` (e.g. fewer iterations for tests).
+    ``template = ""`` is nilearn's bundled MNI152 2009a at ``template_resolution`` mm
+    (or a packaged template by space name, e.g. ``"MNI152NLin2009cAsym"``);
+    ``template_chi`` its χ channel (ppb; needed by the drives chi, hybrid,
+    multichannel); ``nonlinear = "auto"`` is the drive's measured default;
+    ``resolution = 0`` keeps the template grid; ``registration_resolution = 0``
+    registers on it; ``qc_floor = 0`` is the drive's floor; ``dipy_params``
+    overrides :data:`qsm.registration.DIPY_DEFAULTS` (e.g. fewer iterations for tests).
     """
 
     engine: str = "dipy"
-    nonlinear: bool = True
+    nonlinear: Any = "auto"
     drive: str = "structural"
-    hybrid_weight: float = 0.5
+    hybrid_mu: float = 400.0
     template: str = ""
     template_mask: str = ""
     template_space: str = ""
+    template_chi: str = ""
     template_resolution: int = 2
     resolution: float = 0.0
+    registration_resolution: float = 0.0
+    qc_floor: float = 0.0
     interpolation: str = "linear"
     dipy_params: dict = field(default_factory=dict)
     outlier_z: float = 3.5
@@ -145,6 +158,8 @@ class Roi:
     statistic: str = "mean"
     ignore_zeros: bool = True
     trim_percentile: float = 0.0
+    max_missing_fraction: float = 0.1
+    on_missing: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -250,6 +265,17 @@ def _coerce(source: str, section: str, key: str, value: Any, default: Any):
     return value
 
 
+_TRISTATE = {("normalization", "nonlinear")}
+
+
+def _tristate(source: str, section: str, key: str, value: Any):
+    """true, false or "auto" (the drive's default)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError(f"{source}: [{section}] {key} must be true, false or \"auto\", got "
+                     f"{value!r}.")
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for k, v in extra.items():
@@ -307,7 +333,8 @@ def load_config(source=None, *, base_dir=None, overrides: dict | None = None) ->
         if bad:
             raise ValueError(f"{name}: unknown key(s) {bad} in [{sec}]; allowed keys are "
                              f"{sorted(defaults)}.")
-        sections[sec] = cls(**{k: _coerce(name, sec, k, v, defaults[k])
+        sections[sec] = cls(**{k: (_tristate(name, sec, k, v) if (sec, k) in _TRISTATE
+                                   else _coerce(name, sec, k, v, defaults[k]))
                                for k, v in values.items()})
     groups = raw.get("groups", {})
     if not isinstance(groups, dict) or not groups or not all(
@@ -321,38 +348,6 @@ def load_config(source=None, *, base_dir=None, overrides: dict | None = None) ->
     return config
 
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else
-                                                         ("inf" if value > 0 else "-inf"))
-    if isinstance(value, str):
-        chars = [_TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ord(ch) < 32 or ord(ch) == 127
-                                           else ch) for ch in value]
-        return '"' + "".join(chars) + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
-    raise TypeError(f"Cannot write {value!r} to TOML.")
-
-
-_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_value(key)
-
-
 def config_to_toml(config: StudyConfig, *, header: str = "") -> str:
     """The settings of ``config`` as TOML that :func:`load_config` reads back unchanged.
 
@@ -360,13 +355,11 @@ def config_to_toml(config: StudyConfig, *, header: str = "") -> str:
     documents the run completely; relative paths stay relative to the folder
     the file is saved in (:attr:`StudyConfig.base_dir`).
     """
+    from qsm._toml import dumps
+
     settings = config.to_dict()
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     order = ["study", "groups"] + [s for s in _SECTIONS if s != "study"]
-    for section in order:
-        lines += ["", f"[{section}]"]
-        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in settings[section].items()]
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return dumps({section: settings[section] for section in order}, header=header)
 
 
 def save_config(config: StudyConfig, path, *, header: str = "") -> Path:
@@ -381,7 +374,21 @@ def save_config(config: StudyConfig, path, *, header: str = "") -> Path:
 def _check_values(c: StudyConfig) -> None:
     src = c.source
     a = c.atlas
-    if a.labels_img:
+    if c.study.units not in _UNITS:
+        raise ValueError(f"{src}: invalid value for [study] units. Allowed values are "
+                         f"{', '.join(map(repr, _UNITS))}, but got {c.study.units!r} instead.")
+    if a.name:
+        if a.name.lower() not in _PUBLISHED:
+            raise ValueError(f"{src}: invalid value for [atlas] name. Allowed values are "
+                             f"{', '.join(map(repr, _PUBLISHED))}, but got {a.name!r} instead.")
+        if a.label_table or a.unions:
+            raise ValueError(f"{src}: [atlas] name = {a.name!r} brings its own label table and "
+                             "nuclear groups; remove label_table/unions (labels_img may point "
+                             "to the files of the original release).")
+        if a.labels_img and not c.path(a.labels_img).exists():
+            raise FileNotFoundError(f"{src}: [atlas] labels_img {c.path(a.labels_img)} does "
+                                    "not exist.")
+    elif a.labels_img:
         if not a.label_table:
             raise ValueError(f"{src}: the atlas {a.labels_img} has no label table; set [atlas] "
                              "label_table to a TSV with the columns 'index, name, hemisphere'.")
@@ -403,6 +410,17 @@ def _check_values(c: StudyConfig) -> None:
     elif a.builtin != "demo_thalamus":
         raise ValueError(f"{src}: invalid value for [atlas] builtin. Allowed values are "
                          f"'demo_thalamus', but got {a.builtin!r} instead (or set labels_img).")
+    for key in ("brain_mask", "wm_mask"):
+        value = getattr(c.referencing, key)
+        if value and not c.path(value).is_file():
+            raise FileNotFoundError(f"{src}: [referencing] {key} {c.path(value)} does not exist.")
+    if c.roi.on_missing not in _ON_MISSING:
+        raise ValueError(f"{src}: invalid value for [roi] on_missing. Allowed values are "
+                         f"{', '.join(map(repr, _ON_MISSING))}, but got {c.roi.on_missing!r} "
+                         "instead.")
+    if not 0 <= c.roi.max_missing_fraction <= 1:
+        raise ValueError(f"{src}: [roi] max_missing_fraction must be in [0, 1], got "
+                         f"{c.roi.max_missing_fraction}.")
     ref = c.referencing.region
     if ref not in _REFERENCING and not c.path(ref).is_file():
         raise ValueError(f"{src}: invalid value for [referencing] region. Allowed values are "
@@ -494,9 +512,15 @@ def _check_normalization(c: StudyConfig) -> None:
     _allowed(src, "drive", n.drive, _DRIVES)
     _allowed(src, "interpolation", n.interpolation, _INTERPOLATIONS)
     _allowed(src, "template_resolution", n.template_resolution, (1, 2))
-    if not 0 <= n.hybrid_weight <= 1:
-        raise ValueError(f"{src}: [normalization] hybrid_weight must be in [0, 1], got "
-                         f"{n.hybrid_weight}.")
+    if n.hybrid_mu < 0:
+        raise ValueError(f"{src}: [normalization] hybrid_mu must be >= 0 (per ppm of χ), got "
+                         f"{n.hybrid_mu}.")
+    if n.registration_resolution < 0 or not 0 <= n.qc_floor <= 1:
+        raise ValueError(f"{src}: [normalization] registration_resolution must be >= 0 (mm) and "
+                         f"qc_floor in [0, 1], got {n.registration_resolution} and {n.qc_floor}.")
+    if c.study.space == "native" and n.drive != "structural" and not n.template_chi:
+        raise ValueError(f"{src}: [normalization] drive = {n.drive!r} needs the template's χ "
+                         "channel: set template_chi (a χ template in ppb on the template grid).")
     if n.resolution < 0:
         raise ValueError(f"{src}: [normalization] resolution must be > 0 (mm), or 0 for the "
                          f"template grid, got {n.resolution}.")
@@ -525,7 +549,15 @@ def _check_normalization(c: StudyConfig) -> None:
                 shown = list(default) if isinstance(default, tuple) else default
                 raise ValueError(f"{src}: [normalization] dipy_params.{key} must be like the "
                                  f"default {shown!r}, got {value!r}.")
-    if n.template:
+    if n.template_chi and not c.path(n.template_chi).is_file():
+        raise FileNotFoundError(f"{src}: [normalization] template_chi "
+                                f"{c.path(n.template_chi)} does not exist.")
+    if n.template in _SPACE_TEMPLATES:
+        if n.template_mask or n.template_space:
+            raise ValueError(f"{src}: [normalization] template = {n.template!r} is a packaged "
+                             "template with its own mask and space; remove template_mask/"
+                             "template_space.")
+    elif n.template:
         if not (n.template_mask and n.template_space):
             raise ValueError(f"{src}: [normalization] template {n.template} needs "
                              "template_mask (its brain mask) and template_space (its space name).")
@@ -536,6 +568,9 @@ def _check_normalization(c: StudyConfig) -> None:
     elif n.template_mask or n.template_space:
         raise ValueError(f"{src}: [normalization] template_mask/template_space are only used "
                          "with a user template; set template too (or remove them).")
+
+
+_SPACE_TEMPLATES = ("MNI152NLin2009aSym", "MNI152NLin2009cAsym", "MNI152NLin6Asym")
 
 
 def read_participants(config: StudyConfig) -> pd.DataFrame:
@@ -567,7 +602,7 @@ def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.Da
     clinical = list(config.regression.clinical)
     in_formulas = formula_columns(config)
     needed = [s.id_column, s.group_column, s.chi_column, *covariates, *clinical, *in_formulas]
-    if s.space == "native":
+    if s.space == "native" and config.normalization.drive != "chi":
         needed.append("structural_path")
     missing = [c for c in dict.fromkeys(needed) if c not in participants.columns]
     if missing:

@@ -9,7 +9,7 @@
 * the atlas and the voxel-wise p maps on thalamus close-ups: :mod:`qsm.slices`.
 
 Every figure is 180 mm wide (a two-column journal page) with no text smaller
-than 8 pt, and is saved as PNG (300 dpi) and PDF (vector, fonts embedded) (:func:`save_figure`).
+than 8 pt, and is saved as PNG (200 dpi) and PDF (vector, fonts embedded) (:func:`save_figure`).
 The ``*_figure`` functions return the matplotlib figure, whose artists carry
 the data behind it; ``plot_*`` save it.
 """
@@ -48,7 +48,7 @@ WIDTH_IN = WIDTH_MM / 25.4
 MIN_FONT_PT = 8.0
 #: Formats written by :func:`save_figure` (the first is the one linked and embedded).
 FORMATS = ("png", "pdf")
-_DPI = 300
+_DPI = 200  # PNG: 1417 px across 180 mm; the PDF is the print version
 _MAIN_REGIONS = ("thalamus", "anterior", "medial", "lateral", "pulvinar", "lateral_left")
 _STYLE = {"font.family": "DejaVu Sans", "font.size": 8, "axes.titlesize": 9,
           "axes.labelsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
@@ -223,13 +223,14 @@ def regions_by_group_figure(long: pd.DataFrame, group_table: pd.DataFrame, pairs
 
 def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
                     variable="disease_duration", formula=DEFAULT_CLINICAL_FORMULA,
-                    regions=None, patient_groups=None, group_column="group"):
+                    regions=None, patient_groups=None, group_column="group", note=None):
     """χ against a clinical variable in the pooled patients: partial residuals and the fit.
 
     The points are χ adjusted for the model's other terms
     (:func:`qsm.regression.adjusted_values`, i.e. partial residuals on χ's scale)
     and the line is ``intercept + β x`` with β from ``clinical_table``, so a
-    least-squares line through the points is the drawn line.
+    least-squares line through the points is the drawn line. ``note``: a line
+    printed under the figure (e.g. a caveat).
 
     Returns
     -------
@@ -262,7 +263,7 @@ def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
             row = row.iloc[0]
             x = np.linspace(sub[variable].min(), sub[variable].max(), 50)
             ax.plot(x, intercept + row["beta"] * x, "k-", lw=1.3, label="fit")
-            ax.set_title(f"{region}\nβ = {row['beta']:.2f} {slope_unit}, Holm p "
+            ax.set_title(f"{region}\nβ = {row['beta']:.2f} {slope_unit}\nHolm p = "
                          f"{format_p(row['p_holm'])}".replace("-", "−"), fontsize=8.5)
             ax.set_xlabel(f"{label} ({unit})" if unit else label)
             ax.set_ylabel("χ (ppb)\n" + (f"adjusted for {', '.join(others)}" if others
@@ -271,18 +272,20 @@ def clinical_figure(long: pd.DataFrame, clinical_table: pd.DataFrame, *,
         fig.legend(handles, [n if n != "fit" else "fitted slope" for n in names],
                    loc="lower center", ncol=len(names), frameon=False,
                    bbox_to_anchor=(0.5, -0.005))
+        if note:
+            fig.text(0.5, -0.045, note, ha="center", fontsize=8, wrap=True, gid="note")
         fig.tight_layout(rect=(0, 0.05, 1, 1), h_pad=1.2, w_pad=1.6)
     return fig
 
 
 # ------------------------------------------------------------------ saving wrappers
-def plot_atlas(labels, affine, path, *, atlas=None, title=None) -> Path:
+def plot_atlas(labels, affine, path, *, atlas=None, title=None, background_img=None) -> Path:
     """Save :func:`qsm.slices.atlas_figure` (the demo atlas if ``atlas`` is None)."""
     from qsm.atlas import demo_thalamus_atlas
     from qsm.slices import atlas_figure
 
     return save_figure(atlas_figure(atlas or demo_thalamus_atlas(), labels, affine,
-                                    title=title), path)
+                                    title=title, background_img=background_img), path)
 
 
 def plot_pmaps(pmaps: dict, affine, path, *, alpha=0.05, **kwargs) -> Path:
@@ -303,24 +306,37 @@ def plot_clinical(long, clinical_table, path, **kwargs) -> Path:
 
 
 def study_figures(out_dir, *, atlas, labels, affine, long, pmaps, clinical_table,
-                  config, group_table=None, region_mask=None, n_perm=None) -> dict:
-    """All figures of a study run; returns ``{name: PNG path}`` (the PDF beside it)."""
+                  config, group_table=None, region_mask=None, n_perm=None,
+                  background_img=None) -> dict:
+    """All figures of a study run; returns ``{name: PNG path}`` (the PDF beside it).
+
+    ``background_img``: the template under the brain slices (default: nilearn's
+    bundled MNI152 2009a).
+    """
     out = Path(out_dir)
     s, reg = config.study, config.regression
     figs = {"atlas": plot_atlas(labels, affine, out / "atlas.png", atlas=atlas,
-                                title=f"Atlas regions ({atlas.space})")}
+                                title=f"Atlas regions ({atlas.space})",
+                                background_img=background_img)}
     if pmaps:
         rows = {f"{p} vs {config.groups[p]}": v for p, v in pmaps.items()}
         figs["voxelwise"] = plot_pmaps(rows, affine, out / "voxelwise_tfce_pfwe.png",
                                        alpha=config.voxelwise.alpha, atlas_labels=labels,
-                                       region_mask=region_mask, n_perm=n_perm)
+                                       region_mask=region_mask, n_perm=n_perm,
+                                       background_img=background_img)
     if group_table is not None:
         figs["regions_by_group"] = plot_regions_by_group(
             long, group_table, dict(config.groups), out / "regional_chi_by_group.png",
             formula=reg.group_formula, term=reg.group_term, group_column=s.group_column)
+    pooled = f"C({s.group_column})" not in reg.clinical_formula.replace(" ", "")
     for variable in reg.clinical:
+        note = None
+        if variable.lower() == "edss" and pooled and len(config.groups) > 1:
+            note = ("Caveat: EDSS differs between the pooled patient groups, so this slope mixes "
+                    "the association within groups with differences between groups; add "
+                    f"C({s.group_column}) to the model before reading it as one.")
         figs[f"chi_vs_{variable}"] = plot_clinical(
             long, clinical_table, out / f"chi_vs_{variable}.png", variable=variable,
             formula=reg.clinical_formula, patient_groups=list(config.groups),
-            group_column=s.group_column)
+            group_column=s.group_column, note=note)
     return figs

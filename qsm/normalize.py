@@ -1,24 +1,39 @@
 """Bring a cohort's χ maps into template space: the ``qsm.normalize`` API.
 
-For each subject, :func:`normalize_cohort` registers the driving image
-(structural, χ or a hybrid) to the template (:func:`qsm.registration.register`),
-resamples χ (linear or a spline, on request) and the structural image (linear)
-onto the output grid, re-references χ (:mod:`qsm.reference`) and writes, in
-BIDS-derivative naming under ``out_dir/sub-<id>/[ses-<id>/]anat``:
+For each subject, :func:`normalize_cohort` registers the subject to the
+template with the chosen drive (:mod:`qsm.drives`: structural, χ alone, the
+MuSus-100 hybrid contrast, or both as two channels;
+:func:`qsm.registration.register`), optionally on a coarser working grid,
+resamples χ onto the output grid, re-references it (:mod:`qsm.reference`) and
+writes, in BIDS-derivative naming under ``out_dir/sub-<id>/[ses-<id>/]anat``:
 
-* ``sub-<id>[_ses-<id>]_space-<space>_Chimap.nii.gz`` and the normalized structural;
+* ``sub-<id>[_ses-<id>]_space-<space>_Chimap.nii.gz`` (ppb) and the normalized structural;
 * the transforms (ITK affine ``.mat`` and ITK/ANTs warp fields);
-* a JSON sidecar (engine, parameters, software versions, reference region and
-  offset, quality figures, the list of outputs) -- written last, so its
-  presence with all listed outputs marks a complete subject, skipped on rerun;
-* a QC PNG in ``sub-<id>/figures`` (normalized structural with template edges).
+* a JSON sidecar (engine, drive, parameters, software versions, units, reference
+  region and offset, data coverage, quality figures and floor, the list of
+  outputs) -- written last, so its presence with all listed outputs marks a
+  complete subject, skipped on rerun;
+* a QC PNG in ``sub-<id>/figures``: the normalized structural image (or the
+  χ map when there is none) with the template's edges, and close-ups of the
+  thalamus.
+
+**Voxels without data.** A χ map is zero outside its reconstructed field of
+view. Its support is resampled with it and χ is the interpolation of the
+voxels *with* data only (normalized interpolation: ``interp(χ) / interp(support)``);
+where less than half of the interpolation weight has data the output is 0,
+"no data". Referencing then uses voxels with data only, and leaves no-data
+voxels at 0.
 
 ``out_dir/normalization_quality.tsv`` lists, per subject, the normalized mutual
-information and the correlation with the template inside its mask, their robust
-z-scores (median/MAD) and an ``outlier`` flag (z below ``-outlier_z``).
+information and the correlation with the template inside its mask (of the
+structural image with ``template.img``, or of χ with the template's χ channel
+for a χ-only subject), their robust z-scores (median/MAD), ``below_floor``
+(|r| under the drive's absolute floor, :data:`qsm.drives.QC_FLOORS`: a failed
+registration whatever the cohort) and ``outlier`` (below the floor, or a
+robust z below ``-outlier_z``), and the data coverage of the template brain.
 
-:func:`build_template` builds a study-specific (structural + χ) template by
-iterative group-wise averaging, starting from the MNI template.
+:func:`build_template` (:mod:`qsm.study_template`) builds a study-specific
+template (ANTs-style: average, then shape update by the average inverse warp).
 """
 
 from __future__ import annotations
@@ -34,10 +49,14 @@ import numpy as np
 import pandas as pd
 
 from qsm.cohort import Cohort, bids_prefix
+from qsm.drives import DRIVES, HYBRID_MU_PPM, QC_FLOORS, default_nonlinear, support_mask
+from qsm.qc import save_qc_png, thalamus_region
 from qsm.reference import REGIONS, rereference
 from qsm.registration import register
+from qsm.study_template import build_template  # noqa: F401  (re-exported)
 from qsm.template import Template, load_template, output_grid
-from qsm.transforms import atomic_write_text, check_interpolation, save_img_atomic, write_atomic
+from qsm.transforms import atomic_write_text, check_interpolation, save_img_atomic
+from qsm.units import check_units, to_ppb
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +72,12 @@ class NormalizationResult:
     table : pandas.DataFrame
         One row per subject: the cohort columns, output paths (``chi_template_path``,
         ``structural_template_path``, ``sidecar_path``, ``qc_path``), ``nmi``,
-        ``correlation``, their robust z-scores, ``outlier`` and ``status``
-        (``"normalized"`` or ``"existing"``).
+        ``correlation``, their robust z-scores, ``below_floor``, ``outlier``,
+        ``offset`` (ppb), ``coverage`` (fraction of the template brain with
+        data) and ``status`` (``"normalized"`` or ``"existing"``).
     cohort : Cohort
         The normalized cohort: ``chi_path``/``structural_path`` point to the
-        template-space images, clinical columns kept.
+        template-space images (χ in ppb), clinical columns kept.
     template : Template
     quality_path : Path
     """
@@ -136,36 +156,6 @@ def robust_z(values):
     return (x - med) / mad
 
 
-# ------------------------------------------------------------------------------ QC figure
-def save_qc_png(structural_img, template_img, mask_img, path, *, title=""):
-    """Three orthogonal slices of the normalized structural with template edges (red)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    data = np.asarray(structural_img.dataobj, dtype=np.float32)
-    tpl = np.asarray(template_img.dataobj, dtype=np.float32)
-    mask = np.asarray(mask_img.dataobj) > 0
-    centre = [int(round(c)) for c in np.argwhere(mask).mean(axis=0)] if mask.any() else \
-        [s // 2 for s in data.shape]
-    levels = list(np.percentile(tpl[mask], [40, 80])) if mask.any() else [tpl.mean()]
-    vmax = np.percentile(data[mask], 99) if mask.any() else data.max()
-    fig = Figure(figsize=(9, 3.4), dpi=80)
-    for k, axis in enumerate(range(3)):
-        ax = fig.add_subplot(1, 3, k + 1)
-        sl = [slice(None)] * 3
-        sl[axis] = centre[axis]
-        ax.imshow(np.rot90(data[tuple(sl)]), cmap="gray", vmin=0, vmax=vmax)
-        t = np.rot90(tpl[tuple(sl)])
-        if np.ptp(t) > 0:
-            ax.contour(t, levels=sorted(set(levels)), colors="r", linewidths=0.6)
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    return path
-
-
 # --------------------------------------------------------------------------- one subject
 def _outputs(out_dir, subject, session, space, structural_path):
     prefix = bids_prefix(subject, session)
@@ -191,49 +181,120 @@ def _complete(sidecar, out_dir):
     return None
 
 
+def chi_to_template(registration, chi_img, *, reference, interpolation="linear"):
+    """Resample a χ map into template space, keeping voxels without data at "no data".
+
+    χ is interpolated from its voxels with data only (``interp(χ) /
+    interp(support)``, the support being the finite non-zero voxels); output
+    voxels where less than half of the interpolation weight has data are 0.
+
+    Parameters
+    ----------
+    registration : qsm.registration.Registration
+    chi_img : nibabel image
+        χ map in subject space (0 = no data).
+    reference : nibabel image or (shape, affine)
+        Output grid.
+    interpolation : {'linear', 'cubic', 'quintic'}
+
+    Returns
+    -------
+    chi : nibabel.Nifti1Image (float32)
+    support : (x, y, z) bool ndarray
+        Output voxels with data.
+    """
+    data = np.asarray(chi_img.dataobj, dtype=np.float32)
+    support = support_mask(data)
+    clean = np.where(support, data, 0.0).astype(np.float32)
+    num = registration.transform(nib.Nifti1Image(clean, chi_img.affine),
+                                 interpolation=interpolation, reference=reference)
+    den = registration.transform(nib.Nifti1Image(support.astype(np.float32), chi_img.affine),
+                                 interpolation=interpolation, reference=reference)
+    affine = num.affine
+    num, den = np.asarray(num.dataobj), np.asarray(den.dataobj)
+    have = den >= 0.5
+    out = np.zeros(num.shape, np.float32)
+    out[have] = num[have] / den[have]
+    return nib.Nifti1Image(out, affine), have
+
+
+def _quality(struct_tpl, chi_tpl, grid, template, drive, floor):
+    """Similarity of the normalized image with its template counterpart, and the floor check."""
+    if struct_tpl is not None:
+        q = similarity(struct_tpl.dataobj, grid.img.dataobj, grid.mask())
+        image = "structural"
+    elif grid.chi_img is not None:
+        q = similarity(chi_tpl.dataobj, grid.chi_img.dataobj, grid.mask())
+        image = "chi"
+    else:
+        q, image = {"correlation": float("nan"), "nmi": float("nan")}, None
+    floor = QC_FLOORS[drive if struct_tpl is not None else "chi"] if floor is None else floor
+    below = bool(np.isfinite(q["correlation"]) and abs(q["correlation"]) < floor)
+    return {**q, "below_floor": below}, image, float(floor)
+
+
 def _normalize_one(row, out_dir, template, grid, settings, seed):
     space = template.space
     prefix, anat, paths = _outputs(out_dir, row["subject"], row["session"], space,
                                    row["structural_path"])
     meta = None if settings["overwrite"] else _complete(paths["sidecar"], out_dir)
     if meta is not None:
-        return {"status": "existing", **meta["Quality"], "offset": meta["ReferenceOffset"],
+        q = meta["Quality"]
+        return {"status": "existing", "nmi": q["nmi"], "correlation": q["correlation"],
+                "below_floor": bool(q.get("below_floor", False)),
+                "offset": meta["ReferenceOffset"], "coverage": meta.get("DataCoverage", np.nan),
                 **{k: p for k, p in paths.items()}}
     anat.mkdir(parents=True, exist_ok=True)
     paths["qc"].parent.mkdir(parents=True, exist_ok=True)
-    chi_img = nib.load(row["chi_path"])
+    raw = nib.load(row["chi_path"])
+    chi_img = nib.Nifti1Image(to_ppb(raw.dataobj, settings["units"]), raw.affine)
     struct_path = row["structural_path"]
     struct_img = nib.load(struct_path) if struct_path is not None else None
-    if struct_img is None and settings["drive"] != "chi":
-        raise ValueError(f"Subject '{prefix}': drive={settings['drive']!r} needs a structural "
-                         "image, but the cohort has none for this subject.")
-    reg = register(struct_img if struct_img is not None else chi_img, template, chi_img=chi_img,
-                   drive=settings["drive"], engine=settings["engine"],
-                   nonlinear=settings["nonlinear"], hybrid_weight=settings["hybrid_weight"],
-                   params=settings["params"], rng=seed)
-    chi_tpl = reg.transform(chi_img, interpolation=settings["interpolation"], reference=grid)
+    drive = settings["drive"]
+    if struct_img is None and drive != "chi":
+        raise ValueError(f"Subject '{prefix}': drive={drive!r} needs a structural image, but "
+                         "the cohort has none for this subject (use drive='chi').")
+    contrast = _structural_suffix(struct_path) if struct_path is not None else None
+    nonlinear = (default_nonlinear(drive, contrast) if settings["nonlinear"] is None
+                 else settings["nonlinear"])
+    reg = register(struct_img if drive != "chi" else None, template, chi_img=chi_img,
+                   drive=drive, engine=settings["engine"], nonlinear=nonlinear,
+                   hybrid_mu=settings["hybrid_mu"], chi_units="ppb", params=settings["params"],
+                   rng=seed, resolution=settings["registration_resolution"])
+    chi_tpl, have = chi_to_template(reg, chi_img, reference=grid.img,
+                                    interpolation=settings["interpolation"])
+    brain = grid.mask()
+    coverage = float((have & brain).sum() / max(int(brain.sum()), 1))
     ref = rereference(chi_tpl, mask_img=grid.mask_img, region=settings["reference"],
                       region_mask_img=settings["reference_mask_img"], template_img=grid.img,
                       statistic=settings["reference_statistic"])
     save_img_atomic(ref.img, paths["chi"])
     outputs = [paths["chi"]]
-    quality = {"nmi": float("nan"), "correlation": float("nan")}
+    struct_tpl = None
     if struct_img is not None:
-        struct_tpl = reg.transform(struct_img, interpolation="linear", reference=grid)
+        struct_tpl = reg.transform(struct_img, interpolation="linear", reference=grid.img)
         save_img_atomic(struct_tpl, paths["structural"])
         outputs.append(paths["structural"])
-        quality = similarity(struct_tpl.dataobj, grid.img.dataobj, grid.mask())
-        save_qc_png(struct_tpl, grid.img, grid.mask_img, paths["qc"],
-                    title=f"{prefix} -> {space}: NMI {quality['nmi']:.3f}, r {quality['correlation']:.3f}")
-        outputs.append(paths["qc"])
     else:
-        paths["structural"] = paths["qc"] = None
+        paths["structural"] = None
+    quality, quality_image, floor = _quality(struct_tpl, ref.img, grid, template, drive,
+                                             settings["qc_floor"])
+    shown = struct_tpl if struct_tpl is not None else ref.img
+    save_qc_png(shown, grid.img, grid.mask_img, paths["qc"],
+                thalamus_mask=thalamus_region(grid.shape, grid.affine),
+                title=(f"{prefix} -> {space} ({drive}): r {quality['correlation']:.3f}, NMI "
+                       f"{quality['nmi']:.3f}{' BELOW FLOOR' if quality['below_floor'] else ''}"
+                       f"; coverage {coverage:.0%}"))
+    outputs.append(paths["qc"])
     xfms = reg.save(anat, prefix, space=space)
     outputs += [p for p in xfms.values() if p is not None]
     meta = {
         "SpatialReference": space,
         "Sources": [str(row["chi_path"])] + ([str(struct_path)] if struct_path is not None else []),
+        "Units": "ppb",
+        "InputUnits": settings["units"],
         "RegistrationEngine": settings["engine"],
+        "RegistrationDrive": drive,
         "RegistrationParameters": {k: (list(v) if isinstance(v, tuple) else v)
                                    for k, v in reg.parameters.items()},
         "Seed": int(seed),
@@ -243,16 +304,21 @@ def _normalize_one(row, out_dir, template, grid, settings, seed):
         "ReferenceStatistic": ref.statistic,
         "ReferenceOffset": ref.offset,
         "ReferenceVoxels": ref.n_voxels,
+        "DataCoverage": coverage,
+        "NoDataValue": 0.0,
         "Transforms": {k: (str(p.relative_to(out_dir)) if p is not None else None)
                        for k, p in xfms.items()},
         "TransformOrder": "antsApplyTransforms -t warp -t affine (warp first on template points)",
-        "Quality": quality,
+        "Quality": {**quality, "image": quality_image, "floor": floor},
         "SoftwareVersions": _versions(),
         "Outputs": [str(Path(p).relative_to(out_dir)) for p in outputs],
     }
     atomic_write_text(paths["sidecar"], json.dumps(meta, indent=2, allow_nan=True) + "\n")
-    logger.info("%s normalized (NMI %.3f)", prefix, quality["nmi"])
-    return {"status": "normalized", **quality, "offset": ref.offset, **paths}
+    logger.info("%s normalized (r %.3f, NMI %.3f, coverage %.0f%%)", prefix,
+                quality["correlation"], quality["nmi"], 100 * coverage)
+    return {"status": "normalized", "nmi": quality["nmi"], "correlation": quality["correlation"],
+            "below_floor": quality["below_floor"], "offset": ref.offset, "coverage": coverage,
+            **paths}
 
 
 @dataclass(frozen=True)
@@ -261,6 +327,7 @@ class _Grid:
     mask_img: nib.Nifti1Image
     shape: tuple
     affine: np.ndarray
+    chi_img: nib.Nifti1Image | None = None
 
     def mask(self):
         return np.asarray(self.mask_img.dataobj) > 0
@@ -269,7 +336,8 @@ class _Grid:
 def _grid(template, resolution):
     shape, affine = output_grid(template, resolution)
     if resolution is None:
-        return _Grid(template.img, template.mask_img, template.shape, template.affine)
+        return _Grid(template.img, template.mask_img, template.shape, template.affine,
+                     template.chi_img)
     from qsm.transforms import grid_world, sample
 
     logger.info("Output grid %s at %g mm: resampling the template (linear) and its mask "
@@ -279,43 +347,62 @@ def _grid(template, resolution):
                           .astype(np.float32), affine)
     mask = nib.Nifti1Image(sample(template.mask_img.dataobj, template.affine, pts, order=0)
                            .astype(np.uint8), affine)
-    return _Grid(img, mask, shape, affine)
+    chi = None
+    if template.chi_img is not None:
+        chi = nib.Nifti1Image(sample(template.chi_img.dataobj, template.affine, pts, order=1)
+                              .astype(np.float32), affine)
+    return _Grid(img, mask, shape, affine, chi)
 
 
 # ------------------------------------------------------------------------------- cohort
 def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="structural",
-                     nonlinear=True, resolution=None, reference="whole_brain",
-                     reference_mask_img=None, reference_statistic="mean",
-                     interpolation="linear", hybrid_weight=0.5, params=None, outlier_z=3.5,
-                     n_jobs=1, rng=None, verbose=None, overwrite=False):
+                     nonlinear=None, resolution=None, registration_resolution=None,
+                     reference="whole_brain", reference_mask_img=None, reference_statistic="mean",
+                     interpolation="linear", hybrid_mu=HYBRID_MU_PPM, units="ppb", params=None,
+                     outlier_z=3.5, qc_floor=None, n_jobs=1, rng=None, verbose=None,
+                     overwrite=False):
     """Normalize every subject's χ map to a template (see the module notes for outputs).
 
     Parameters
     ----------
     cohort : Cohort
-        From :func:`qsm.cohort.load_cohort`.
+        From :func:`qsm.cohort.load_cohort` (``require_structural=False`` for ``drive='chi'``).
     out_dir : str or Path
         BIDS-derivatives output folder.
     template : Template or None
-        Default: nilearn's bundled MNI152 2009a at 2 mm.
+        Default: nilearn's bundled MNI152 2009a (symmetric) at 2 mm. Its
+        ``chi_img`` (ppb) is needed by the drives 'chi', 'hybrid' and 'multichannel'.
     engine : {'dipy', 'ants'}
-    drive : {'structural', 'chi', 'hybrid'}
-    nonlinear : bool
-        SyN after the affine stages.
+    drive : {'structural', 'chi', 'hybrid', 'multichannel'}
+        See :mod:`qsm.drives`.
+    nonlinear : bool or None
+        SyN after the affine stages; None = the drive's measured default
+        (:func:`qsm.drives.default_nonlinear`: affine only for a GRE magnitude
+        against a T1 template).
     resolution : float or None
         Isotropic output voxel size in mm (same field of view); None = template grid.
+    registration_resolution : float or None
+        Register on a coarser working grid of this voxel size (mm); the output
+        grid is unchanged. None = the template grid.
     reference : {'whole_brain', 'csf', 'wm', 'mask'}
-        Reference region for χ (see :mod:`qsm.reference`).
+        Reference region for χ (see :mod:`qsm.reference`; 'wm' from the template).
     reference_mask_img : nibabel image or None
         Region mask on the output grid for ``reference='mask'``.
     reference_statistic : {'mean', 'median'}
     interpolation : {'linear', 'cubic', 'quintic'}
         For χ ('nearest' is for labels and refused here).
-    hybrid_weight : float
+    hybrid_mu : float
+        μ of the hybrid contrast per ppm of χ (default 400, MuSus-100).
+    units : {'ppb', 'ppm'}
+        Units of the input χ maps; outputs are in ppb. Maps whose robust range is
+        implausible for this unit, or far from the cohort's, are refused first
+        (:func:`qsm.units.check_units`).
     params : dict or None
         Engine parameter overrides (see :data:`qsm.registration.DIPY_DEFAULTS`).
     outlier_z : float
         Flag subjects whose NMI or correlation robust z-score is below ``-outlier_z``.
+    qc_floor : float or None
+        Absolute floor of |r| (default :data:`qsm.drives.QC_FLOORS` per drive).
     n_jobs : int
         Subjects processed in parallel (joblib; -1 = all cores).
     rng : int, numpy.random.Generator or None
@@ -331,25 +418,35 @@ def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="st
     """
     if not isinstance(cohort, Cohort):
         raise TypeError(f"'cohort' must be a qsm.cohort.Cohort, got {type(cohort).__name__}.")
-    if reference not in REGIONS:
-        raise ValueError(f"Invalid value for the 'reference' parameter. Allowed values are "
-                         f"{', '.join(repr(r) for r in REGIONS)}, but got {reference!r} instead.")
+    for name, value, allowed in (("reference", reference, REGIONS), ("drive", drive, DRIVES)):
+        if value not in allowed:
+            raise ValueError(f"Invalid value for the '{name}' parameter. Allowed values are "
+                             f"{', '.join(repr(r) for r in allowed)}, but got {value!r} instead.")
     check_interpolation(interpolation)
     if interpolation == "nearest":
         raise ValueError("Invalid value for the 'interpolation' parameter for χ maps. Allowed "
                          "values are 'linear', 'cubic', 'quintic', but got 'nearest' instead.")
     template = load_template(resolution=2) if template is None else template
+    if drive != "structural" and template.chi_img is None:
+        raise ValueError(f"drive={drive!r} needs a template with a χ channel: give one "
+                         "(--template-chi) or build a study template (--build-template).")
+    missing = [s for s, p in zip(cohort.subjects, cohort.table["structural_path"]) if p is None]
+    if missing and drive != "chi":
+        raise ValueError(f"drive={drive!r} needs a structural image for every subject; none "
+                         f"for {', '.join(missing)} (use drive='chi').")
     grid = _grid(template, resolution)
+    check_units(list(cohort.table["chi_path"]), units, subjects=cohort.subjects)
     if reference_mask_img is not None:
         reference_mask_img = (nib.load(reference_mask_img)
                               if isinstance(reference_mask_img, (str, Path)) else reference_mask_img)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"engine": engine, "drive": drive, "nonlinear": nonlinear,
-                "hybrid_weight": hybrid_weight, "params": params, "interpolation": interpolation,
+                "hybrid_mu": float(hybrid_mu), "params": params, "interpolation": interpolation,
                 "reference": reference, "reference_mask_img": reference_mask_img,
                 "reference_statistic": reference_statistic, "overwrite": overwrite,
-                "resolution": resolution}
+                "resolution": resolution, "registration_resolution": registration_resolution,
+                "units": units, "qc_floor": qc_floor}
     rng = np.random.default_rng(rng)
     seeds = rng.integers(2**31 - 1, size=len(cohort))
     rows = list(cohort)
@@ -360,18 +457,23 @@ def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="st
     for key, col in (("chi", "chi_template_path"), ("structural", "structural_template_path"),
                      ("sidecar", "sidecar_path"), ("qc", "qc_path")):
         table[col] = [r[key] for r in results]
-    for key in ("nmi", "correlation", "offset", "status"):
+    for key in ("nmi", "correlation", "below_floor", "offset", "coverage", "status"):
         table[key] = [r[key] for r in results]
+    table["below_floor"] = table["below_floor"].astype(bool)
     table["nmi_z"] = robust_z(table["nmi"])
     table["correlation_z"] = robust_z(table["correlation"])
-    table["outlier"] = (table["nmi_z"] < -outlier_z) | (table["correlation_z"] < -outlier_z)
+    table["outlier"] = (table["below_floor"] | (table["nmi_z"] < -outlier_z)
+                        | (table["correlation_z"] < -outlier_z))
     quality = table[["subject", "session", "nmi", "correlation", "nmi_z", "correlation_z",
-                     "outlier", "offset", "status"]].copy()
+                     "below_floor", "outlier", "offset", "coverage", "status"]].copy()
     quality.insert(0, "participant_id", ["sub-" + s for s in quality.pop("subject")])
     quality_path = out_dir / QUALITY_TSV
     atomic_write_text(quality_path, quality.to_csv(sep="\t", index=False, na_rep="n/a"))
+    if table["below_floor"].any():
+        logger.warning("Failed registrations (|r| below the drive's floor): %s",
+                       ", ".join(cohort.subjects[i] for i in np.flatnonzero(table["below_floor"])))
     if table["outlier"].any():
-        logger.warning("Registration outliers (robust z < -%g): %s", outlier_z,
+        logger.warning("Registration outliers (below the floor or robust z < -%g): %s", outlier_z,
                        ", ".join(cohort.subjects[i] for i in np.flatnonzero(table["outlier"])))
     normalized = table.drop(columns=["chi_path", "structural_path"]).rename(
         columns={"chi_template_path": "chi_path", "structural_template_path": "structural_path"})
@@ -402,63 +504,3 @@ def _run_parallel(jobs, *, n_jobs, verbose):
         return out
     finally:
         bar.close()
-
-
-# ---------------------------------------------------------------------- study template
-def build_template(cohort, *, n_iterations=3, template=None, space="study", engine="dipy",
-                   drive="structural", nonlinear=True, params=None, rng=None, verbose=None):
-    """Iterative group-wise template: register all, average, repeat.
-
-    Each iteration registers every subject to the current template, resamples
-    its structural image (scaled to unit median inside the mask) and its χ map
-    linearly onto the template grid and averages them; the averages become the
-    next template (``img`` and ``chi_img``; the brain mask stays the starting
-    template's). Starts from the MNI template.
-
-    Parameters
-    ----------
-    cohort : Cohort
-    n_iterations : int
-    template : Template or None
-        Starting template (default: bundled MNI 2 mm).
-    space : str
-        Space name of the result.
-    engine, drive, nonlinear, params
-        As in :func:`qsm.registration.register` (``drive='hybrid'`` uses the
-        χ channel from the second iteration on).
-    rng : int, numpy.random.Generator or None
-    verbose : bool or None
-
-    Returns
-    -------
-    Template
-    """
-    from tqdm.auto import tqdm
-
-    if int(n_iterations) < 1:
-        raise ValueError(f"Invalid value for the 'n_iterations' parameter: expected an integer "
-                         f">= 1, but got {n_iterations!r} instead.")
-    current = load_template(resolution=2) if template is None else template
-    mask = current.mask()
-    rng = np.random.default_rng(rng)
-    seeds = rng.integers(2**31 - 1, size=(int(n_iterations), len(cohort)))
-    ref_scale = np.median(np.asarray(current.img.dataobj)[mask])
-    for it in range(int(n_iterations)):
-        s_sum = np.zeros(current.shape)
-        c_sum = np.zeros(current.shape)
-        for k, row in enumerate(tqdm(list(cohort), desc=f"template iteration {it + 1}",
-                                     disable=not _show_progress(verbose))):
-            struct, chi = nib.load(row["structural_path"]), nib.load(row["chi_path"])
-            reg = register(struct, current, chi_img=chi, drive=drive, engine=engine,
-                           nonlinear=nonlinear, params=params, rng=int(seeds[it, k]))
-            s = np.asarray(reg.transform(struct).dataobj, dtype=np.float64)
-            med = np.median(s[mask])
-            s_sum += s * (ref_scale / med if med > 0 else 1.0)
-            c_sum += np.asarray(reg.transform(chi).dataobj, dtype=np.float64)
-        current = Template(img=nib.Nifti1Image((s_sum / len(cohort)).astype(np.float32),
-                                               current.affine),
-                           mask_img=current.mask_img, space=space,
-                           chi_img=nib.Nifti1Image((c_sum / len(cohort)).astype(np.float32),
-                                                   current.affine))
-        logger.info("Template iteration %d/%d done", it + 1, n_iterations)
-    return current

@@ -25,15 +25,15 @@ from qsm.atlas import (
     _atomic_write_text,
     _save_img_atomic,
     atlas_labels_in_space,
-    demo_thalamus_atlas,
-    load_atlas,
     region_masks,
     save_atlas,
 )
+from qsm.coverage import coverage_table, has_data, incomplete_subjects
 from qsm.config import StudyConfig, check_participants, load_config, read_participants
-from qsm.reference import rereference, wm_mask
+from qsm.reference import rereference
 from qsm.regression import clinical_regressions, group_comparisons, regional_values
 from qsm.roi import region_stats, write_stats_table
+from qsm.units import check_units, to_ppb
 
 logger = logging.getLogger(__name__)
 
@@ -80,71 +80,51 @@ class StudyResult:
 
 
 def _load_study_atlas(config: StudyConfig) -> Atlas:
-    a = config.atlas
-    if a.labels_img:
-        return load_atlas(config.path(a.labels_img), config.path(a.label_table), space=a.space,
-                          structure=a.structure or None, unions=dict(a.unions))
-    return demo_thalamus_atlas()
+    from qsm.study_space import load_study_atlas
 
-
-def _nilearn_mask(kind: str, img, resample: bool) -> np.ndarray:
-    """nilearn's bundled MNI152 brain or white-matter mask on the grid of ``img``.
-
-    On nilearn's own 1 or 2 mm grids nothing is resampled (the white-matter
-    mask is :func:`qsm.reference.wm_mask`, eroded once); on another grid the
-    2 mm mask is resampled (nearest neighbour) only when ``resample``.
-    """
-    from nilearn import datasets
-
-    if kind == "wm":
-        try:
-            return np.asarray(wm_mask(img).dataobj) > 0
-        except ValueError:
-            pass
-        mask_img = datasets.load_mni152_wm_mask(resolution=2)
-    else:
-        for resolution in (2, 1):
-            mask_img = datasets.load_mni152_brain_mask(resolution=resolution)
-            if _same_grid(mask_img, img):
-                return np.asarray(mask_img.dataobj) > 0
-    return _resampled_mask(mask_img, img, resample, f"nilearn MNI152 {kind} mask",
-                           erode=kind == "wm")
+    return load_study_atlas(config)
 
 
 def _same_grid(a, b) -> bool:
     return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=1e-4)
 
 
-def _resampled_mask(mask_img, img, resample: bool, name: str, *, erode=False) -> np.ndarray:
-    if _same_grid(mask_img, img):
-        return np.asarray(mask_img.dataobj) > 0
-    if not resample:
-        raise ValueError(f"The reference mask ({name}) and the χ maps are not on the same "
-                         "grid; set [atlas] resample = true to allow nearest-neighbour "
-                         "resampling.")
-    from nilearn.image import resample_to_img
-    from scipy import ndimage
+def _study_reference_mask(config: StudyConfig, img, native):
+    """Reference region on the maps' grid, from the user's masks or the study's template."""
+    from qsm.study_space import reference_mask, study_template
+    from qsm.template import resample_template
 
-    logger.info("Resampling the reference mask (%s) to the χ maps' grid (nearest neighbour)",
-                name)
-    out = resample_to_img(mask_img, img, interpolation="nearest", force_resample=True,
-                          copy_header=True)
-    data = np.asarray(out.dataobj) > 0
-    return ndimage.binary_erosion(data) if erode else data
-
-
-def _reference_region(config: StudyConfig, img) -> tuple[np.ndarray | None, str]:
-    """The configured reference region on ``img``'s grid and a description of it."""
-    region = config.referencing.region
-    if region == "none":
+    if config.referencing.region == "none":
         return None, "none"
-    if region == "brain":
-        return _nilearn_mask("brain", img, config.atlas.resample), "nilearn MNI152 brain mask"
-    if region == "wm":
-        return (_nilearn_mask("wm", img, config.atlas.resample),
-                "nilearn MNI152 white-matter mask, eroded once")
-    path = config.path(region)
-    return _resampled_mask(nib.load(str(path)), img, config.atlas.resample, str(path)), str(path)
+    if native is not None:
+        template = native.template
+        if config.normalization.resolution:
+            template = resample_template(template, config.normalization.resolution)
+    else:
+        template = study_template(config)
+    return reference_mask(config, img, template)
+
+
+def _drop_incomplete(config: StudyConfig, rows, crops, tables, coverage):
+    """Stop on (or leave out) subjects without data in too much of the voxel-wise region."""
+    s, r = config.study, config.roi
+    region = config.voxelwise.region if config.voxelwise.enabled else "thalamus"
+    bad = incomplete_subjects(coverage, region, r.max_missing_fraction)
+    if not bad:
+        return rows, crops, tables, []
+    listed = ", ".join(f"{k} ({v:.0%})" for k, v in bad.items())
+    if r.on_missing == "stop":
+        raise ValueError(f"{config.source}: subject(s) without data in more than "
+                         f"{r.max_missing_fraction:.0%} of the {region} ([roi] "
+                         f"max_missing_fraction): {listed}. Fix their maps, raise the limit, or "
+                         "set [roi] on_missing = \"exclude\" to leave them out (see coverage.tsv).")
+    keep = ~rows[s.id_column].astype(str).isin(list(bad)).to_numpy()
+    logger.warning("Left out ([roi] on_missing = exclude): %s", listed)
+    rows = rows[keep].reset_index(drop=True)
+    check_participants(config, rows)
+    crops = [c for c, k in zip(crops, keep) if k]
+    tables = [t for t, k in zip(tables, keep) if k]
+    return rows, crops, tables, list(bad)
 
 
 def _rereference(data, affine, region_mask, statistic, path):
@@ -216,6 +196,12 @@ def _check_before_work(config: StudyConfig):
                          f"{config.voxelwise.region!r} instead.")
     native = _native_inputs(config, rows, atlas) if config.study.space == "native" else None
     _check_atlas_space(config, atlas, native)
+    if native is None:   # native maps are checked by qsm.normalize
+        folder = config.path(config.study.participants).parent
+        check_units([Path(p) if Path(p).is_absolute() else folder / p
+                     for p in rows[config.study.chi_column]], config.study.units,
+                    subjects=list(rows[config.study.id_column]),
+                    reader=lambda path, sub: _read_chi(path, sub)[1])
     return rows, atlas, native
 
 
@@ -226,7 +212,7 @@ def _check_atlas_space(config: StudyConfig, atlas: Atlas, native) -> None:
     millimetres, so a different name is an error, never silently resampled. The
     demo atlas is built on nilearn's bundled template grid (checked by grid).
     """
-    if not config.atlas.labels_img:
+    if not (config.atlas.labels_img or config.atlas.name):
         return
     if native is not None:
         data_space, where = native.template.space, "the [normalization] template"
@@ -234,10 +220,11 @@ def _check_atlas_space(config: StudyConfig, atlas: Atlas, native) -> None:
         data_space, where = config.study.space, "[study] space"
     if atlas.space != data_space:
         raise ValueError(
-            f"{config.source}: the atlas {config.atlas.labels_img} is in space {atlas.space!r} "
-            f"but the χ maps are in {data_space!r} ({where}). Template spaces differ by "
-            f"millimetres; use an atlas made in {data_space!r} (or correct [atlas] space / "
-            "[study] space if a tag is wrong).")
+            f"{config.source}: the atlas {config.atlas.name or config.atlas.labels_img} is in "
+            f"space {atlas.space!r} but the χ maps are in {data_space!r} ({where}). Template "
+            f"spaces differ by millimetres; carry the atlas over with `qsm atlas transfer` "
+            f"(then [atlas] labels_img/label_table/space = its outputs), or use an atlas made "
+            f"in {data_space!r} (or correct [atlas] space / [study] space if a tag is wrong).")
 
 
 def _subject_key(participant_id) -> str:
@@ -261,7 +248,8 @@ def _native_inputs(config: StudyConfig, rows: pd.DataFrame, atlas: Atlas) -> _Na
     the template and the reference region on the output grid.
     """
     from qsm.cohort import Cohort, load_cohort
-    from qsm.template import load_template, output_grid
+    from qsm.study_space import resampled_mask, study_template
+    from qsm.template import output_grid
 
     s, n = config.study, config.normalization
     if n.engine == "ants":
@@ -273,16 +261,12 @@ def _native_inputs(config: StudyConfig, rows: pd.DataFrame, atlas: Atlas) -> _Na
                              "'dipy'.") from None
     cohort = load_cohort(config.path(s.participants), subject_column=s.id_column,
                          chi_column=s.chi_column, structural_column="structural_path",
-                         skip_bad=n.skip_bad)
+                         require_structural=n.drive != "chi", skip_bad=n.skip_bad)
     wanted = {_subject_key(x) for x in rows[s.id_column]}
     keep = cohort.table["subject"].isin(wanted).to_numpy()
     cohort = Cohort(table=cohort.table[keep].reset_index(drop=True), source=cohort.source,
                     skipped=tuple(k for k in cohort.skipped if k.subject in wanted))
-    if n.template:
-        template = load_template(config.path(n.template), config.path(n.template_mask),
-                                 space=n.template_space)
-    else:
-        template = load_template(resolution=n.template_resolution)
+    template = study_template(config)
     shape, affine = output_grid(template, n.resolution or None)
     grid = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
     if not config.atlas.resample and not _same_grid(atlas.labels_img, grid):
@@ -290,20 +274,15 @@ def _native_inputs(config: StudyConfig, rows: pd.DataFrame, atlas: Atlas) -> _Na
                          f"the normalization output grid (shape {tuple(shape)}); set "
                          "[normalization] resolution/template to the atlas grid, or [atlas] "
                          "resample = true for nearest-neighbour resampling of the atlas.")
-    region, mask_img = config.referencing.region, None
-    if region == "brain":
-        reference = "whole_brain"
-    elif region == "wm":
-        reference = "wm"
-        try:
-            wm_mask(grid)
-        except ValueError as exc:
-            raise ValueError(f"{config.source}: [referencing] region = 'wm' with this "
-                             f"[normalization] output grid: {exc}") from None
+    r = config.referencing
+    user = {"brain": r.brain_mask, "wm": r.wm_mask}.get(r.region, r.region)
+    mask_img = None
+    if r.region in ("brain", "wm") and not user:
+        reference = "whole_brain" if r.region == "brain" else "wm"   # from the template
     else:
         reference = "mask"
-        path = config.path(region)
-        mask = _resampled_mask(nib.load(str(path)), grid, config.atlas.resample, str(path))
+        path = config.path(user)
+        mask = resampled_mask(nib.load(str(path)), grid, config.atlas.resample, str(path))
         mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     return _NativeInputs(cohort, template, reference, mask_img)
 
@@ -323,12 +302,14 @@ def _normalize(config: StudyConfig, rows: pd.DataFrame, native: _NativeInputs, o
                 len(native.cohort), native.template.space, n.engine, n.nonlinear, n.n_jobs)
     result = normalize_cohort(
         native.cohort, out / n.out_subdir, template=native.template, engine=n.engine,
-        drive=n.drive, nonlinear=n.nonlinear, resolution=n.resolution or None,
+        drive=n.drive, nonlinear=None if n.nonlinear == "auto" else n.nonlinear,
+        resolution=n.resolution or None,
+        registration_resolution=n.registration_resolution or None,
         reference=native.reference, reference_mask_img=native.reference_mask_img,
         reference_statistic=config.referencing.statistic, interpolation=n.interpolation,
-        hybrid_weight=n.hybrid_weight, params=dict(n.dipy_params) or None,
-        outlier_z=n.outlier_z, n_jobs=n.n_jobs, rng=n.seed, verbose=verbose,
-        overwrite=n.overwrite)
+        hybrid_mu=n.hybrid_mu, units=config.study.units, params=dict(n.dipy_params) or None,
+        outlier_z=n.outlier_z, qc_floor=n.qc_floor or None, n_jobs=n.n_jobs, rng=n.seed,
+        verbose=verbose, overwrite=n.overwrite)
     table = result.table
     index = {sub: i for i, sub in enumerate(table["subject"])}
     keep = np.array([_subject_key(x) in index for x in rows[s.id_column]])
@@ -391,8 +372,18 @@ def _read_chi(path, subject, *, header_only=False):
     """A χ map (image, float32 data); any unreadable file is one error naming it."""
     try:
         img = nib.load(str(path))
-        if header_only:
-            return img
+        kind = img.get_data_dtype().kind
+    except Exception as exc:  # nibabel raises many types for broken files
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"χ map {path} of {subject} cannot be read as an image ({why}).") \
+            from None
+    if kind not in "iuf":
+        what = {"c": "complex", "V": "RGB or structured", "b": "boolean"}.get(kind, kind)
+        raise ValueError(f"χ map {path} of {subject} holds {what} values; expected real "
+                         "numbers (ppb).")
+    if header_only:
+        return img
+    try:
         return img, np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for broken files
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -459,9 +450,11 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         ``normalized/`` (``[normalization] out_subdir``), ``atlas/``,
         ``referencing.tsv`` (reference offsets per subject), ``cohort_qsmstats.tsv``,
         ``regression_groups.tsv``, ``regression_clinical.tsv``, ``voxelwise/``
-        (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space,
-        and ``voxelwise_regions.tsv``), ``figures/``, ``report.md`` and
-        ``provenance.json``.
+        (per patient group: t, TFCE and TFCE FWE p maps in the χ maps' space, each
+        with a JSON sidecar, the p maps plain p with ``"p_convention": "p"``, and
+        ``voxelwise_regions.tsv``), ``figures/`` (PNG and PDF), ``report.md``, the
+        self-contained ``report.html`` and ``provenance.json``. A relative path is
+        taken relative to the working directory; an existing file is an error.
     verbose : bool or None
         Progress bars (default: when logging is at INFO or lower).
     timings : dict of str to float, optional
@@ -502,10 +495,11 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     labels = atlas_labels_in_space(atlas, first, resample=config.atlas.resample,
                                    img_name=str(paths[0]))
     masks = region_masks(atlas, labels_data=labels)
-    ref_mask, ref_description = _reference_region(config, first)
+    ref_mask, ref_description = _study_reference_mask(config, first, native)
     vox_mask = masks.get(config.voxelwise.region) if config.voxelwise.enabled else None
     box = _bbox(vox_mask, _MARGIN) if vox_mask is not None else None
-    crops, refs, ref_voxels, tables = [], [], [], []
+    units = "ppb" if native is not None else s.units   # qsm.normalize writes ppb
+    crops, refs, ref_voxels, tables, coverage = [], [], [], [], []
     for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
                           desc="loading χ maps"):
         img, data = _read_chi(path, sub)
@@ -517,13 +511,17 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
             if bad:
                 raise ValueError(f"χ map {path} of {sub} has {bad} NaN or infinite value(s) in "
                                  f"the [voxelwise] region {config.voxelwise.region!r}.")
+        data = to_ppb(data, units)
+        have = has_data(data, ignore_zeros=config.roi.ignore_zeros)
+        coverage.append(coverage_table(sub, have, masks))
         ref, n_ref = 0.0, 0
         if ref_mask is not None:
             data, ref, n_ref = _rereference(data, first.affine, ref_mask,
                                             config.referencing.statistic, path)
+        data[~have] = np.nan   # no data, whatever value referencing would give it
         refs.append(ref)
         ref_voxels.append(n_ref)
-        table = region_stats(data, masks, ignore_zeros=config.roi.ignore_zeros,
+        table = region_stats(data, masks, ignore_zeros=False,   # no data is NaN by now
                              trim_percentile=config.roi.trim_percentile or None)
         table.insert(0, "subject", sub)
         tables.append(table)
@@ -532,6 +530,24 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     rows = rows.assign(reference_region=config.referencing.region,
                        reference_statistic=config.referencing.statistic,
                        reference_ppb=refs, reference_voxels=ref_voxels)
+    coverage = pd.concat(coverage, ignore_index=True)
+    write_stats_table(coverage, out / "coverage.tsv")
+    rows, crops, tables, excluded = _drop_incomplete(config, rows, crops, tables, coverage)
+    vox_info = None
+    if vox_mask is not None:
+        common = np.logical_and.reduce([np.isfinite(c) for c in crops])
+        for c in crops:
+            c[~np.isfinite(c)] = 0.0   # outside the analysed mask
+        in_region = int(vox_mask.sum())
+        vox_mask = vox_mask.copy()
+        vox_mask[box] &= common
+        vox_info = {"region": config.voxelwise.region, "region_voxels": in_region,
+                    "analysed_voxels": int(vox_mask.sum()),
+                    "dropped_no_data": in_region - int(vox_mask.sum())}
+        if vox_info["dropped_no_data"]:
+            logger.warning("Voxel-wise mask: %d of %d %s voxels lack data in at least one "
+                           "subject and are left out (coverage.tsv)", vox_info["dropped_no_data"],
+                           in_region, config.voxelwise.region)
     _write_referencing(rows, config, out / "referencing.tsv")
     roi_table = pd.concat(tables, ignore_index=True)
     write_stats_table(roi_table, out / "cohort_qsmstats.tsv")
@@ -569,12 +585,17 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         out / "figures", atlas=atlas, labels=labels, affine=first.affine, long=long,
         pmaps=pmaps, clinical_table=clinical_table, config=config, group_table=group_table,
         region_mask=vox_mask,
-        n_perm=int(vox_table["n_perm"].max()) if vox_table is not None else None)
+        n_perm=int(vox_table["n_perm"].max()) if vox_table is not None else None,
+        background_img=native.template.img if native is not None else None)
     timings["figures"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0 + sum(earlier.values())
     provenance = {"config": config.to_dict(), "config_source": config.source,
                   "n_subjects": int(len(rows)), "timings_s": timings,
                   "referencing": _referencing_summary(rows, config, ref_description),
+                  "units": {"declared": s.units, "analysed": "ppb"},
+                  "coverage": {"table": "coverage.tsv", "voxelwise_mask": vox_info,
+                               "excluded_subjects": excluded,
+                               "max_missing_fraction": config.roi.max_missing_fraction},
                   "normalization": _normalization_summary(normalization, native, out),
                   "versions": report.versions()}
     _atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=2, default=str))
@@ -641,6 +662,7 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
                 "min_p_fwe": float(full["pfwe"][m].min()) if m.any() else np.nan,
                 "n_perm": int(res.n_perm), "scheme": res.scheme,
             })
+    bar.set_description(f"voxel-wise, {len(config.groups)} patient groups")
     bar.close()
     table = pd.DataFrame(results)
     table["frac_sig"] = (table.n_sig_lower + table.n_sig_higher) / table.n_voxels.clip(lower=1)

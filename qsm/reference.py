@@ -7,13 +7,19 @@ shifted so that a reference region has zero mean (or median) χ:
 * ``"csf"``: the ventricles, found in the template as dark (CSF) voxels deep
   inside the brain (brain mask eroded by 12 mm, intensity below half the
   median brain intensity of the T1-like template, connected parts >= 1 ml);
-* ``"wm"``: nilearn's bundled MNI152 white-matter mask (eroded by one voxel),
-  available on the bundled template grids (1 or 2 mm) only;
+* ``"wm"``: a white-matter mask of the template (:func:`template_wm_mask`:
+  nilearn's bundled MNI152 white-matter mask on nilearn's own grids, else the
+  brightest tissue class of the T1 template inside its brain mask), eroded
+  by one voxel, or the user's own mask;
 * ``"mask"``: a user mask on the χ map's grid.
 
-The offset is subtracted inside the brain mask only; voxels outside keep their
-value. The offset and the region are returned (and recorded in the sidecars
-written by :mod:`qsm.normalize`).
+**Voxels without data** (zero or non-finite: outside the reconstructed field of
+view, masked veins) are left out of the reference region and keep their "no
+data" value (0 stays 0): the offset is the statistic over voxels *with* data
+only, so a map gets the same offset whether it is referenced in its own space
+or after normalization. The offset is subtracted inside the brain mask, on
+voxels with data; voxels outside keep their value. The offset and the region
+are returned (and recorded in the sidecars written by :mod:`qsm.normalize`).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ class ReferenceResult:
     region : str
     statistic : str
     n_voxels : int
-        Voxels in the reference region (inside the brain mask, finite).
+        Voxels in the reference region used (inside the brain mask, with data).
+    n_no_data : int
+        Voxels of the brain mask without data (left at their value).
     """
 
     img: nib.Nifti1Image
@@ -52,6 +60,7 @@ class ReferenceResult:
     region: str
     statistic: str
     n_voxels: int
+    n_no_data: int = 0
 
 
 def _check(name, value, allowed):
@@ -120,9 +129,53 @@ def wm_mask(reference_img):
     return nib.Nifti1Image(data.astype(np.uint8), wm.affine)
 
 
+def template_wm_mask(template_img, brain_mask_img):
+    """White-matter mask of a T1 template, eroded once.
+
+    On nilearn's own MNI152 grids this is nilearn's white-matter mask
+    (:func:`wm_mask`); on any other template (e.g. ICBM 2009c, FSL's MNI152 or
+    a study template) it is the brightest tissue class of the T1 image inside
+    the brain mask: voxels above the Otsu threshold of the brain voxels brighter
+    than half their median (which leaves CSF out of the split).
+
+    Parameters
+    ----------
+    template_img, brain_mask_img : nibabel images on one grid
+
+    Returns
+    -------
+    nibabel.Nifti1Image (uint8)
+    """
+    _same_grid(template_img, brain_mask_img, "template", "brain mask")
+    from nilearn import datasets
+
+    for res in (1, 2):
+        nl = datasets.load_mni152_template(resolution=res)
+        if (nl.shape == template_img.shape[:3]
+                and np.allclose(nl.affine, template_img.affine, atol=1e-3)
+                and np.allclose(np.asarray(nl.dataobj), np.asarray(template_img.dataobj),
+                                atol=1e-3)):
+            return wm_mask(template_img)
+    data = np.asarray(template_img.dataobj, dtype=np.float64)
+    brain = np.asarray(brain_mask_img.dataobj) > 0
+    tissue = data[brain & (data > 0.5 * np.median(data[brain]))]
+    hist, edges = np.histogram(tissue, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    threshold = centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)]
+    wm = ndi.binary_erosion(brain & (data > threshold))
+    if not wm.any():
+        raise ValueError("No white matter found in the template (expected a T1-like contrast); "
+                         "give your own white-matter mask.")
+    return nib.Nifti1Image(wm.astype(np.uint8), template_img.affine)
+
+
 def rereference(chi_img, *, mask_img, region="whole_brain", region_mask_img=None,
                 template_img=None, statistic="mean"):
-    """Shift a χ map so that a reference region has zero mean (or median).
+    """Shift a χ map so that a reference region has zero mean (or median) over voxels with data.
 
     Parameters
     ----------
@@ -134,7 +187,8 @@ def rereference(chi_img, *, mask_img, region="whole_brain", region_mask_img=None
     region_mask_img : nibabel image or None
         The reference region for ``region='mask'``, on the same grid.
     template_img : nibabel image or None
-        T1-like template on the same grid, needed for ``region='csf'``.
+        T1-like template on the same grid, needed for ``region='csf'`` and
+        used for ``region='wm'`` (:func:`template_wm_mask`).
     statistic : {'mean', 'median'}
 
     Returns
@@ -153,20 +207,26 @@ def rereference(chi_img, *, mask_img, region="whole_brain", region_mask_img=None
         _same_grid(chi_img, region_mask_img, "χ map", "reference region mask")
         ref = np.asarray(region_mask_img.dataobj) > 0
     elif region == "wm":
-        ref = np.asarray(wm_mask(chi_img).dataobj) > 0
+        wm = (wm_mask(chi_img) if template_img is None
+              else template_wm_mask(template_img, mask_img))
+        ref = np.asarray(wm.dataobj) > 0
     else:
         if template_img is None:
             raise ValueError("region='csf' needs the T1-like 'template_img', got None.")
         _same_grid(chi_img, template_img, "χ map", "template")
         ref = np.asarray(ventricle_mask(template_img, mask_img).dataobj) > 0
     chi = np.asarray(chi_img.dataobj, dtype=np.float32)
-    ref = ref & brain & np.isfinite(chi)
+    data = np.isfinite(chi) & (chi != 0)
+    ref = ref & brain & data
     if not ref.any():
-        raise ValueError(f"The reference region {region!r} has no voxel inside the brain mask.")
+        raise ValueError(f"The reference region {region!r} has no voxel with data inside the "
+                         "brain mask.")
     offset = float(np.mean(chi[ref]) if statistic == "mean" else np.median(chi[ref]))
     out = chi.copy()
-    out[brain] -= offset
-    logger.info("Re-referenced χ to %s (%s over %d voxels): offset %.4g",
-                region, statistic, int(ref.sum()), offset)
+    out[brain & data] -= offset
+    n_no_data = int((brain & ~data).sum())
+    logger.info("Re-referenced χ to %s (%s over %d voxels with data; %d brain voxels without "
+                "data left as they are): offset %.4g", region, statistic, int(ref.sum()),
+                n_no_data, offset)
     return ReferenceResult(img=nib.Nifti1Image(out, chi_img.affine), offset=offset, region=region,
-                           statistic=statistic, n_voxels=int(ref.sum()))
+                           statistic=statistic, n_voxels=int(ref.sum()), n_no_data=n_no_data)

@@ -29,6 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from qsm.drives import DRIVE_DEFAULTS, DRIVES, HYBRID_MU_PPM, driving_images, support_mask
 from qsm.transforms import (
     check_interpolation,
     grid_world,
@@ -41,7 +42,6 @@ from qsm.transforms import (
 logger = logging.getLogger(__name__)
 
 ENGINES = ("dipy", "ants")
-DRIVES = ("structural", "chi", "hybrid")
 
 #: Default dipy parameters (tuned for ~2 mm templates: about 10-20 s per subject).
 DIPY_DEFAULTS = {
@@ -53,6 +53,7 @@ DIPY_DEFAULTS = {
     "syn_level_iters": (30, 15, 5),
     "syn_cc_radius": 4,
     "syn_sigma_diff": 2.0,
+    "channel_weight": 1.0,
 }
 
 
@@ -175,13 +176,13 @@ class Registration:
                 chain.append(DenseFieldTransform(self.inverse_field, reference=ref))
         return TransformChain(chain)
 
-    def save(self, out_dir, prefix, *, space):
+    def save(self, out_dir, prefix, *, space, source="native"):
         """Write the transforms as ANTs/ITK files readable by ANTs and nitransforms.
 
-        Files: ``<prefix>_from-native_to-<space>_mode-image_xfm.mat`` (ITK affine)
-        and, if nonlinear, ``<prefix>_from-native_to-<space>_mode-image_xfm.nii.gz``
-        (forward warp) and ``<prefix>_from-<space>_to-native_mode-image_xfm.nii.gz``
-        (inverse warp). Resample a subject image into the template with
+        Files: ``<prefix>_from-<source>_to-<space>_mode-image_xfm.mat`` (ITK affine)
+        and, if nonlinear, ``<prefix>_from-<source>_to-<space>_mode-image_xfm.nii.gz``
+        (forward warp) and ``<prefix>_from-<space>_to-<source>_mode-image_xfm.nii.gz``
+        (inverse warp); ``source`` is ``native`` for a subject. Resample a subject image into the template with
         ``[warp, affine]`` (see :mod:`qsm.transforms`).
 
         Returns
@@ -194,14 +195,14 @@ class Registration:
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        fwd = f"{prefix}_from-native_to-{space}_mode-image_xfm"
+        fwd = f"{prefix}_from-{source}_to-{space}_mode-image_xfm"
         paths = {"affine": out_dir / f"{fwd}.mat", "warp": None, "inverse_warp": None}
         write_atomic(paths["affine"], lambda p: Affine(self.affine).to_filename(p, fmt="itk"))
         if self.forward_field is not None:
             for key, data, name in (
                 ("warp", self.forward_field, f"{fwd}.nii.gz"),
                 ("inverse_warp", self.inverse_field,
-                 f"{prefix}_from-{space}_to-native_mode-image_xfm.nii.gz"),
+                 f"{prefix}_from-{space}_to-{source}_mode-image_xfm.nii.gz"),
             ):
                 img = ITKDisplacementsField.to_image(
                     nib.Nifti1Image(np.asarray(data, dtype=np.float32), self.template_affine)
@@ -224,50 +225,47 @@ def _resample(img, points, affine, interpolation):
     return nib.Nifti1Image(out, affine)
 
 
-# ----------------------------------------------------------------------- driving images
-def _robust_unit(data, mask=None):
-    vals = data[mask] if mask is not None else data[data != 0]
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
-        return np.zeros_like(data, dtype=np.float32)
-    lo, hi = np.percentile(vals, [1, 99])
-    scale = hi - lo if hi > lo else 1.0
-    return ((data - lo) / scale).astype(np.float32)
+# ------------------------------------------------------------------ coarse working grid
+def _coarsen(img, resolution, *, order=1):
+    """``img`` on a grid of ``resolution`` mm (same field of view), Gaussian pre-smoothed.
 
-
-def driving_image(structural_img, chi_img=None, *, drive="structural", hybrid_weight=0.5):
-    """Build the image that drives the registration.
-
-    Parameters
-    ----------
-    structural_img : nibabel image
-        Magnitude or T1w image in subject space.
-    chi_img : nibabel image or None
-        χ map on the same grid (required for ``drive='chi'`` and ``'hybrid'``).
-    drive : {'structural', 'chi', 'hybrid'}
-        ``'hybrid'`` = robust-scaled structural minus ``hybrid_weight`` times
-        the χ map scaled by its 99th percentile of absolute values: iron-rich
-        deep grey matter (positive χ) darkens, sharpening the thalamus and
-        basal ganglia boundaries in T1-like contrast.
-    hybrid_weight : float
-
-    Returns
-    -------
-    nibabel.Nifti1Image (float32)
+    The smoothing brings the image to a FWHM of one new voxel (anti-aliasing);
+    nothing is done when the image already has voxels of at least that size.
     """
-    _check_option("drive", drive, DRIVES)
-    s = np.asarray(structural_img.dataobj, dtype=np.float32)
-    if drive == "structural":
-        return nib.Nifti1Image(s, structural_img.affine)
-    if chi_img is None:
-        raise ValueError(f"drive={drive!r} needs the subject's χ map ('chi_img'), got None.")
-    c = np.nan_to_num(np.asarray(chi_img.dataobj, dtype=np.float32))
-    if drive == "chi":
-        return nib.Nifti1Image(c, chi_img.affine)
-    absmax = np.percentile(np.abs(c[c != 0]), 99) if np.any(c != 0) else 1.0
-    hybrid = _robust_unit(s) - hybrid_weight * np.clip(c / absmax, -1, 1)
-    hybrid[s == 0] = 0
-    return nib.Nifti1Image(hybrid.astype(np.float32), structural_img.affine)
+    from qsm.template import grid_at_resolution
+
+    aff = np.asarray(img.affine, dtype=float)
+    zooms = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    if np.all(zooms >= float(resolution) - 1e-6):
+        return img
+    shape, affine = grid_at_resolution(img.shape, aff, resolution)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if order > 0:
+        from scipy import ndimage as ndi
+
+        fwhm = np.sqrt(np.maximum(float(resolution) ** 2 - zooms ** 2, 0.0)) / zooms
+        data = ndi.gaussian_filter(data, fwhm / np.sqrt(8 * np.log(2)))
+    out = sample(data, aff, grid_world(shape, affine), order=order)
+    return nib.Nifti1Image(out.astype(np.float32), affine)
+
+
+#: Coarsest pyramid level (voxel size in mm) kept: levels coarser than this are dropped, so a
+#: coarse working grid (``resolution``) skips the finest levels rather than adding coarser ones.
+MAX_LEVEL_MM = 16.0
+
+
+def _levels_for_grid(params, voxel_mm):
+    """dipy parameters without the pyramid levels coarser than :data:`MAX_LEVEL_MM`."""
+    out = dict(params)
+    keep = [k for k, f in enumerate(params["affine_factors"]) if voxel_mm * f <= MAX_LEVEL_MM]
+    keep = keep or [len(params["affine_factors"]) - 1]
+    for key in ("affine_level_iters", "affine_sigmas", "affine_factors"):
+        out[key] = tuple(params[key][k] for k in keep)
+    syn = tuple(params["syn_level_iters"])
+    n = len(syn)
+    kept = tuple(it for i, it in enumerate(syn) if voxel_mm * 2 ** (n - 1 - i) <= MAX_LEVEL_MM)
+    out["syn_level_iters"] = kept or syn[-1:]
+    return out
 
 
 # ------------------------------------------------------------------------------ engines
@@ -282,7 +280,11 @@ def _seeded_global_numpy(rng):
         np.random.set_state(state)
 
 
-def _register_dipy(static, static_aff, moving, moving_aff, *, nonlinear, static_mask, params, rng):
+def _arr(img):
+    return np.ascontiguousarray(np.asarray(img.dataobj), dtype=np.float64)
+
+
+def _register_dipy(images, *, nonlinear, static_mask, params, rng):
     from dipy.align.imaffine import (
         AffineRegistration,
         MutualInformationMetric,
@@ -296,9 +298,12 @@ def _register_dipy(static, static_aff, moving, moving_aff, *, nonlinear, static_
         TranslationTransform3D,
     )
 
-    static = np.ascontiguousarray(static, dtype=np.float64)
-    moving = np.ascontiguousarray(moving, dtype=np.float64)
-    current = transform_centers_of_mass(static, static_aff, moving, moving_aff).affine
+    static_img, moving_img = images["static"], images["moving"]
+    static_aff = np.asarray(static_img.affine, float)
+    moving_aff = np.asarray(moving_img.affine, float)
+    static, moving = _arr(static_img), _arr(moving_img)
+    current = transform_centers_of_mass(_arr(images["static_init"]), static_aff,
+                                        _arr(images["moving_init"]), moving_aff).affine
     metric = MutualInformationMetric(nbins=params["nbins"],
                                      sampling_proportion=params["sampling_proportion"])
     areg = AffineRegistration(metric=metric, level_iters=list(params["affine_level_iters"]),
@@ -306,18 +311,36 @@ def _register_dipy(static, static_aff, moving, moving_aff, *, nonlinear, static_
                               factors=list(params["affine_factors"]), verbosity=0)
     # dipy ignores masks (with a warning) under sparse sampling
     mask = static_mask if params["sampling_proportion"] is None else None
+    stages = [(static, moving, (TranslationTransform3D(), RigidTransform3D(),
+                                AffineTransform3D()))]
+    if images.get("static_affine_stage") is not None:   # masks first, then the contrast
+        stages.insert(0, (_arr(images["static_affine_stage"]),
+                          _arr(images["moving_affine_stage"]),
+                          (TranslationTransform3D(), RigidTransform3D())))
+        stages[1] = (static, moving, (RigidTransform3D(), AffineTransform3D()))
     with _seeded_global_numpy(rng):
-        for stage in (TranslationTransform3D(), RigidTransform3D(), AffineTransform3D()):
-            current = areg.optimize(static, moving, stage, None, static_grid2world=static_aff,
-                                    moving_grid2world=moving_aff, starting_affine=current,
-                                    static_mask=mask).affine
-            logger.debug("dipy %s stage done", type(stage).__name__)
+        for fixed, mov, transforms in stages:
+            for stage in transforms:
+                current = areg.optimize(fixed, mov, stage, None, static_grid2world=static_aff,
+                                        moving_grid2world=moving_aff, starting_affine=current,
+                                        static_mask=mask).affine
+                logger.debug("dipy %s stage done", type(stage).__name__)
     if not nonlinear:
         return current, None, None
-    sdr = SymmetricDiffeomorphicRegistration(
-        metric=CCMetric(3, sigma_diff=params["syn_sigma_diff"], radius=params["syn_cc_radius"]),
-        level_iters=list(params["syn_level_iters"]),
-    )
+    if images.get("static2") is not None:
+        from qsm._dipy_multichannel import TwoChannelCC
+
+        syn_metric = TwoChannelCC(_arr(images["static2"]), _arr(images["moving2"]), static_aff,
+                                  np.asarray(images["moving2"].affine, float),
+                                  levels=len(params["syn_level_iters"]),
+                                  weights=(1.0, float(params["channel_weight"])),
+                                  sigma_diff=params["syn_sigma_diff"],
+                                  radius=params["syn_cc_radius"])
+    else:
+        syn_metric = CCMetric(3, sigma_diff=params["syn_sigma_diff"],
+                              radius=params["syn_cc_radius"])
+    sdr = SymmetricDiffeomorphicRegistration(metric=syn_metric,
+                                             level_iters=list(params["syn_level_iters"]))
     dipy_logger = logging.getLogger("dipy")
     old = dipy_logger.level
     dipy_logger.setLevel(max(old, logging.WARNING))
@@ -331,7 +354,6 @@ def _register_dipy(static, static_aff, moving, moving_aff, *, nonlinear, static_
     bwd = np.asarray(mapping.get_backward_field(), dtype=np.float32)
     return current, fwd, bwd
 
-
 def _import_ants():
     try:
         import ants  # noqa: PLC0415
@@ -343,16 +365,19 @@ def _import_ants():
     return ants
 
 
-def _register_ants(static, static_aff, moving, moving_aff, *, nonlinear, static_mask, params, rng):
+def _register_ants(images, *, nonlinear, static_mask, params, rng):
     import tempfile
 
     from qsm.transforms import load_transform
 
     ants = _import_ants()
+    static_img, moving_img = images["static"], images["moving"]
+    static_aff = np.asarray(static_img.affine, float)
     with tempfile.TemporaryDirectory() as tmp:
         fixed_p, moving_p = Path(tmp) / "fixed.nii.gz", Path(tmp) / "moving.nii.gz"
-        nib.save(nib.Nifti1Image(static.astype(np.float32), static_aff), fixed_p)
-        nib.save(nib.Nifti1Image(moving.astype(np.float32), moving_aff), moving_p)
+        nib.save(nib.Nifti1Image(np.asarray(static_img.dataobj, np.float32), static_aff), fixed_p)
+        nib.save(nib.Nifti1Image(np.asarray(moving_img.dataobj, np.float32), moving_img.affine),
+                 moving_p)
         fixed, mov = ants.image_read(str(fixed_p)), ants.image_read(str(moving_p))
         seed = int(rng.integers(2**31 - 1))
         out = ants.registration(fixed, mov, type_of_transform="SyN" if nonlinear else "Affine",
@@ -363,10 +388,11 @@ def _register_ants(static, static_aff, moving, moving_aff, *, nonlinear, static_
         affine = load_transform(mats[0], fmt="itk")[0].matrix
         fwd = bwd = None
         if nonlinear:
+            shape = static_img.shape[:3]
             warp = [f for f in fwd_files if f.endswith(".nii.gz")][0]
             iwarp = [f for f in inv_files if f.endswith(".nii.gz")][0]
-            fwd = _ants_field_on_grid(warp, static.shape, static_aff)
-            bwd = _ants_field_on_grid(iwarp, static.shape, static_aff)
+            fwd = _ants_field_on_grid(warp, shape, static_aff)
+            bwd = _ants_field_on_grid(iwarp, shape, static_aff)
     return affine, fwd, bwd
 
 
@@ -379,65 +405,84 @@ def _ants_field_on_grid(path, shape, affine):
 
 
 def register(structural_img, template, *, chi_img=None, drive="structural", engine="dipy",
-             nonlinear=True, hybrid_weight=0.5, params=None, rng=None):
+             nonlinear=None, hybrid_mu=HYBRID_MU_PPM, chi_units="ppb", params=None, rng=None,
+             resolution=None):
     """Register a subject to a template.
 
     Parameters
     ----------
-    structural_img : nibabel image
-        3D magnitude or T1w image in subject space.
+    structural_img : nibabel image or None
+        3D magnitude or T1w image in subject space (None only for ``drive='chi'``).
     template : qsm.template.Template
     chi_img : nibabel image or None
-        χ map on the structural grid (for ``drive='chi'`` or ``'hybrid'``).
-    drive : {'structural', 'chi', 'hybrid'}
-        Image that drives the registration (see :func:`driving_image`). The
-        template side is ``template.img`` for ``'structural'``, the χ channel
-        for ``'chi'`` (required), and the hybrid of both for ``'hybrid'`` when
-        the template has a χ channel (``template.img`` otherwise).
+        χ map on the structural grid (needed by every drive but ``'structural'``).
+    drive : {'structural', 'chi', 'hybrid', 'multichannel'}
+        What is matched (see :mod:`qsm.drives`): the structural image to
+        ``template.img``; the χ map to ``template.chi_img`` (brain-mask
+        initialisation); the MuSus-100 hybrid contrast of both sides; or
+        structural and χ as two channels of one SyN.
     engine : {'dipy', 'ants'}
-    nonlinear : bool
-        Add SyN after the affine stages.
-    hybrid_weight : float
+        ``'ants'`` does not offer ``'multichannel'``.
+    nonlinear : bool or None
+        Add SyN after the affine stages; None = the drive's default
+        (:data:`qsm.drives.DRIVE_DEFAULTS`).
+    hybrid_mu : float
+        μ of the hybrid contrast per ppm of χ (default 400).
+    chi_units : {'ppb', 'ppm'}
+        Units of the χ maps (subject and template).
     params : dict or None
         Overrides of :data:`DIPY_DEFAULTS` (dipy) or ``{"ants_kwargs": {...}}`` (ants).
     rng : int, numpy.random.Generator or None
         Seeds the random sampling of the mutual-information metric.
+    resolution : float or None
+        Register on a coarser working grid of this voxel size (mm): the
+        template and the subject's images are smoothed and resampled to it, the
+        fields live on it, and :meth:`Registration.transform` still resamples
+        onto any output grid (e.g. 1 mm). None: the template grid.
 
     Returns
     -------
     Registration
+        ``template_affine``/``template_shape`` are those of the working grid.
     """
+    from qsm.template import resample_template
+
     _check_option("engine", engine, ENGINES)
     _check_option("drive", drive, DRIVES)
+    if engine == "ants" and drive == "multichannel":
+        raise ValueError("drive='multichannel' is implemented for engine='dipy' only; use "
+                         "engine='dipy' or another drive.")
+    nonlinear = DRIVE_DEFAULTS[drive]["nonlinear"] if nonlinear is None else bool(nonlinear)
     rng = np.random.default_rng(rng)
-    moving = driving_image(structural_img, chi_img, drive=drive, hybrid_weight=hybrid_weight)
-    if drive == "structural":
-        static_img = template.img
-    elif template.chi_img is None:
-        if drive == "chi":
-            raise ValueError("drive='chi' needs a template with a χ channel (template.chi_img); "
-                             "build one with qsm.normalize.build_template, or use "
-                             "drive='structural' or 'hybrid'.")
-        logger.info("drive='hybrid' with a template without χ channel: matching to template.img")
-        static_img = template.img
-    else:
-        static_img = driving_image(template.img, template.chi_img, drive=drive,
-                                   hybrid_weight=hybrid_weight)
     used = dict(DIPY_DEFAULTS) if engine == "dipy" else {}
     unknown = set(params or {}) - set(used) - ({"ants_kwargs"} if engine == "ants" else set())
     if unknown:
         raise ValueError(f"Unknown registration parameter(s) {sorted(unknown)} for engine "
                          f"{engine!r}; allowed: {sorted(used) or ['ants_kwargs']}.")
     used.update(params or {})
-    static = np.asarray(static_img.dataobj, dtype=np.float32)
-    moving_data = np.asarray(moving.dataobj, dtype=np.float32)
+    if resolution is not None:
+        template = resample_template(template, float(resolution))
+        coarse = {"structural": None if structural_img is None else _coarsen(structural_img,
+                                                                              resolution),
+                  "chi": None if chi_img is None else _coarsen(chi_img, resolution)}
+        if chi_img is not None:   # no data stays no data on the coarse grid
+            support = _coarsen(nib.Nifti1Image(support_mask(np.asarray(chi_img.dataobj))
+                                               .astype(np.float32), chi_img.affine), resolution)
+            data = np.asarray(coarse["chi"].dataobj).copy()
+            data[np.asarray(support.dataobj) < 0.5] = 0.0
+            coarse["chi"] = nib.Nifti1Image(data, coarse["chi"].affine)
+        structural_img, chi_img = coarse["structural"], coarse["chi"]
+    images = driving_images(drive, structural_img=structural_img, chi_img=chi_img,
+                            template=template, hybrid_mu=hybrid_mu, chi_units=chi_units)
+    if engine == "dipy":
+        used = _levels_for_grid(used, float(min(template.zooms)))
     func = _register_dipy if engine == "dipy" else _register_ants
-    affine, fwd, bwd = func(static, template.affine, moving_data, np.asarray(moving.affine, float),
-                            nonlinear=nonlinear, static_mask=template.mask().astype(np.int32),
-                            params=used, rng=rng)
-    used.update({"drive": drive, "nonlinear": bool(nonlinear)})
+    affine, fwd, bwd = func(images, nonlinear=nonlinear,
+                            static_mask=template.mask().astype(np.int32), params=used, rng=rng)
+    used.update({"drive": drive, "nonlinear": bool(nonlinear),
+                 "registration_resolution": None if resolution is None else float(resolution)})
     if drive == "hybrid":
-        used["hybrid_weight"] = hybrid_weight
+        used.update({"hybrid_mu_per_ppm": float(hybrid_mu), "chi_units": chi_units})
     return Registration(affine=np.asarray(affine, dtype=float), forward_field=fwd,
                         inverse_field=bwd, template_affine=template.affine,
                         template_shape=template.shape, engine=engine, parameters=used)

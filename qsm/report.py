@@ -387,8 +387,16 @@ def _settings_section(config) -> Section:
         "setting of the run, defaults included:", ("code", config_to_toml(config))])
 
 
+_STAGES = {"load_reference_roi": "loading, referencing, ROI tables", "voxelwise": "voxel-wise",
+           "total": "total"}
+
+
+def _stage(name: str) -> str:
+    return _STAGES.get(name, name.replace("_", " "))
+
+
 def _timings_table(timings: dict) -> Table:
-    df = pd.DataFrame({"stage": [k.replace("_", " ") for k in timings],
+    df = pd.DataFrame({"stage": [_stage(k) for k in timings],
                        "seconds": [float(v) for v in timings.values()]})
     return _table(df, [("stage", "stage", str), ("seconds", "seconds", _num(1))],
                   name="timings")
@@ -398,8 +406,7 @@ def report_sections(*, config, participants, group_table, clinical_table, voxelw
                     figures, timings, report_dir, truth=None) -> list[Section]:
     """Every section of the report, in order."""
     total = timings.get("total", float("nan"))
-    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in timings.items()
-                      if k != "total")
+    parts = ", ".join(f"{_stage(k)} {v:.1f} s" for k, v in timings.items() if k != "total")
     intro = (f"{len(participants)} subjects in {len(config.groups)} patient/control pairs "
              f"({', '.join(f'{p} / {c}' for p, c in config.groups.items())}). Config "
              f"`{config.source}` (rerun: `qsm run {config.source} --out OTHER`). Total run time "

@@ -26,7 +26,8 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; border-radius: 6px;
       font-size: .85em; line-height: 1.35; }
 .scroll { overflow-x: auto; margin: .6em 0 1.2em; }
 table { border-collapse: collapse; font-size: .88em; }
-th, td { padding: .28em .7em; border-bottom: 1px solid #dde3e8; white-space: nowrap; }
+th, td { padding: .28em .7em; border-bottom: 1px solid #dde3e8; vertical-align: top; }
+th, td.num { white-space: nowrap; } td { max-width: 32em; }
 th { background: #eef2f6; position: sticky; top: 0; cursor: pointer; user-select: none;
      text-align: left; }
 th::after { content: " \\2195"; color: #9aa7b4; font-size: .8em; }

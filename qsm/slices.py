@@ -83,8 +83,10 @@ def _mni_template():
     return datasets.load_mni152_template(resolution=2)  # nilearn resamples it at each call
 
 
-def _template(grid_img):
-    return _on_grid(_mni_template(), grid_img, "continuous")
+def _template(grid_img, background_img=None):
+    """The background on the figure's grid: the study's template, else nilearn's MNI152."""
+    return _on_grid(background_img if background_img is not None else _mni_template(),
+                    grid_img, "continuous")
 
 
 def _cuts(grid: _Grid, mask: np.ndarray):
@@ -151,7 +153,7 @@ def _layout(n_rows, box, *, top_in, bottom_in, left_in=0.05, gap_in=0.12):
     return fig, axes, (lambda inches: inches / height)
 
 
-def atlas_figure(atlas, labels: np.ndarray, affine, *, title=None):
+def atlas_figure(atlas, labels: np.ndarray, affine, *, title=None, background_img=None):
     """The atlas regions in colour on three thalamus close-ups, with a legend of names.
 
     Parameters
@@ -164,6 +166,9 @@ def atlas_figure(atlas, labels: np.ndarray, affine, *, title=None):
         Of that grid.
     title : str, optional
         Figure title (default: the atlas space).
+    background_img : nibabel image, optional
+        The template drawn underneath (default: nilearn's bundled MNI152 2009a,
+        resampled to the grid).
 
     Returns
     -------
@@ -173,7 +178,7 @@ def atlas_figure(atlas, labels: np.ndarray, affine, *, title=None):
     grid_img = nib.Nifti1Image(np.asarray(labels).astype(np.int32), affine)
     with style():
         grid = _Grid(grid_img)
-        background = _Grid(_template(grid_img), "continuous").data
+        background = _Grid(_template(grid_img, background_img), "continuous").data
         table = atlas.labels.reset_index(drop=True)
         palette = [c for k, c in enumerate(plt.get_cmap("tab20").colors) if k not in (14, 15)]
         if len(table) <= 9:  # strong colours first; never grey, which the template is
@@ -203,7 +208,7 @@ def atlas_figure(atlas, labels: np.ndarray, affine, *, title=None):
 
 
 def pmaps_figure(pmaps: dict, affine, *, atlas_labels=None, region_mask=None, alpha=0.05,
-                 n_perm=None):
+                 n_perm=None, background_img=None):
     """Voxel-wise FWE p maps per patient group on thalamus close-ups.
 
     Parameters
@@ -221,6 +226,8 @@ def pmaps_figure(pmaps: dict, affine, *, atlas_labels=None, region_mask=None, al
     n_perm : int, optional
         Permutations: the scale's top is the smallest p they can give, −log10(1/n_perm),
         the same for every row (default: the strongest voxel of all rows).
+    background_img : nibabel image, optional
+        As in :func:`atlas_figure`.
 
     Returns
     -------
@@ -239,7 +246,7 @@ def pmaps_figure(pmaps: dict, affine, *, atlas_labels=None, region_mask=None, al
     with style():
         img = nib.Nifti1Image(np.zeros(shape, np.float32), affine)
         grid = _Grid(img)
-        background = _Grid(_template(img), "continuous").data
+        background = _Grid(_template(img, background_img), "continuous").data
         labels = (_Grid(nib.Nifti1Image(np.asarray(atlas_labels).astype(np.int32), affine)).data
                   if atlas_labels is not None else None)
         if region_mask is not None:

@@ -80,8 +80,13 @@ def grid_world(shape, affine):
     -------
     (x, y, z, 3) float64 ndarray
     """
-    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
-    return ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    aff = np.asarray(affine, dtype=np.float64)
+    i, j, k = (np.arange(n, dtype=np.float64) for n in tuple(shape)[:3])
+    i, j, k = i[:, None, None], j[None, :, None], k[None, None, :]
+    out = np.empty(tuple(shape)[:3] + (3,), np.float64)
+    for r in range(3):   # broadcast sums: no (n, 3) index array, no matrix product
+        out[..., r] = aff[r, 0] * i + aff[r, 1] * j + aff[r, 2] * k + aff[r, 3]
+    return out
 
 
 def world_to_voxel(points, affine):

@@ -3,16 +3,47 @@
 fastmath takes every flag except ``nnan`` and ``ninf`` so that NaN and
 infinity keep their meaning (the policy stumpy follows). Set the environment
 variable ``NUMBA_DISABLE_JIT=1`` to run the kernels as plain Python.
+
+Compiled kernels are cached on disk (next to the sources, or in
+``$NUMBA_CACHE_DIR``, or in the user's cache folder). Where none of these is
+writable (a read-only install with a read-only ``$HOME``, usual in containers
+and on HPC clusters) numba would refuse to even define a cached kernel; then
+the kernels are compiled without a cache (a few seconds at first use in each
+process) and nothing fails.
 """
 
 import contextlib
+import logging
 
 import numba
 
+logger = logging.getLogger(__name__)
+
+
+def _cache_available():
+    """True if numba can cache a kernel defined in this package's folder.
+
+    numba looks for a writable cache folder when a function is decorated with
+    ``cache=True`` (not when it is compiled), and raises RuntimeError ("no
+    locator available") when there is none.
+    """
+    def probe():  # pragma: no cover - never called, only decorated
+        return 0
+
+    try:
+        numba.njit(cache=True)(probe)
+    except RuntimeError as exc:
+        logger.info("numba cannot cache compiled kernels here (%s); compiling them without a cache. "
+                    "Set NUMBA_CACHE_DIR to a writable folder to keep them between runs.", exc)
+        return False
+    return True
+
+
+CACHE = _cache_available()
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-JIT = {"cache": True, "fastmath": FASTMATH}
+JIT = {"cache": CACHE, "fastmath": FASTMATH}
 # Kernels whose summation order must not depend on the compiler's reassociation.
-JIT_STRICT = {"cache": True}
+JIT_STRICT = {"cache": CACHE}
 
 njit = numba.njit
 prange = numba.prange

@@ -9,8 +9,9 @@ and one folder per contrast with one file per finished chunk of the schedule::
 
 The fingerprint hashes everything a chunk's numbers depend on: the data matrix
 (so the input images and the mask), the design, the contrasts, the options,
-the voxels' neighbourhood graph and the whole permutation schedule (so the
-seed). Threads, executor and chunk size are not part of it: they change no
+the voxels' neighbourhood graph and the permutation schedule's definition
+(generator version, seed-derived key, number of rearrangements, exchangeability
+tree and design rows), which determines every one of its rows. Threads, executor and chunk size are not part of it: they change no
 number. A chunk file is written to a temporary name in the same folder,
 flushed to disk, then renamed, so a run killed at any moment leaves either a
 complete file or none. Each file carries a checksum of its content and the
@@ -22,10 +23,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import signal
-import tempfile
 import threading
 from dataclasses import fields
 from pathlib import Path
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from . import engine
+from .errors import ParameterError
+from .outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -117,33 +118,37 @@ def run_fingerprint(data, design, contrasts, schedule, graph, settings):
         "contrasts": _digest(*[p for c in contrasts
                                for p in (c.name, c.kind, np.asarray(c.weights, dtype=np.float64))]),
         "options": _digest(json.dumps(options, sort_keys=True, default=str)),
-        "schedule": _digest(schedule.permutations, schedule.signs),
+        "schedule": _digest(json.dumps(schedule.definition(), sort_keys=True)),
         "neighbourhood": "none" if graph is None else _digest(graph.indptr, graph.indices, *_graph_extras(graph)),
     }
 
 
 def _write_atomic(path, write):
-    """Call ``write(handle)`` on a temporary file in ``path``'s folder, fsync, rename to ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Call ``write(handle)`` on a temporary file in ``path``'s folder, fsync, rename to ``path``.
+
+    The file is created honouring the umask (see :func:`voxstats.outputs.atomic_write`).
+    """
+    atomic_write(path, write, temporary_prefix=_TMP_PREFIX)
+
+
+def _expected_arrays(job):
+    """{array name: 'perm' (one value per rearrangement) or 'voxel' (one count per voxel)}."""
+    names = {"null_max": "perm", "counts": "voxel"}
+    if job.tfce:
+        names.update(null_max_tfce="perm", tfce_counts="voxel")
+    if job.cluster_threshold is not None:
+        names.update(null_max_extent="perm", null_max_mass="perm")
+    return names
 
 
 class _ContrastStore:
     """The chunk files of one contrast."""
 
-    def __init__(self, folder, fingerprint, n_voxels):
+    def __init__(self, folder, fingerprint, n_voxels, expected=None):
         self.folder = folder
         self.fingerprint = fingerprint
         self.n_voxels = n_voxels
+        self.expected = expected or {"null_max": "perm", "counts": "voxel"}
         folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, start, stop):
@@ -182,10 +187,26 @@ class _ContrastStore:
                                 "run's); refusing to mix it in. Use an empty checkpoint directory.")
         if (info.get("start"), info.get("stop")) != (start, stop):
             raise ValueError(f"it covers {info.get('start')}..{info.get('stop')}, not {start}..{stop}")
-        k = stop - start
-        if content["null_max"].shape != (k,) or content["counts"].shape != (self.n_voxels,):
-            raise ValueError("arrays of the wrong shape")
+        self._check_arrays(content, stop - start)
         return engine.ChunkResult(start=start, stop=stop, **content)
+
+    def _check_arrays(self, content, k):
+        """Names, dtypes, shapes and values of a chunk's arrays, or ValueError saying which is wrong."""
+        if set(content) != set(self.expected):
+            raise ValueError(f"arrays {sorted(content)}, expected {sorted(self.expected)}")
+        for name, kind in self.expected.items():
+            array = content[name]
+            if kind == "perm":
+                if array.dtype.kind != "f" or array.shape != (k,):
+                    raise ValueError(f"{name}: expected {k} floats, got {array.dtype} of shape {array.shape}")
+                if not np.all(np.isfinite(array)):
+                    raise ValueError(f"{name}: NaN or infinite values")
+            else:
+                if array.dtype.kind not in "iu" or array.shape != (self.n_voxels,):
+                    raise ValueError(f"{name}: expected {self.n_voxels} integer counts, got {array.dtype} "
+                                     f"of shape {array.shape}")
+                if array.size and (array.min() < 0 or array.max() > k):
+                    raise ValueError(f"{name}: counts outside 0..{k}")
 
     def load(self, bounds):
         """Split ``bounds`` into valid stored chunks and the (start, stop) pairs still to run."""
@@ -238,7 +259,7 @@ class Checkpoint:
                       repr(job.dh), repr(job.cluster_threshold), job.two_sided)
         safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", job.name)[:40]
         folder = self.directory / f"{job.kind}-{safe}-{_digest(job.kind, job.name)[:8]}"
-        return _ContrastStore(folder, key, job.n_voxels)
+        return _ContrastStore(folder, key, job.n_voxels, _expected_arrays(job))
 
 
 def _describe(directory, theirs, ours):
@@ -275,17 +296,14 @@ def open_checkpoint(directory, *, resume, data, design, contrasts, schedule, gra
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint_dir: {directory} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError("checkpoint_dir", f"cannot create {directory} ({exc.strerror or exc})") from None
     fingerprint = run_fingerprint(data, design, contrasts, schedule, graph, settings)
     manifest_path = directory / MANIFEST
     if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if manifest.get("format") != FORMAT:
-                raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
-        except ValueError as exc:
-            raise ValueError(f"checkpoint_dir: {manifest_path} is not a voxstats checkpoint manifest "
-                             f"({exc}); use another directory") from None
+        manifest = _read_manifest(manifest_path)
         if manifest.get("fingerprint") != fingerprint:
             raise ValueError(_describe(directory, manifest.get("fingerprint") or {}, fingerprint))
         if not resume:
@@ -307,17 +325,64 @@ def open_checkpoint(directory, *, resume, data, design, contrasts, schedule, gra
                 "n_perm": int(schedule.n_perm), "seed": seed,
                 "contrasts": [{"name": c.name, "kind": c.kind} for c in contrasts]}
     text = json.dumps(manifest, indent=2) + "\n"
-    _write_atomic(manifest_path, lambda handle: handle.write(text.encode("utf-8")))
+    try:
+        _write_atomic(manifest_path, lambda handle: handle.write(text.encode("utf-8")))
+    except OSError as exc:
+        raise ParameterError("checkpoint_dir", str(exc)) from None
     return Checkpoint(directory, int(chunk_size), fingerprint)
 
 
-def recorded_seed(directory):
-    """The int seed recorded in a checkpoint directory's manifest, or None."""
-    path = Path(directory) / MANIFEST
+def _read_manifest(path):
+    """A checkpoint manifest, checked key by key; ParameterError('checkpoint_dir') saying what is wrong."""
+
+    def bad(what):
+        return ParameterError("checkpoint_dir", f"{path} is not a valid voxstats checkpoint manifest "
+                              f"({what}); use another directory, or delete this one")
+
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("seed")
-    except (OSError, ValueError):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    except ValueError as exc:
+        raise bad(f"not JSON: {exc}") from None
+    except OSError as exc:
+        raise bad(f"unreadable: {exc.strerror or exc}") from None
+    if not isinstance(manifest, dict):
+        raise bad(f"expected a JSON object, got a {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise bad(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
+
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = {
+        "fingerprint": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                        "an object of digests"),
+        "chunk_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "n_perm": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "seed": (lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0 or null"),
+        "contrasts": (lambda v: isinstance(v, list), "a list"),
+    }
+    for key, (valid, expected) in checks.items():
+        if key not in manifest:
+            raise bad(f"no '{key}'")
+        if not valid(manifest[key]):
+            raise bad(f"'{key}' must be {expected}, got {manifest[key]!r}")
+    return manifest
+
+
+def recorded_seed(directory):
+    """The int seed recorded in a checkpoint directory's manifest, or None.
+
+    Raises
+    ------
+    voxstats.errors.ParameterError
+        The manifest exists but is not a valid checkpoint manifest.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
         return None
+    return _read_manifest(path)["seed"]
 
 
 class _Flag:

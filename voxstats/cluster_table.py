@@ -1,7 +1,25 @@
-"""Cluster tables from a statistic map and a p map (like FSL's ``cluster``)."""
+"""Cluster tables from a statistic map and a p map (like FSL's ``cluster``).
+
+How a p map stores p
+--------------------
+A p map may hold p itself, randomise's 1 - p, or -log10 p, and nothing in a
+NIfTI file says which. :func:`cluster_table` takes the convention from
+``p_convention`` when given; otherwise it reads it from
+
+1. a JSON sidecar next to the image (``pmap.nii.gz`` -> ``pmap.json``) with
+   the key ``"p_convention"``: one of ``"p"``, ``"1-p"``, ``"-log10(p)"``
+   (qsm writes these sidecars), or
+2. the JSON record of the ``voxstats randomise`` run that wrote the image (in
+   the same folder, listing it among its ``"p_maps"`` or ``"outputs"``).
+
+When neither exists the convention must be given. A map whose values cannot
+be in the convention (outside [0, 1] for p and 1 - p, negative for -log10 p)
+is refused, and so is a given convention that contradicts the sidecar.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +30,21 @@ import pandas as pd
 from scipy import ndimage
 
 from voxstats.design_files import DesignFileError, _read_table
-from voxstats.image import atomic_write_text, check_img, check_same_space
+from voxstats.errors import ParameterError
+from voxstats.image import _name, check_img, check_same_space, read_data
+from voxstats.outputs import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClusterTable", "cluster_table", "read_atlas_labels", "COLUMNS"]
+__all__ = ["ClusterTable", "P_CONVENTIONS", "cluster_table", "read_atlas_labels", "read_p_convention",
+           "COLUMNS"]
 
 _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
-_P_CONVENTIONS = ("1-p", "p", "logp")
+#: The ways a p map can store p (the values of the ``"p_convention"`` key).
+P_CONVENTIONS = ("p", "1-p", "-log10(p)")
+_ALIASES = {"logp": "-log10(p)"}
+# randomise's p-map names: vox_p_, vox_corrp_, tfce_p_, tfce_corrp_, clustere_corrp_, clusterm_corrp_
+_P_MAP_MARKERS = ("_p_", "corrp_")
 _SIGNS = ("pos", "neg", "both")
 
 #: Columns of :attr:`ClusterTable.table`, always present in this order.
@@ -56,7 +81,100 @@ def _check_option(name, value, allowed):
 
 def _load_3d(img, name):
     img = check_img(img, name=name, ndim=3)
-    return img, np.asarray(img.dataobj, dtype=np.float64)
+    return img, read_data(img, name=name, dtype=np.float64)
+
+
+def _sidecar(path):
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".img.gz", ".img", ".hdr"):
+        if name.lower().endswith(suffix):
+            return path.with_name(name[: -len(suffix)] + ".json")
+    return path.with_suffix(".json")
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_p_convention(path):
+    """How the p map in ``path`` stores p, from its JSON sidecar or its randomise record.
+
+    Parameters
+    ----------
+    path : str or Path
+        The p map's file name.
+
+    Returns
+    -------
+    convention : {'p', '1-p', '-log10(p)'} or None
+        None when nothing next to the image says.
+    source : Path or None
+        The JSON file it was read from.
+
+    Raises
+    ------
+    ValueError
+        The sidecar holds a ``"p_convention"`` that is not one of
+        :data:`P_CONVENTIONS`.
+    """
+    path = Path(path)
+    sidecar = _sidecar(path)
+    info = _read_json(sidecar) if sidecar.is_file() else None
+    if isinstance(info, dict) and "p_convention" in info:
+        value = _ALIASES.get(info["p_convention"], info["p_convention"])
+        if value not in P_CONVENTIONS:
+            raise ValueError(f"{sidecar}: 'p_convention' must be one of {', '.join(P_CONVENTIONS)}, "
+                             f"got {info['p_convention']!r}")
+        return value, sidecar
+    folder = path.parent if str(path.parent) else Path(".")
+    for record_path in sorted(folder.glob("*.json")):
+        record = _read_json(record_path)
+        if not isinstance(record, dict) or record.get("command") != "voxstats randomise":
+            continue
+        listed = record.get("p_maps")
+        if listed is None:
+            listed = [o for o in record.get("outputs", []) if any(m in Path(str(o)).name for m in _P_MAP_MARKERS)]
+        if any(Path(str(o)).name == path.name for o in listed):
+            value = _ALIASES.get(record.get("p_convention"), record.get("p_convention"))
+            if value in P_CONVENTIONS:
+                return value, record_path
+    return None, None
+
+
+def _resolve_p_convention(p_img, p_convention):
+    path = Path(p_img) if isinstance(p_img, (str, Path)) else None
+    filename = getattr(p_img, "get_filename", lambda: None)()
+    if path is None and filename:
+        path = Path(filename)
+    recorded, source = read_p_convention(path) if path is not None else (None, None)
+    if p_convention is None:
+        if recorded is None:
+            where = f"no JSON sidecar ({_sidecar(path)}) with a 'p_convention' key and no voxstats " \
+                    "randomise record lists it" if path is not None else "it is an image in memory"
+            raise ParameterError("p_convention", f"cannot tell how {_name(p_img, 'p_img')} stores p ({where}); "
+                                 f"give it: one of {', '.join(map(repr, P_CONVENTIONS))}")
+        logger.info("%s stores %s (from %s)", path, recorded, source)
+        return recorded
+    if recorded is not None and recorded != p_convention:
+        raise ParameterError("p_convention", f"{p_convention!r} contradicts {source}, which says "
+                             f"{path} stores {recorded!r}")
+    return p_convention
+
+
+def _check_p_values(values, convention, label):
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    tol = 1e-6
+    if convention == "-log10(p)" and low < -tol:
+        raise ParameterError("p_img", f"{label} cannot hold -log10(p): it has negative values (min {low:.4g})")
+    if convention in ("p", "1-p") and (low < -tol or high > 1 + tol):
+        raise ParameterError("p_img", f"{label} cannot hold {convention}: values must lie in [0, 1], "
+                             f"got [{low:.4g}, {high:.4g}]")
 
 
 def read_atlas_labels(path):
@@ -115,11 +233,18 @@ class ClusterTable:
         atomic_write_text(path, self.table.to_csv(sep="\t", index=False, float_format="%.6g"))
 
 
-def _to_p(values, convention):
+def _to_p(values, convention, stored_dtype=np.float64):
+    """p from the stored values.
+
+    1 - p stored in float32 carries ~6e-8 absolute rounding (the spacing of
+    float32 just below 1), so p recovered from it is rounded to 7 decimals:
+    a stored 0.9998 gives 0.0002, not 0.000199974.
+    """
     if convention == "p":
         return values
     if convention == "1-p":
-        return 1.0 - values
+        p = 1.0 - values
+        return np.round(p, 7) if np.dtype(stored_dtype).itemsize <= 4 else p
     return 10.0 ** (-values)
 
 
@@ -127,7 +252,7 @@ def cluster_table(
     stat_img,
     *,
     p_img=None,
-    p_convention="1-p",
+    p_convention=None,
     alpha=0.05,
     threshold=None,
     sign="pos",
@@ -149,8 +274,11 @@ def cluster_table(
         Statistic map (t, F, TFCE...).  Non-finite voxels are never in a cluster.
     p_img : str, Path or nibabel image, 3D, optional
         p map in the space of ``stat_img``.
-    p_convention : {'1-p', 'p', 'logp'}
-        How ``p_img`` stores p: randomise's 1 - p (default), p itself, or -log10 p.
+    p_convention : {'p', '1-p', '-log10(p)'}, optional
+        How ``p_img`` stores p: p itself, randomise's 1 - p, or -log10 p
+        (``'logp'`` is accepted for the latter). Default: read from the
+        image's JSON sidecar or its randomise record (see the module notes);
+        an error when neither says.
     alpha : float
         Significance level applied to ``p_img``.
     threshold : float, optional
@@ -169,8 +297,16 @@ def cluster_table(
     Returns
     -------
     ClusterTable
+
+    Raises
+    ------
+    voxstats.errors.ParameterError
+        A bad file or value, named by its parameter; a p map whose convention
+        cannot be told, or whose values cannot be in it.
     """
-    _check_option("p_convention", p_convention, _P_CONVENTIONS)
+    if p_convention is not None:
+        p_convention = _ALIASES.get(p_convention, p_convention)
+        _check_option("p_convention", p_convention, P_CONVENTIONS)
     _check_option("sign", sign, _SIGNS)
     _check_option("connectivity", connectivity, tuple(_CONNECTIVITY))
     if p_img is None and threshold is None:
@@ -188,11 +324,19 @@ def cluster_table(
     if p_img is not None:
         p_img, p_raw = _load_3d(p_img, "p_img")
         check_same_space(stat_img, p_img, "stat_img", "p_img")
-        p = _to_p(p_raw, p_convention)
+        p_convention = _resolve_p_convention(p_img, p_convention)
+        _check_p_values(p_raw, p_convention, _name(p_img, "p_img"))
+        p = _to_p(p_raw, p_convention, p_img.get_data_dtype())
     atlas = None
     if atlas_img is not None:
         atlas_img, atlas = _load_3d(atlas_img, "atlas_img")
         check_same_space(stat_img, atlas_img, "stat_img", "atlas_img")
+        atlas = np.where(np.isfinite(atlas), atlas, 0.0)  # NaN is outside every label
+        off = np.abs(atlas - np.rint(atlas))
+        if off.max() > 1e-3:
+            bad = atlas.ravel()[int(np.argmax(off))]
+            raise ParameterError("atlas_img", f"{_name(atlas_img, 'atlas_img')} holds non-integer values "
+                                 f"(e.g. {bad:g}); expected integer labels")
         atlas = np.rint(atlas).astype(np.int64)
         if isinstance(atlas_labels, (str, Path)):
             atlas_labels = read_atlas_labels(atlas_labels)

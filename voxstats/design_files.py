@@ -50,6 +50,7 @@ __all__ = [
     "read_f_contrasts",
     "write_f_contrasts",
     "read_blocks",
+    "read_exchangeability_blocks",
     "write_blocks",
 ]
 
@@ -506,6 +507,49 @@ def read_blocks(path):
             lines = _read_lines(path)
             _fail(path, _matrix_line(lines), f"expected one block label per line, got {values.shape[1]}")
     return values[:, 0].astype(int)
+
+
+def read_exchangeability_blocks(path):
+    """Read PALM's exchangeability blocks (``-eb``), one or several levels.
+
+    Parameters
+    ----------
+    path : str or Path
+        PALM's CSV: one row per subject, one column per level, comma-separated
+        integers without a header (as ``hcp2blocks`` writes). A header row of
+        names, TSV (by the ``.tsv`` suffix), whitespace-separated columns and
+        VEST ``design.grp`` files are accepted too.
+
+    Returns
+    -------
+    blocks : (n_subjects, n_levels) ndarray of int
+        Signs kept: see :class:`voxstats.exchangeability.ExchangeabilityTree`.
+    """
+    lines = _read_lines(path)
+    if any(line.strip().startswith("/") for line in lines):
+        return read_vest(path, kind="grp").matrix.astype(int)
+    delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ("," if any("," in line for line in lines) else None)
+    records = []
+    for lineno, line in enumerate(lines, start=1):
+        cells = [c.strip() for c in (line.split(delimiter) if delimiter else line.split())]
+        if cells and any(cells):
+            records.append((lineno, cells))
+    if not records:
+        _fail(path, None, "expected one row of block indices per subject, got an empty file")
+    lineno, first = records[0]
+    try:
+        [float(c) for c in first]
+    except ValueError:  # a header row of names
+        records = records[1:]
+        if not records:
+            _fail(path, lineno, "expected rows of block indices after the header, got none")
+    width = len(records[0][1])
+    values = []
+    for lineno, cells in records:
+        if len(cells) != width:
+            _fail(path, lineno, f"expected {width} block indices (as on the first row), got {len(cells)}")
+        values.append([_number(path, lineno, c, integer=True) for c in cells])
+    return np.array(values, dtype=float).astype(int)
 
 
 # --------------------------------------------------------------------------- public writers

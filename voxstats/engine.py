@@ -16,6 +16,7 @@ size or the number of threads.
 """
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,7 +25,8 @@ import numpy as np
 from . import _tfce_numba
 from .glm import f_to_z
 from .tfce import fsl_step as _fsl_step
-from .tfce import batch_tfce, kernel_options
+from .tfce import _check_params, batch_tfce, kernel_options
+from .variance_groups import welch_maps
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,12 @@ class ContrastJob:
         The residualised data then sum to zero over subjects, and so does any
         permutation of them (not a sign flip): their projection on the constant
         is 0 and need not be computed.
+    welch : voxstats.variance_groups.WelchJob or None
+        Variance groups: the statistic is v (kind 'v') or G (kind 'G'),
+        computed as z by :func:`voxstats.variance_groups.welch_maps`.
+    zstat : voxstats.variance_groups.ZConverter or None
+        Convert t or F to z right after computing it (every map, TFCE and
+        cluster then works on z), as PALM ``-zstat``.
     """
 
     name: str
@@ -82,6 +90,8 @@ class ContrastJob:
     dh: float | None
     cluster_threshold: float | None
     reduced_basis: np.ndarray | None = None
+    welch: object = None
+    zstat: object = None
 
     @property
     def n_voxels(self):
@@ -89,7 +99,7 @@ class ContrastJob:
 
     @property
     def tests_both_signs(self):
-        return self.kind == "t" and self.two_sided
+        return self.kind in ("t", "v") and self.two_sided
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,8 @@ def _group_statistics(basis, job, perms, signs, pool, out):
     gives the projections (GROUP * p, block) and a compiled kernel turns them
     into t or F while they are still in cache.
     """
+    if job.welch is not None:
+        return welch_maps(job.welch, job.data, job.sum_sq, perms, signs, pool, out)
     p = basis.shape[1]
     a = np.ascontiguousarray(np.vstack([_rearranged_basis(basis, perms[b], signs[b])
                                         for b in range(GROUP)]), dtype=np.float32)
@@ -151,6 +163,8 @@ def _group_statistics(basis, job, perms, signs, pool, out):
         proj = a @ job.data[:, start:stop]
         _tfce_numba.stats_from_projection(proj, job.sum_sq[start:stop], float(job.df), p, job.q,
                                           f_test, out[:, start:stop])
+        if job.zstat is not None:
+            job.zstat.convert(out[:, start:stop])
 
     starts = range(0, job.n_voxels, VOXEL_BLOCK)
     if pool is None:
@@ -165,19 +179,15 @@ def statistics(job, schedule, start, stop, pool=None):
     n = job.data.shape[0]
     out = np.empty((stop - start, job.n_voxels), dtype=np.float32)
     group_stats = np.empty((GROUP, job.n_voxels), dtype=np.float32)
-    identity = np.arange(n)
-    ones = np.ones(n, dtype=np.int8)
     for g in range(start // GROUP, (stop - 1) // GROUP + 1):
         lo, hi = g * GROUP, (g + 1) * GROUP
-        perms = np.empty((GROUP, n), dtype=np.int64)
-        signs = np.empty((GROUP, n), dtype=np.int8)
-        for b, index in enumerate(range(lo, hi)):
-            if start <= index < stop:
-                perms[b], signs[b] = schedule.permutations[index], schedule.signs[index]
-            else:  # padding: its results are discarded
-                perms[b], signs[b] = identity, ones
+        # the group's rows, computed on demand from the schedule (padding: identity, discarded)
+        perms = np.broadcast_to(np.arange(n), (GROUP, n)).copy()
+        signs = np.ones((GROUP, n), dtype=np.int8)
+        last = min(hi, schedule.n_perm)
+        perms[:last - lo], signs[:last - lo] = schedule.rows(lo, last)
         # the basis depends on the schedule's whole group, never on the chunk's bounds
-        flips = bool(np.any(schedule.signs[lo:hi] < 0))
+        flips = bool(np.any(signs < 0))
         basis = job.basis if flips or job.reduced_basis is None else job.reduced_basis
         _group_statistics(basis, job, perms, signs, pool, group_stats)
         first, last = max(lo, start), min(hi, stop)
@@ -186,22 +196,31 @@ def statistics(job, schedule, start, stop, pool=None):
 
 
 def _enhanceable(job, stats):
-    """The maps TFCE is applied to: t itself, or F converted to z."""
-    if job.kind == "t":
+    """The maps TFCE is applied to: t itself, or F converted to z (v, G and -zstat maps are z)."""
+    if job.kind == "t" or job.welch is not None or job.zstat is not None:
         return stats
     return f_to_z(stats, job.q, job.df).astype(np.float32)
 
 
-def tfce_maps(job, stats, pool=None):
-    """TFCE of a batch of statistic maps (float32, same shape), rows dealt to ``pool``'s threads."""
-    return batch_tfce(_enhanceable(job, stats), job.graph, E=job.E, H=job.H, fsl=job.fsl, dh=job.dh,
+def tfce_maps(job, stats, pool=None, *, check=False):
+    """TFCE of a batch of statistic maps (float32, same shape), rows dealt to ``pool``'s threads.
+
+    ``check`` (the unpermuted map): refuse a step count or heights the kernels
+    cannot handle (:func:`voxstats.tfce._check_params`), before any permutation.
+    """
+    enhanced = _enhanceable(job, stats)
+    if check:
+        top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
+        _check_params(job.E, job.H, "fsl" if job.fsl else "exact", job.dh, max_height=top,
+                      n_elements=enhanced.shape[-1])
+    return batch_tfce(enhanced, job.graph, E=job.E, H=job.H, fsl=job.fsl, dh=job.dh,
                       two_sided=job.tests_both_signs, pool=pool)
 
 
 def observed_maps(job, schedule, n_threads, pool=None):
     """Maps of the identity rearrangement (row 0 of the schedule)."""
     stat = statistics(job, schedule, 0, 1, pool)
-    enhanced = tfce_maps(job, stat, pool)[0] if job.tfce else None
+    enhanced = tfce_maps(job, stat, pool, check=True)[0] if job.tfce else None
     return Observed(stat=stat[0], tfce=enhanced)
 
 
@@ -265,9 +284,29 @@ def merge_chunks(chunks, n_perm):
                        null_max_extent=cat("null_max_extent"), null_max_mass=cat("null_max_mass"))
 
 
+class ChunkBounds(Sequence):
+    """The (start, stop) chunks of 0..n_perm-1, computed on access (no list, whatever n_perm)."""
+
+    def __init__(self, n_perm, chunk_size):
+        self.n_perm, self.chunk_size = int(n_perm), int(chunk_size)
+        self._starts = range(0, self.n_perm, self.chunk_size)
+
+    def __len__(self):
+        return len(self._starts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        lo = self._starts[i]
+        return (lo, min(lo + self.chunk_size, self.n_perm))
+
+    def __eq__(self, other):
+        return list(self) == list(other) if isinstance(other, (list, tuple, ChunkBounds)) else NotImplemented
+
+
 def chunk_bounds(n_perm, chunk_size):
-    """[(start, stop), ...] splitting 0..n_perm-1 into chunks of ``chunk_size``."""
-    return [(lo, min(lo + chunk_size, n_perm)) for lo in range(0, n_perm, chunk_size)]
+    """The (start, stop) chunks splitting 0..n_perm-1 into chunks of ``chunk_size`` (a lazy sequence)."""
+    return ChunkBounds(n_perm, chunk_size)
 
 
 def default_chunk_size(n_voxels):

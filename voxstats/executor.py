@@ -14,19 +14,35 @@ exactly in any order, so the maps are bit-identical whatever runs them.
     Without a scheduler address a ``LocalCluster`` of ``n_jobs`` worker
     processes is started (and closed at the end). Needs the ``distributed``
     extra: ``pip install "voxstats[distributed]"``.
+
+Failures of the cluster end the run with :class:`ExecutorLost` (one line),
+never a hang: an address that does not answer as a Dask scheduler within
+:data:`TIMEOUT` seconds (a web server, the dashboard's port 8787), a scheduler
+that stops answering, or no worker left for :data:`TIMEOUT` seconds. Chunks
+finished before are kept when the run is checkpointed, so it can resume.
 """
 
 import contextlib
 import logging
+import threading
+import time
 
 from . import engine
+from .errors import ParameterError
 from .tfce import _check_option
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DaskExecutor", "LocalExecutor", "open_executor", "run_chunks"]
+__all__ = ["DaskExecutor", "ExecutorLost", "LocalExecutor", "open_executor", "run_chunks"]
 
 EXECUTORS = ("local", "dask")
+#: Seconds to reach a scheduler, and to wait for a lost scheduler or a worker to come back.
+TIMEOUT = 30.0
+_POLL = 1.0  # seconds between health checks while waiting for chunks
+
+
+class ExecutorLost(RuntimeError):
+    """The Dask cluster failed during a run (scheduler gone, no worker left, a chunk killing workers)."""
 
 
 class LocalExecutor:
@@ -98,10 +114,12 @@ class DaskExecutor:
                                                      processes=True, dashboard_address=":0")
             self.client = distributed.Client(self._cluster)
         elif isinstance(scheduler, str):
+            _check_scheduler(scheduler, TIMEOUT)
             try:
-                self.client = distributed.Client(scheduler, timeout="30s")
+                self.client = distributed.Client(scheduler, timeout=f"{TIMEOUT}s")
             except (OSError, TimeoutError) as exc:
-                raise OSError(f"scheduler: cannot reach a Dask scheduler at {scheduler!r} ({exc})") from None
+                raise ParameterError("scheduler", f"cannot reach a Dask scheduler at {scheduler!r} "
+                                     f"({type(exc).__name__}: {exc})") from None
         elif isinstance(scheduler, distributed.Client):
             self.client, self._owns_client = scheduler, False
         else:
@@ -110,30 +128,151 @@ class DaskExecutor:
 
     def map(self, job, schedule, observed, bounds):
         """Yield the ChunkResult of each (start, stop) in ``bounds`` as it finishes (any order)."""
-        from distributed import as_completed
+        import distributed
 
         if not bounds:
             return
         client = self.client
         # Once per worker, not per chunk: the data are the big part.
-        shared = client.scatter([job, schedule, observed], broadcast=True, hash=False)
-        pending = {client.submit(_dask_chunk, *shared, start, stop, pure=False) for start, stop in bounds}
         try:
-            for future in as_completed(list(pending)):
-                result = future.result()
-                pending.discard(future)  # dropping the last reference frees the worker's copy
-                del future
-                yield result
+            shared = client.scatter([job, schedule, observed], broadcast=True, hash=False,
+                                    timeout=TIMEOUT)
+        except Exception as exc:  # no worker, or the scheduler went away
+            raise ExecutorLost(f"could not send the data to the Dask workers within {TIMEOUT:.0f} s "
+                               f"({_describe(exc)})") from None
+        pending = {client.submit(_dask_chunk, *shared, start, stop, pure=False) for start, stop in bounds}
+        lost_since = None
+        try:
+            while pending:
+                try:
+                    done, _ = distributed.wait(list(pending), timeout=_POLL, return_when="FIRST_COMPLETED")
+                except (TimeoutError, distributed.TimeoutError):
+                    done = ()
+                except Exception as exc:
+                    raise ExecutorLost(_health(client) or f"the Dask cluster failed ({_describe(exc)})") \
+                        from None
+                for future in done:
+                    try:
+                        result = _result(future)
+                    except ExecutorLost as exc:
+                        raise ExecutorLost(_health(client) or str(exc)) from None
+                    pending.discard(future)  # dropping the last reference frees the worker's copy
+                    del future
+                    yield result
+                if done:
+                    lost_since = None
+                    continue
+                problem = _health(client)
+                if problem is None:
+                    lost_since = None
+                elif lost_since is None:
+                    lost_since = time.monotonic()
+                    logger.warning("Dask: %s; waiting up to %.0f s for it to come back", problem, TIMEOUT)
+                elif time.monotonic() - lost_since > TIMEOUT:
+                    raise ExecutorLost(f"{problem} for {TIMEOUT:.0f} s")
         finally:
-            if pending:
-                client.cancel(list(pending))
-            client.cancel(shared)
+            with contextlib.suppress(Exception):
+                if pending:
+                    client.cancel(list(pending))
+                client.cancel(shared)
 
     def close(self):
-        if self._owns_client:
-            self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
+        with contextlib.suppress(Exception):  # closing a cluster that is already gone
+            if self._owns_client:
+                self.client.close(timeout=TIMEOUT)
+            if self._cluster is not None:
+                self._cluster.close(timeout=TIMEOUT)
+
+
+def _describe(exc, limit=160):
+    """``Type: message`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _result(future):
+    """A finished chunk's result; a failure of the cluster (not of the code) as ExecutorLost."""
+    import distributed
+
+    try:
+        return future.result(timeout=TIMEOUT)
+    except distributed.client.FutureCancelledError as exc:
+        raise ExecutorLost(f"the Dask scheduler cancelled a chunk ({_describe(exc)})") from None
+    except (OSError, TimeoutError) as exc:
+        raise ExecutorLost(f"the Dask scheduler stopped answering ({_describe(exc)})") from None
+    except Exception as exc:
+        if type(exc).__name__ == "KilledWorker":
+            raise ExecutorLost(f"a chunk killed Dask workers repeatedly (out of memory?) ({_describe(exc)})") \
+                from None
+        raise
+
+
+def _health(client):
+    """None if the scheduler answers and has a worker, else what is wrong."""
+    if client.status != "running":
+        return f"the Dask scheduler is unreachable (client {client.status})"
+    try:
+        info = client.sync(client.scheduler.identity, n_workers=0, callback_timeout=TIMEOUT)
+    except Exception as exc:
+        return f"the Dask scheduler stopped answering ({_describe(exc)})"
+    if not info.get("n_workers", len(info.get("workers", ()))):
+        return "no Dask worker is left"
+    return None
+
+
+def _check_scheduler(address, timeout):
+    """Raise ParameterError unless ``address`` answers as a Dask scheduler within ``timeout`` s.
+
+    ``distributed.Client`` waits forever for a server that accepts the
+    connection but never speaks Dask's protocol (a web server, the dashboard's
+    port); this asks for the server's identity with a deadline instead.
+    """
+    import asyncio
+    import socket
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):  # a plain TCP connection first: refused, unknown host, unreachable
+        try:
+            host, port = parse_host_port(location, default_port=8786)
+            socket.create_connection((host, port), timeout=timeout).close()
+        except (OSError, ValueError, TypeError) as exc:
+            raise ParameterError("scheduler", f"cannot reach a Dask scheduler at {address} "
+                                 f"({_describe(exc)})") from None
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    outcome = {}
+
+    def ask():
+        try:
+            outcome["reply"] = asyncio.run(asyncio.wait_for(identity(), timeout))
+        except BaseException as exc:  # reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=ask, name="voxstats-scheduler-check", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    reply, error = outcome.get("reply"), outcome.get("error")
+    if thread.is_alive() or isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        raise ParameterError("scheduler", f"{address} did not answer as a Dask scheduler within "
+                             f"{timeout:.0f} s (is it the dashboard's port, 8787? schedulers listen on "
+                             "8786 by default)")
+    if error is not None:
+        raise ParameterError("scheduler", f"cannot reach a Dask scheduler at {address} ({_describe(error)})")
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+        raise ParameterError("scheduler", f"{address} is not a Dask scheduler (it says it is a {kind})")
 
 
 @contextlib.contextmanager
@@ -188,7 +327,7 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
         The merge of all chunks.
     """
     if store is None:
-        chunks, todo = [], list(bounds)
+        chunks, todo = [], bounds  # a lazy sequence: no list of millions of chunks
     else:
         chunks, todo = store.load(bounds)
         if chunks:

@@ -98,7 +98,7 @@ def read_image_list(path, *, name="imgs"):
             continue
         item = Path(line)
         if not item.is_absolute():
-            item = path.parent / item
+            item = Path(os.path.normpath(path.parent / item))
         if not item.is_file():
             raise ParameterError(name, f"{path}, line {lineno}: expected an existing image file "
                                  f"(relative to {path.parent}), got {line!r}")
@@ -193,8 +193,13 @@ class _Subjects:
             yield label, read_data(img, name=self.name)
 
 
-def load(imgs, mask_img=None, *, keep_constant=False, name="imgs", mask_name="mask_img"):
+def load(imgs, mask_img=None, *, keep_constant=False, name="imgs", mask_name="mask_img", **surface_options):
     """Read subjects' maps inside a mask as a data matrix and its masker.
+
+    Surface (GIFTI, FreeSurfer) and CIFTI inputs go to
+    :func:`voxstats.surface_loading.load_surface_input`, with
+    ``surface_options`` (``surf``, ``areas``, ``left_surf``, ``right_surf``,
+    ``left_area``, ``right_area``), and come back with their own masker.
 
     Parameters
     ----------
@@ -234,6 +239,17 @@ def load(imgs, mask_img=None, *, keep_constant=False, name="imgs", mask_name="ma
     found to vary are kept as they are found; the values of a voxel constant
     up to some subject are those of the first subject).
     """
+    from .surface_loading import SURFACE_OPTIONS, input_kind, load_surface_input
+
+    unknown = sorted(set(surface_options) - set(SURFACE_OPTIONS))
+    if unknown:
+        raise TypeError(f"load() got an unexpected keyword argument '{unknown[0]}'")
+    if input_kind(imgs, name=name) != "volume":
+        return load_surface_input(imgs, mask_img, keep_constant=keep_constant, name=name, mask_name=mask_name,
+                                  **surface_options)
+    for option, value in surface_options.items():
+        if value is not None:
+            raise ParameterError(option, "only for surface (GIFTI, FreeSurfer) or CIFTI inputs")
     subjects = _Subjects(imgs, name)
     if len(subjects) < 2:
         raise ParameterError(name, f"expected at least 2 subjects, got {len(subjects)}")

@@ -81,20 +81,31 @@ def atomic_write(path, write, *, temporary_prefix=None, temporary_suffix=""):
     The file is created with mode ``0o666`` minus the process's umask.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temporary(path, temporary_prefix, temporary_suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temporary(path, temporary_prefix, temporary_suffix)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _cannot_write(path, exc):
+    """The same kind of OSError, naming the file that could not be written (not its temporary)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return type(exc)(f"cannot write {path} ({reason})")
 
 
 def atomic_write_text(path, text):
@@ -112,10 +123,13 @@ def save_img_atomic(img, path):
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name.lower()
     suffix = ".nii.gz" if name.endswith(".nii.gz") else path.suffix
-    fd, tmp = _temporary(path, suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temporary(path, suffix=suffix)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     os.close(fd)
     try:
         nib.save(img, tmp)  # nibabel reopens the file by name: its mode is kept
@@ -125,9 +139,11 @@ def save_img_atomic(img, path):
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from None
         raise
     _fsync_folder(path.parent)
     return path
@@ -160,6 +176,8 @@ def check_outputs(paths, *, overwrite=False, flag="output"):
             raise FileExistsError(f"Output file {path} exists; use --overwrite to replace it.")
         folders.setdefault(path.parent, path)
     for folder, example in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{flag}: cannot write {example} ({folder} is a file, not a folder)")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = _temporary(example)
@@ -198,18 +216,23 @@ def output_lock(path, *, flag="output"):
         are in the message).
     """
     lock = _lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: exclusive creation only
         fcntl = None
     while True:
         flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
+        if lock.parent.exists() and not lock.parent.is_dir():
+            raise NotADirectoryError(f"{flag}: cannot write {path} ({lock.parent} is a file, not a folder)")
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, flags, _NEW_FILE_MODE)
         except FileExistsError:  # pragma: no cover
             raise OutputBusyError(f"{flag}: {path} is being written by another run ({lock} exists; "
                                   "delete it if no run is writing there)") from None
+        except OSError as exc:
+            raise PermissionError(f"{flag}: cannot write {path} ({exc.strerror or type(exc).__name__} "
+                                  f"in {lock.parent})") from None
         if fcntl is None:  # pragma: no cover
             break
         try:

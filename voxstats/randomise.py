@@ -23,6 +23,10 @@ from .loading import load
 from .inference import cluster_labels, fdr_bh, fwe_pvalues, pvalues_from_counts, tail_fwe_pvalues
 from .permutation import make_schedule
 from .tfce import _check_option, _check_params
+from .corrcon import correct_across_contrasts as _correct_across_contrasts, same_scale
+from .variance_groups import make_welch_job, make_z_converter, resolve_variance_groups
+from .welch import welch_statistic
+from .zscore import to_z
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +38,15 @@ class ContrastResult:
     """Observed maps and p-values of one contrast. Every map is (n_voxels,).
 
     p-values count the unpermuted data in the null: ``p = #{null >= obs} / n_perm``.
-    Fields of an analysis not asked for (TFCE, clusters, tail approximation)
-    are None.
+    Fields of an analysis not asked for (TFCE, clusters, tail approximation,
+    correction across contrasts) are None.
+
+    ``kind`` names the statistic in ``stat``: 't', 'F', or with variance
+    groups 'v' (Aspin-Welch, t contrasts) and 'G' (F contrasts). v and G are
+    compared through their z scores (``z``; ``df2`` holds each voxel's degrees
+    of freedom), and so are t and F when ``correct_across_contrasts`` needs one
+    scale. ``p_cfwe`` and the other ``*_cfwe`` fields are FWE p-values over all
+    contrasts (PALM's ``_cfwep``).
     """
 
     name: str
@@ -60,6 +71,12 @@ class ContrastResult:
     null_max_mass: np.ndarray | None = None
     p_fwe_tail: np.ndarray | None = None
     tfce_p_fwe_tail: np.ndarray | None = None
+    z: np.ndarray | None = None
+    df2: np.ndarray | None = None
+    p_cfwe: np.ndarray | None = None
+    tfce_p_cfwe: np.ndarray | None = None
+    cluster_extent_p_cfwe: np.ndarray | None = None
+    cluster_mass_p_cfwe: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,7 @@ class RandomiseResult:
     exhaustive : bool
         All distinct rearrangements were enumerated.
     n_possible : int
-        Number of distinct rearrangements the scheme allows.
+        Number of distinct rearrangements the scheme allows (exact).
     scheme : str
         'freedman-lane', 'permutation', 'sign-flip' or 'freedman-lane+sign-flip'.
     df : int
@@ -88,6 +105,13 @@ class RandomiseResult:
         Every option, for the record.
     mask_img : nibabel image or None
         The analysis mask of a volume ``masker`` (read-only).
+    enumeration : str
+        What was enumerated or drawn (e.g. "distinct rearrangements of the
+        design's rows within exchangeability blocks (PALM's rule)").
+    null_max_across_contrasts : dict or None
+        With ``correct_across_contrasts``: the maxima over contrasts of each
+        rearrangement ('stat', 'tfce', 'extent', 'mass'; None where not computed).
+    variance_groups : voxstats.welch.VarianceGroups or None
     """
 
     contrasts: tuple
@@ -99,6 +123,9 @@ class RandomiseResult:
     design_names: tuple
     masker: object = None
     settings: dict = field(default_factory=dict)
+    enumeration: str = ""
+    null_max_across_contrasts: dict | None = None
+    variance_groups: object = None
 
     @property
     def mask_img(self):
@@ -174,7 +201,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                  connectivity=6, n_perm=5000, tfce=False, tfce_E=0.5, tfce_H=2.0, tfce_mode="exact",
                  tfce_dh=None, cluster_threshold=None, cluster_threshold_f=None, two_sided=True,
                  demean=False, sign_flip=False, permute=None, exchangeability_blocks=None,
-                 whole_blocks=False, tail_approximation=False, rng=None, n_jobs=1, chunk_size=None,
+                 whole_blocks=False, tail_approximation=False, variance_groups=None,
+                 correct_across_contrasts=False, rng=None, n_jobs=1, chunk_size=None,
                  checkpoint_dir=None, resume=False, executor="local", scheduler=None, copy=True,
                  verbose=None):
     """Permutation inference for a GLM fitted at every voxel of a data matrix.
@@ -199,7 +227,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     connectivity : int
         Grid neighbourhood for ``mask``: 6, 18 or 26 (3D), 4 or 8 (2D).
     n_perm : int
-        Rearrangements, the identity included (fewer when exhaustive).
+        Rearrangements, the identity included. 0, or at least the number of
+        distinct rearrangements of the design's rows (subjects with equal
+        design rows are interchangeable, PALM's rule), enumerates them all
+        (randomise ``-n 0``).
     tfce : bool
         Compute TFCE and its p-values.
     tfce_E, tfce_H, tfce_mode, tfce_dh
@@ -219,15 +250,33 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     permute : bool, optional
         Shuffle subjects; default True unless ``sign_flip``. ``sign_flip=True,
         permute=True`` shuffles and flips.
-    exchangeability_blocks : (n_subjects,) array-like, optional
-        Block labels; rearrangements stay within blocks.
+    exchangeability_blocks : array-like or ExchangeabilityTree, optional
+        ``(n_subjects,)`` block labels (rearrangements stay within blocks),
+        PALM's ``(n_subjects, n_levels)`` multi-level ``-eb`` matrix, or a
+        :class:`voxstats.exchangeability.ExchangeabilityTree`.
     whole_blocks : bool
-        Shuffle whole blocks as units instead.
+        With a block vector: shuffle whole blocks as units instead.
     tail_approximation : bool
         Also give FWE p-values from a generalised Pareto fit to the null's tail
         (``p_fwe_tail``, ``tfce_p_fwe_tail``), marked as approximations.
+    variance_groups : None, 'auto' or (n_subjects,) array-like
+        PALM ``-vg``: subjects' variance groups. With two or more groups, t
+        contrasts are tested with the Aspin-Welch v and F contrasts with the G
+        statistic (Winkler et al. 2014; see :mod:`voxstats.welch`), converted
+        to z with each voxel's degrees of freedom before any comparison,
+        maximum, TFCE or cluster (cluster thresholds are then on z). The
+        rearrangements do not change. 'auto' derives the groups from the
+        exchangeability blocks as PALM does (each block, or each position
+        within whole blocks).
+    correct_across_contrasts : bool
+        PALM ``-corrcon``: also give FWE p-values over all contrasts
+        (``p_cfwe`` and ``*_cfwe``), from the maximum over contrasts of each
+        rearrangement's maxima. When the contrasts differ in kind or rank the
+        statistics are converted to z first (as PALM adds ``-zstat``), and
+        TFCE and cluster thresholds then work on z.
     rng : int, numpy.random.Generator or None
-        Seed of the whole schedule (drawn before any work is split).
+        Seed of the schedule: rearrangement i is computed from it and i alone,
+        so every chunk, thread, worker or resumed run sees the same null.
     n_jobs : int
         Threads (-1 for all).
     chunk_size : int, optional
@@ -282,9 +331,16 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     needs_graph = tfce or cluster_threshold is not None or cluster_threshold_f is not None
     graph = _spatial_graph(data.shape[1], mask, adjacency, connectivity, needs_graph)
     permute, sign_flip = _resolve_scheme(design, permute, sign_flip)
+    _check_option("correct_across_contrasts", correct_across_contrasts, (True, False))
+    groups = resolve_variance_groups(variance_groups, design.n_subjects,
+                                     exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks)
+    zstat = bool(correct_across_contrasts and groups is None and not same_scale(contrast_list))
+    if zstat:
+        logger.info("Contrasts of different kinds or ranks: statistics are converted to z to be corrected "
+                    "across contrasts (as PALM -corrcon -zstat)")
     schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
                              exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
-                             rng=rng)
+                             design=design, rng=rng)
     if schedule.exhaustive:
         logger.info("Exhaustive: all %d distinct rearrangements used", schedule.n_perm)
     chunk_size = engine.default_chunk_size(data.shape[1]) if chunk_size is None else int(chunk_size)
@@ -295,7 +351,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                     tfce_dh=tfce_dh, connectivity=connectivity, cluster_threshold=cluster_threshold,
                     cluster_threshold_f=cluster_threshold_f, two_sided=two_sided, demean=demean,
                     sign_flip=sign_flip, permute=permute, whole_blocks=whole_blocks,
-                    tail_approximation=tail_approximation, n_jobs=n_jobs)
+                    tail_approximation=tail_approximation, n_jobs=n_jobs,
+                    variance_groups=None if groups is None else groups.codes.tolist(),
+                    correct_across_contrasts=bool(correct_across_contrasts), zstat=zstat)
     store = open_checkpoint(checkpoint_dir, resume=resume, data=data, design=design,
                             contrasts=contrast_list, schedule=schedule, graph=graph, settings=settings,
                             chunk_size=chunk_size, rng=rng)
@@ -303,6 +361,7 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     overwritable = (not copy and data.dtype == np.float32 and data.flags.c_contiguous
                     and data.flags.writeable)
     results = []
+    held = [] if correct_across_contrasts else None
     with _n_threads(n_jobs) as threads:
         pool = engine.make_pool(threads)
         try:
@@ -318,23 +377,31 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
                                                  tfce, tfce_E, tfce_H, tfce_mode, tfce_dh, two_sided,
                                                  tail_approximation, chunk_size, threads, pool, bar,
                                                  runner=runner, store=store, flag=flag,
-                                                 in_place=in_place))
+                                                 in_place=in_place, groups=groups, zstat=zstat,
+                                                 hold=held))
         finally:
             if pool is not None:
                 pool.shutdown()
+    combined = None
+    if correct_across_contrasts:
+        results, combined = _correct_across_contrasts(results, held)
     has_nuisance = any(effect_basis(design, c).nuisance.shape[1] for c in contrast_list)
     return RandomiseResult(contrasts=tuple(results), n_perm=schedule.n_perm,
                            exhaustive=schedule.exhaustive, n_possible=schedule.n_possible,
                            scheme=_scheme_name(permute, sign_flip, has_nuisance), df=design.df,
-                           design_names=design.names, settings=settings)
+                           design_names=design.names, settings=settings, enumeration=schedule.rule,
+                           null_max_across_contrasts=combined, variance_groups=groups)
 
 
 def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5, H=2.0,
-             mode="exact", dh=None, two_sided=True, in_place=False):
+             mode="exact", dh=None, two_sided=True, in_place=False, groups=None, zstat=False,
+             sign_flip=False):
     """The engine's view of one contrast: residualised float32 data and its basis.
 
     With ``in_place`` (a C-contiguous float32 ``data`` only) the data are
     overwritten by their residuals instead of copied, which halves the memory.
+    With variance ``groups`` the statistic is v or G (as z); with ``zstat``, t
+    or F converted to z.
     """
     basis = effect_basis(design, contrast)
     if in_place and not (data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable):
@@ -342,22 +409,36 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
     out = data if in_place else np.empty(data.shape, dtype=np.float32)
     residual = basis.residualize(data, out=out)
     sum_sq = np.einsum("ij,ij->j", residual, residual, dtype=np.float64)
-    return engine.ContrastJob(name=contrast.name, kind=contrast.kind,
+    welch = None if groups is None else make_welch_job(design, contrast, groups, sign_flip=sign_flip)
+    converter = make_z_converter(contrast.kind, basis.q, basis.df) if zstat and welch is None else None
+    kind = contrast.kind if welch is None else welch.kind
+    return engine.ContrastJob(name=contrast.name, kind=kind,
                               basis=np.ascontiguousarray(basis.basis, dtype=np.float32), q=basis.q,
                               df=basis.df, data=residual, sum_sq=sum_sq, graph=graph,
                               two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
                               fsl=mode == "fsl", dh=dh, cluster_threshold=threshold,
-                              reduced_basis=engine.reduced_basis(basis.tested, basis.nuisance))
+                              reduced_basis=engine.reduced_basis(basis.tested, basis.nuisance),
+                              welch=welch, zstat=converter)
 
 
 def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H, mode, dh,
                   two_sided, tail_approximation, chunk_size, threads, pool, bar, *, runner=None,
-                  store=None, flag=None, in_place=False):
+                  store=None, flag=None, in_place=False, groups=None, zstat=False, hold=None):
     from dataclasses import replace
 
-    stat, _ = contrast_statistic(data, design, contrast)  # float64 OLS, before any overwrite
+    # float64 statistic, before any overwrite
+    z = df2 = None
+    if groups is None:
+        stat, _ = contrast_statistic(data, design, contrast)
+        if zstat:
+            df2 = np.full(stat.shape, float(design.df))
+            z = to_z(stat, contrast.rank, df2, kind=contrast.kind)
+    else:
+        stat, df2 = welch_statistic(data, design, contrast, groups)
+        z = to_z(stat, contrast.rank, df2, kind=contrast.kind)
     job = make_job(data, design, contrast, graph, threshold=threshold, tfce=tfce, E=E, H=H,
-                   mode=mode, dh=dh, two_sided=two_sided, in_place=in_place)
+                   mode=mode, dh=dh, two_sided=two_sided, in_place=in_place, groups=groups, zstat=zstat,
+                   sign_flip=schedule.sign_flip)
     if job.fsl and job.dh is None:
         job = replace(job, dh=engine.fsl_step(job, engine.observed_maps(replace(job, tfce=False),
                                                                         schedule, threads, pool)))
@@ -367,8 +448,11 @@ def _run_contrast(data, design, contrast, schedule, graph, threshold, tfce, E, H
                         engine.chunk_bounds(schedule.n_perm, chunk_size),
                         store=None if store is None else store.contrast(job, contrast.weights),
                         flag=flag, bar=bar)
-    return assemble(job, contrast, observed, merged, schedule.n_perm, stat,
-                    tail_approximation=tail_approximation)
+    if hold is not None:
+        hold.append((job.tests_both_signs, observed))
+    result = assemble(job, contrast, observed, merged, schedule.n_perm, stat,
+                      tail_approximation=tail_approximation)
+    return replace(result, kind=job.kind, z=z, df2=df2)
 
 
 def assemble(job, contrast, observed, merged, n_perm, stat, *, tail_approximation=False):
@@ -424,10 +508,19 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
     keep_constant : bool
         Without ``mask_img``, keep the voxels constant across subjects too
         (randomise ``--norcmask``).
+    surf, areas : optional
+        Surface input (GIFTI, FreeSurfer curv or MGH/MGZ per-vertex maps of
+        one hemisphere): the mesh the maps are on (``.surf.gii`` or FreeSurfer
+        surface) and optional vertex areas (a per-vertex file or a number,
+        PALM's ``-s surf area``). See :func:`voxstats.surface_io.load_surface`.
+    left_surf, right_surf, left_area, right_area : optional
+        CIFTI input (``.dscalar.nii``, ``.dtseries.nii``): each hemisphere's
+        mesh and optional areas. See :func:`voxstats.cifti.load_cifti`.
     **options
         Every keyword option of :func:`permuted_glm` (``f_contrasts``,
         ``n_perm``, ``tfce``, ``connectivity``, ``cluster_threshold``, ``rng``,
-        ``n_jobs``, ...).
+        ``n_jobs``, ...). ``tfce_E`` defaults by element kind: 0.5 in volumes,
+        1 on surfaces (PALM's ``-tfce2D``, CAT12 and HCP practice).
 
     Returns
     -------
@@ -438,7 +531,18 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
     for key in ("mask", "adjacency"):
         if key in options:
             raise TypeError(f"randomise() got an unexpected keyword argument '{key}' (use mask_img)")
-    data, masker = load(imgs, mask_img, keep_constant=keep_constant)
+    from .surface_loading import SURFACE_OPTIONS, tfce_defaults
+
+    surface = {key: options.pop(key) for key in SURFACE_OPTIONS if key in options}
+    data, masker = load(imgs, mask_img, keep_constant=keep_constant, **surface)
+    spatial = options.get("tfce") or options.get("cluster_threshold") is not None \
+        or options.get("cluster_threshold_f") is not None
+    if spatial and masker.kind != "volume" and "weights" not in VoxelGraph.__dataclass_fields__:
+        raise NotImplementedError("TFCE and clusters on surfaces need area-weighted kernels "
+                                  "(VoxelGraph.weights), not in this build yet")
+    if options.get("tfce_E") is None:  # E by element kind: 1 on surfaces, 0.5 in volumes
+        E = tfce_defaults(masker)
+        options["tfce_E"] = E if np.ndim(E) == 0 or options.get("tfce") else 0.5
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
     result = permuted_glm(data, design, contrasts, mask=masker, copy=False, **options)
     from dataclasses import replace

@@ -11,13 +11,12 @@ from scipy import sparse
 
 from . import _tfce_numba
 from .graph import grid_graph, graph_from_adjacency
-from .image import check_img
+from .image import check_img, read_data
 
 __all__ = ["tfce"]
 
 _MODES = ("exact", "fsl")
 _TASK_VOXELS = 2 ** 18  # voxels per task of batch_tfce (rows of small maps go together)
-_MAX_STEPS = 2 ** 22  # thresholds per map in FSL mode; float32 sums h += dh stall near 2**24 steps
 
 
 def _check_option(name, value, allowed):
@@ -26,7 +25,24 @@ def _check_option(name, value, allowed):
                          f"{', '.join(repr(a) for a in allowed)}, but got {value!r} instead.")
 
 
-def _check_params(E, H, mode, dh):
+#: Most thresholds a stepped (FSL) TFCE may take up to the map's maximum (FSL's default makes 100).
+MAX_STEPS = 100_000
+# TFCE values are stored in float32 (max 3.4e38); a bound above 1e37 leaves room for permuted maps.
+_MAX_LOG10 = 37.0
+
+
+def _check_params(E, H, mode, dh, *, max_height=None, n_elements=None):
+    """Validate TFCE options; with the map's ``max_height``, also the step count and overflow.
+
+    Raises
+    ------
+    ValueError
+        A bad option; a fixed step ``dh`` making more than :data:`MAX_STEPS`
+        steps up to ``max_height``; or ``E`` and ``H`` for which TFCE values of
+        a map up to ``max_height`` on ``n_elements`` elements could exceed
+        float32 (the bound n**E * h**(H+1) / (H+1), or n**E * h**H * h/dh
+        stepped).
+    """
     _check_option("mode", mode, _MODES)
     for name, value in (("E", E), ("H", H)):
         if not np.isfinite(value) or value < 0:
@@ -37,6 +53,23 @@ def _check_params(E, H, mode, dh):
             raise ValueError("The 'dh' parameter (fixed step) only applies to mode='fsl'")
         if not np.isfinite(dh) or dh <= 0:
             raise ValueError(f"Invalid value for the 'dh' parameter: expected a step > 0, got {dh!r}")
+    if max_height is None or not np.isfinite(max_height) or max_height <= 0:
+        return
+    steps = max_height / dh if (mode == "fsl" and dh is not None) else 100.0
+    if mode == "fsl" and steps > MAX_STEPS:
+        raise ValueError(f"Invalid value for the 'dh' parameter: a step of {dh:g} makes {steps:.3g} steps "
+                         f"up to the map's maximum {max_height:.4g}; at most {MAX_STEPS:,} are allowed "
+                         "(FSL's default step, the maximum / 100, makes 100)")
+    n = max(int(n_elements or 1), 1)
+    log_h = np.log10(max_height)
+    if mode == "fsl":
+        bound = E * np.log10(n) + H * log_h + np.log10(max(steps, 1.0))
+    else:
+        bound = E * np.log10(n) + (H + 1) * log_h - np.log10(H + 1)
+    if bound > _MAX_LOG10:
+        raise ValueError(f"Invalid value for the 'H' parameter: with H={H:g} and E={E:g}, TFCE values of a "
+                         f"map up to {max_height:.4g} could reach 1e{bound:.0f}, beyond float32 (3.4e38); "
+                         "use a smaller H")
 
 
 def fsl_step(top):
@@ -80,9 +113,9 @@ def stepped_table(dh, H, max_height):
     if not step > 0:
         raise ValueError(f"Invalid value for the 'dh' parameter: expected a step > 0 in single precision, "
                          f"got {dh!r}")
-    if max_height / float(step) > _MAX_STEPS:
-        raise ValueError(f"Invalid value for the 'dh' parameter: a step of {dh!r} is too small for "
-                         f"single-precision thresholds up to {max_height!r} (more than {_MAX_STEPS:,} steps)")
+    if not max_height / float(step) <= 100 * MAX_STEPS:  # an allocation guard; users hit MAX_STEPS first
+        raise ValueError(f"Invalid value for the 'dh' parameter: a step of {dh:g} makes "
+                         f"{max_height / float(step):.3g} steps up to {max_height:.4g}")
     n_steps = int(np.ceil(max_height / float(step))) + 3 if max_height > 0 else 3
     while True:
         increments = np.full(n_steps, step, dtype=np.float32)
@@ -221,7 +254,7 @@ def tfce(stat, *, mask=None, connectivity=6, E=0.5, H=2.0, mode="exact", dh=None
     img = None
     if hasattr(stat, "affine"):
         img = check_img(stat, name="stat", ndim=(2, 3))
-        values = np.asarray(img.get_fdata(), dtype=np.float64)
+        values = read_data(img, name="stat", dtype=np.float64)
     else:
         values = np.array(stat, dtype=np.float64)
     values = np.where(np.isfinite(values), values, 0.0)
@@ -301,6 +334,7 @@ def tfce_values(values, graph, *, E=0.5, H=2.0, mode="exact", dh=None, two_sided
         values = values.astype(np.float32).astype(np.float64)
     enhanced = np.abs(values) if two_sided else np.maximum(values, 0.0)
     top = float(enhanced.max()) if enhanced.size else 0.0
+    _check_params(E, H, mode, dh, max_height=top, n_elements=values.size)
     if fsl:
         E, H = fsl_exponents(E, H)
         dh = dh if dh is not None else fsl_step(top)

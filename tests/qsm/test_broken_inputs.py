@@ -5,6 +5,7 @@ names the file or the command-line flag at fault, no traceback, and nothing
 written where it should not be.
 """
 
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -218,3 +219,43 @@ def test_broken_input_gives_one_line_naming_it(case, cohort, tmp_path, capsys, m
     if (tmp_path / "demo").is_dir():
         assert [p.name for p in (tmp_path / "demo").iterdir()] in ([], ["results.txt"])
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def _one_line_naming(argv, names, capsys):
+    """Run; return a problem description, or None when the error is one line naming a file."""
+    try:
+        code = main([*argv, "-q"])
+    except SystemExit as exc:
+        code = exc.code
+    except Exception as exc:  # a traceback on the command line
+        return f"raised {type(exc).__name__}: {exc}"
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    if code != 1 or len(lines) != 1 or not any(n in lines[0] for n in names):
+        return f"exit {code}: {lines}"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["run", "normalize"])
+def test_every_broken_image_of_the_shared_corpus_as_a_chi_map(command, broken_corpus, cohort,
+                                                              tmp_path, capsys):
+    """The voxstats corpus (tests/conftest.py): each broken 3D image as one subject's χ map."""
+    problems = {}
+    for k, case in enumerate(broken_corpus.cases("img3d")):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+
+        def swap(rows, tmp, case=case):
+            rows.loc[1, "chi_path"] = str(case.path)
+            if command == "normalize":
+                rows["structural_path"] = rows["chi_path"]
+        table = _table(cohort, folder, swap)
+        argv = (["run", str(_config(folder, table)), "--out", str(folder / "out")]
+                if command == "run" else ["normalize", str(table), str(folder / "norm")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # as on a user's console: warnings are not errors
+            problem = _one_line_naming(argv, case.names, capsys)
+        if problem:
+            problems[case.name] = problem
+    assert len(broken_corpus.cases("img3d")) >= 10
+    assert not problems, problems

@@ -1,9 +1,11 @@
 """Tests of the qsm command line, called in-process through main([...])."""
 
 import argparse
+import json
 import subprocess
 import sys
 
+import nibabel as nib
 import pandas as pd
 import pytest
 
@@ -31,6 +33,14 @@ def test_demo_small_and_its_study_toml_reproduces_the_tables(tmp_path, capsys):
         assert (out / name).is_file(), name
     vt = pd.read_csv(out / "voxelwise" / "voxelwise_regions.tsv", sep="\t")
     assert set(vt.patient_group) == {"CIS", "RRMS", "SPMS"} and (vt.n_perm == 50).all()
+    # the p maps say what they hold: plain p (small is significant), as voxstats cluster reads
+    side = json.loads((out / "voxelwise" / "RRMS_vs_HC_RRMS_stat-pfwe.json").read_text())
+    assert side["p_convention"] == "p" and side["n_perm"] == 50 and side["two_sided"] is True
+    pmap = nib.load(out / "voxelwise" / "RRMS_vs_HC_RRMS_stat-pfwe.nii.gz").get_fdata()
+    assert pmap.max() == 1.0 and pmap.min() == pytest.approx(
+        vt[(vt.patient_group == "RRMS") & (vt.region == "thalamus")].min_p_fwe.item(), rel=1e-5)
+    assert "p_convention" not in json.loads(
+        (out / "voxelwise" / "RRMS_vs_HC_RRMS_stat-t.json").read_text())
     report = (out / "report.md").read_text()
     assert "planted vs found vs paper" in report and "data/study.toml" in report
     assert "simulation" in report.split("## Run time")[1]
@@ -110,7 +120,8 @@ def test_every_subcommand_has_a_description_and_every_option_its_default():
     (["demo", "--out", "x", "--n-per-group", "0"], "argument --n-per-group: must be >= 1, got 0"),
     (["run", "c.toml", "--out", "x", "--n-perm", "-5"], "argument --n-perm: must be >= 1"),
     (["normalize", "s", "o", "--n-jobs", "0"], "argument --n-jobs: must be >= 1 or -1"),
-    (["normalize", "s", "o", "--hybrid-weight", "2"], "argument --hybrid-weight: must be in"),
+    (["normalize", "s", "o", "--hybrid-mu", "-1"], "argument --hybrid-mu: must be >= 0.0"),
+    (["normalize", "s", "o", "--qc-floor", "2"], "argument --qc-floor: must be in [0.0, 1.0]"),
     (["normalize", "s", "o", "--resolution", "0"], "argument --resolution: must be > 0"),
     (["demo"], "the following arguments are required: --out"),
 ])

@@ -47,6 +47,19 @@ def test_bids_folder_with_sessions_and_clinical_columns(tmp_path):
     assert "chi_path" not in cohort.clinical.columns and "age" in cohort.clinical.columns
 
 
+def test_bids_uncompressed_qsmxt_names(tmp_path):
+    """QSMxT writes uncompressed ``_Chimap.nii`` next to a ``_MEGRE.nii`` magnitude."""
+    anat = tmp_path / "sub-08" / "anat"
+    _write(anat / "sub-08_Chimap.nii")
+    _write(anat / "sub-08_MEGRE.nii")
+    cohort = load_cohort(tmp_path)
+    assert cohort.table.loc[0, "chi_path"].name == "sub-08_Chimap.nii"
+    assert cohort.table.loc[0, "structural_path"].name == "sub-08_MEGRE.nii"
+    (anat / "sub-08_MEGRE.nii").unlink()
+    alone = load_cohort(tmp_path, require_structural=False)   # for --drive chi
+    assert alone.table.loc[0, "structural_path"] is None
+
+
 def test_bids_magnitude_fallback_and_choice(tmp_path):
     anat = tmp_path / "sub-07" / "anat"
     _write(anat / "sub-07_Chimap.nii.gz")
@@ -161,7 +174,7 @@ def test_missing_column_and_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="Cohort source '.*nowhere' does not exist"):
         load_cohort(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CohortError, match=r"No 'sub-\*/\[ses-\*/\]anat/\*_Chimap.nii.gz' file"):
+    with pytest.raises(CohortError, match=r"No 'sub-\*/\[ses-\*/\]anat/\*_Chimap.nii\[.gz\]' file"):
         load_cohort(tmp_path / "empty")
 
 

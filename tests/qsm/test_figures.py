@@ -115,9 +115,11 @@ def test_clinical_points_are_partial_residuals_on_the_fitted_line(long):
         assert not np.allclose(np.sort(y), np.sort(sub.chi.to_numpy()))
     plt.close(fig)
     fig = figures.clinical_figure(long, table, variable="edss", regions=["thalamus"],
-                                  patient_groups=list(PAIRS))
+                                  patient_groups=list(PAIRS), note="Caveat: pooled groups.")
     ax = [a for a in fig.axes if a.get_visible()][0]
     assert ax.get_xlabel() == "EDSS (points)" and "ppb per EDSS point" in ax.get_title()
+    assert [t.get_text() for t in fig.texts if t.get_gid() == "note"] == ["Caveat: pooled groups."]
+    _check_journal_size(fig)
     plt.close(fig)
 
 
@@ -217,3 +219,17 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
+
+
+def test_slices_drawn_over_the_given_template(atlas_grid):
+    import nibabel as nib
+
+    from qsm.slices import atlas_figure
+
+    atlas, labels, affine, _ = atlas_grid
+    template = np.random.default_rng(0).uniform(1, 2, labels.shape).astype(np.float32)
+    fig = atlas_figure(atlas, labels, affine, background_img=nib.Nifti1Image(template, affine))
+    axial = fig.axes[0]
+    drawn = [im for im in axial.get_images() if im.get_label() == "background"][0].get_array()
+    np.testing.assert_allclose(drawn, template[:, :, _axial_index(axial, affine)].T, rtol=1e-6)
+    plt.close(fig)

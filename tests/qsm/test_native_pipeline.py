@@ -198,13 +198,29 @@ def test_skip_bad_skips_with_a_warning(tmp_path):
     assert [s.subject for s in native.cohort.skipped] == ["HCRRMS1"]
 
 
-def test_wm_reference_needs_a_bundled_grid(tmp_path):
+def test_wm_reference_from_the_template_on_any_grid(tmp_path):
+    """A 3 mm output grid: white matter from the study template, not refused (nilearn has no
+    3 mm white-matter mask); it lies inside nilearn's (generous) 2 mm mask carried to 3 mm."""
+    from nilearn import datasets
+    from nilearn.image import resample_to_img
+
+    from qsm import pipeline
+    from qsm.template import output_grid
+
     _tiny_cohort(tmp_path)
     config = _native_config(tmp_path, referencing={"region": "wm"},
                             normalization={"resolution": 3.0}, atlas={"resample": True})
-    with pytest.raises(ValueError, match=r"\[referencing\] region = 'wm'.*3 mm grid"):
-        run_study(config, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    _, _, native = pipeline._check_before_work(config)
+    assert native.reference == "wm"
+    shape, affine = output_grid(native.template, 3.0)
+    grid = nib.Nifti1Image(np.zeros(shape, np.float32), affine)
+    mask, description = pipeline._study_reference_mask(config, grid, native)
+    assert mask.shape == shape and "white matter" in description
+    nl = resample_to_img(datasets.load_mni152_wm_mask(resolution=2), grid,
+                         interpolation="nearest", force_resample=True, copy_header=True)
+    nl = np.asarray(nl.dataobj) > 0
+    assert (mask & nl).sum() / mask.sum() > 0.95
+    assert 300 < mask.sum() * 27 / 1000 < 800      # ml of deep white matter
 
 
 def test_ants_engine_without_antspyx(tmp_path):

@@ -36,7 +36,7 @@ def truth_chi(small_template):
     world = grid_world(small_template.shape, small_template.affine)
     for centre in ((-12.0, -18.0, 8.0), (12.0, -18.0, 8.0)):
         data += 0.08 * (np.linalg.norm(world - centre, axis=-1) < 10)
-    return (data * small_template.mask()).astype(np.float32)
+    return (1000.0 * data * small_template.mask()).astype(np.float32)   # ppb
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def bids(tmp_path_factory, small_template, truth_chi):
         sim = simulate_deformation(small_template.img, rotation_deg=(2.0, -1.0, 3.0 * k),
                                    translation_mm=(3.0, -2.0 * k, 2.0), scale=(1.0, 1.0, 1.0),
                                    max_displacement_mm=2.0, smoothness_mm=16.0, blur_mm=0.0, rng=k)
-        chi = sample(truth_chi, small_template.affine, sim.subject_to_template, order=1) + 0.01 * k
+        chi = sample(truth_chi, small_template.affine, sim.subject_to_template, order=1)
+        chi = np.where(chi != 0, chi + 10.0 * k, 0.0)       # subject offsets of 10 k ppb
         anat = root / f"sub-{sub}" / "anat"
         anat.mkdir(parents=True)
         nib.save(sim.img, anat / f"sub-{sub}_T1w.nii.gz")
@@ -104,9 +105,9 @@ def test_chi_recovered_in_template_space(normalized, small_template, truth_chi):
         data = nib.load(path).get_fdata()
         r = np.corrcoef(data[mask], truth_chi[mask])[0, 1]
         assert r > 0.85, (k, r)
-        # offset = subject shift (0.01 k) + the truth's brain mean
-        expected = truth_chi[mask].mean() + 0.01 * k
-        assert res.table.loc[k, "offset"] == pytest.approx(expected, abs=0.01)
+        # offset = subject shift (10 k ppb) + the truth's brain mean
+        expected = truth_chi[mask].mean() + 10.0 * k
+        assert res.table.loc[k, "offset"] == pytest.approx(expected, abs=10.0)
 
 
 @pytest.mark.slow
@@ -188,8 +189,8 @@ def test_command_line(bids, small_template, tmp_path, capsys):
     import argparse
 
     parser = argparse.ArgumentParser()
-    qsm_cli._configure_normalize(parser)
-    args = parser.parse_args([str(bids), str(tmp_path / "out"), "--affine-only", "--quiet",
+    qsm_cli._add_normalize(parser)
+    args = parser.parse_args([str(bids), str(tmp_path / "out"), "--affine-only",
                               "--reference", "wm", "--seed", "3"])
     assert args.engine == "dipy" and args.reference == "wm" and args.affine_only
     code = qsm_cli.main(["normalize", str(bids / "nope"), str(tmp_path / "out")])
@@ -208,3 +209,76 @@ def test_command_line(bids, small_template, tmp_path, capsys):
                        "sub-03_space-small_Chimap.json").read_text())
     assert meta["ReferenceRegion"] == "csf" and meta["OutputResolution"] == 4.0
     assert meta["RegistrationParameters"]["nonlinear"] is False
+
+
+def test_no_data_kept_and_both_routes_give_one_offset(small_template, tmp_path):
+    """A map covering ~78 % of the brain with 5 ppb: offset 5 in template space as in native.
+
+    Before, normalization averaged over the template brain mask including voxels
+    without data (offset 5 x coverage, 3.93 for the issue's map) and turned those
+    voxels into minus the offset.
+    """
+    from qsm.cohort import load_cohort as _load
+    from qsm.reference import rereference
+
+    sim = simulate_deformation(small_template.img, rotation_deg=(2.0, 0.0, 3.0),
+                               translation_mm=(3.0, -2.0, 2.0), scale=(1.0, 1.0, 1.0),
+                               max_displacement_mm=0.0, blur_mm=0.0, rng=0)
+    brain = sample(small_template.mask(), small_template.affine, sim.subject_to_template,
+                   order=0) > 0
+    z = np.indices(brain.shape)[2]
+    cut = np.percentile(z[brain], 22)
+    noise = np.random.default_rng(0).normal(0.0, 10.0, brain.shape)
+    chi = np.where(brain & (z >= cut), 5.0 + noise, 0.0).astype(np.float32)
+    anat = tmp_path / "in" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    nib.save(sim.img, anat / "sub-01_T1w.nii.gz")
+    nib.save(nib.Nifti1Image(chi, sim.img.affine), anat / "sub-01_Chimap.nii.gz")
+    native = rereference(nib.Nifti1Image(chi, sim.img.affine),
+                         mask_img=nib.Nifti1Image(brain.astype(np.uint8), sim.img.affine))
+    res = normalize_cohort(_load(tmp_path / "in"), tmp_path / "out", template=small_template,
+                           nonlinear=False, params=FAST, rng=0, qc_floor=0.999, verbose=False)
+    row = res.table.iloc[0]
+    assert native.offset == pytest.approx(5.0, abs=0.5)
+    assert row["offset"] == pytest.approx(native.offset, abs=0.3)
+    assert 0.6 < row["coverage"] < 0.9
+    assert native.offset * row["coverage"] < native.offset - 0.9   # what averaging zeros gave
+    out = nib.load(row["chi_template_path"]).get_fdata()
+    mask = small_template.mask()
+    have = out != 0
+    assert (mask & ~have).sum() > 0.1 * mask.sum()        # no data stays 0, not -5
+    assert abs(out[mask & have].mean()) < 1e-3
+    # an absolute floor flags a registration whatever the rest of the cohort
+    assert bool(row["below_floor"]) and bool(row["outlier"])
+    meta = json.loads(row["sidecar_path"].read_text())
+    assert meta["Units"] == "ppb" and meta["Quality"]["floor"] == 0.999
+    assert meta["DataCoverage"] == pytest.approx(row["coverage"])
+
+
+@pytest.mark.slow
+def test_chi_drive_from_the_command_line(bids, small_template, truth_chi, tmp_path, capsys):
+    """`qsm normalize --drive chi` needs no structural image; a χ template is given."""
+    src = tmp_path / "chi_only"
+    for sub in ("01", "02", "03"):
+        (src / f"sub-{sub}" / "anat").mkdir(parents=True)
+        nib.save(nib.load(bids / f"sub-{sub}" / "anat" / f"sub-{sub}_Chimap.nii.gz"),
+                 src / f"sub-{sub}" / "anat" / f"sub-{sub}_Chimap.nii")
+    paths = small_template.save(tmp_path / "tpl")
+    chi_tpl = tmp_path / "tpl" / "chi.nii.gz"
+    nib.save(nib.Nifti1Image(truth_chi, small_template.affine), chi_tpl)
+    args = ["normalize", str(src), str(tmp_path / "out"), "--drive", "chi", "--quiet",
+            "--template", str(paths["img"]), "--template-mask", str(paths["mask_img"]),
+            "--space", "small", "--affine-only"]
+    code = qsm_cli.main(args)
+    assert code == 1 and "--template-chi" in capsys.readouterr().err
+    code = qsm_cli.main(args + ["--template-chi", str(chi_tpl), "--registration-resolution",
+                                "8"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    meta = json.loads((tmp_path / "out" / "sub-02" / "anat" /
+                       "sub-02_space-small_Chimap.json").read_text())
+    assert meta["RegistrationDrive"] == "chi" and meta["Quality"]["image"] == "chi"
+    assert meta["RegistrationParameters"]["registration_resolution"] == 8.0
+    assert meta["Quality"]["correlation"] > 0.8
+    png = tmp_path / "out" / "sub-02" / "figures" / "sub-02_space-small_desc-normalization_qc.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

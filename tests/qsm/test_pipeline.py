@@ -157,13 +157,13 @@ def test_reference_region_vs_direct_computation(tmp_path, region, statistic):
     from nilearn import datasets
     from scipy import ndimage
 
-    from qsm.pipeline import _reference_region, _rereference
+    from qsm.pipeline import _rereference, _study_reference_mask
 
     img, brain = _chi_on_mni_grid()
     data = np.asarray(img.dataobj)
     config = load_config({"groups": {"A": "B"},
                           "referencing": {"region": region, "statistic": statistic}})
-    mask, description = _reference_region(config, img)
+    mask, description = _study_reference_mask(config, img, None)
     if region == "wm":  # nilearn's white-matter mask eroded once (qsm.reference)
         wm = np.asarray(datasets.load_mni152_wm_mask(resolution=2).dataobj) > 0
         expected_mask = ndimage.binary_erosion(wm)
@@ -181,7 +181,7 @@ def test_reference_region_vs_direct_computation(tmp_path, region, statistic):
 
 
 def test_reference_mask_on_another_grid(tmp_path):
-    from qsm.pipeline import _reference_region
+    from qsm.pipeline import _study_reference_mask
 
     img, _ = _chi_on_mni_grid()
     mask = np.zeros((20, 20, 20), np.uint8)
@@ -190,9 +190,9 @@ def test_reference_mask_on_another_grid(tmp_path):
     raw = {"groups": {"A": "B"}, "referencing": {"region": "ref.nii.gz"}}
     with pytest.raises(ValueError, match=r"reference mask \(.*ref.nii.gz\) and the χ maps are "
                                          r"not on the same grid; set \[atlas\] resample"):
-        _reference_region(load_config(raw, base_dir=tmp_path), img)
+        _study_reference_mask(load_config(raw, base_dir=tmp_path), img, None)
     raw["atlas"] = {"resample": True}
-    region, name = _reference_region(load_config(raw, base_dir=tmp_path), img)
+    region, name = _study_reference_mask(load_config(raw, base_dir=tmp_path), img, None)
     assert region.shape == img.shape and name.endswith("ref.nii.gz")
     # nearest neighbour: the 8 mm cube [40, 120) mm in voxel-world units of the mask grid
     world = img.affine[:3, :3] @ np.argwhere(region).T + img.affine[:3, 3:]

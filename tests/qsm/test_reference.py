@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from qsm.reference import rereference, ventricle_mask, wm_mask
+from qsm.reference import rereference, template_wm_mask, ventricle_mask, wm_mask
 from qsm.template import load_template
 
 
@@ -80,5 +80,44 @@ def test_errors(template):
         rereference(odd, mask_img=nib.Nifti1Image(np.ones((5, 5, 5), np.uint8), odd.affine),
                     region="wm")
     empty = nib.Nifti1Image(np.zeros(template.shape, np.uint8), template.affine)
-    with pytest.raises(ValueError, match="no voxel inside the brain mask"):
+    with pytest.raises(ValueError, match="no voxel with data inside the brain mask"):
         rereference(chi, mask_img=template.mask_img, region="mask", region_mask_img=empty)
+
+
+def test_voxels_without_data_are_left_out_and_kept(template):
+    """A map covering 78 % of the brain: offset over voxels with data, no data stays 0."""
+    rng = np.random.default_rng(3)
+    brain = template.mask()
+    data = np.where(brain, 5.0 + rng.normal(0, 1, template.shape), 0).astype(np.float32)
+    z = np.argwhere(brain)[:, 2]
+    cut = np.percentile(z, 22)
+    missing = brain & (np.indices(template.shape)[2] < cut)     # lower slab not reconstructed
+    data[missing] = 0.0
+    have = brain & ~missing
+    assert 0.7 < have.sum() / brain.sum() < 0.85
+    res = rereference(nib.Nifti1Image(data, template.affine), mask_img=template.mask_img)
+    assert res.offset == pytest.approx(float(data[have].mean()), rel=1e-6)
+    assert res.offset == pytest.approx(5.0, abs=0.02)        # not 5 x coverage (the old 3.9)
+    assert res.n_voxels == have.sum() and res.n_no_data == missing.sum()
+    out = res.img.get_fdata()
+    np.testing.assert_array_equal(out[missing], 0.0)          # "no data" stays no data
+    np.testing.assert_allclose(out[have], data[have] - res.offset, atol=1e-5)
+    # the same map referenced on its own support (as the pipeline does in native space)
+    support = nib.Nifti1Image(have.astype(np.uint8), template.affine)
+    alone = rereference(nib.Nifti1Image(data, template.affine), mask_img=support)
+    assert alone.offset == pytest.approx(res.offset, rel=1e-9)
+
+
+def test_white_matter_from_any_t1_template(template):
+    """Away from nilearn's grids the WM mask is the T1's brightest class: it matches nilearn's."""
+    nl = wm_mask(template.img).get_fdata() > 0
+    same = template_wm_mask(template.img, template.mask_img).get_fdata() > 0
+    np.testing.assert_array_equal(same, nl)                    # nilearn's own template: its mask
+    other = nib.Nifti1Image(template.img.get_fdata().astype(np.float32) * 1.5, template.affine)
+    derived = template_wm_mask(other, template.mask_img).get_fdata() > 0
+    dice = 2 * (derived & nl).sum() / (derived.sum() + nl.sum())
+    assert dice > 0.7
+    chi = _chi(template)
+    res = rereference(chi, mask_img=template.mask_img, region="wm", template_img=other)
+    assert res.offset == pytest.approx(float(chi.get_fdata()[derived & template.mask()].mean()),
+                                       rel=1e-6)

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from qsm.registration import Registration, driving_image, register
+from qsm.registration import Registration, register
 from qsm.template import load_template
 from qsm.transforms import (
     apply_transforms,
@@ -166,27 +166,6 @@ def test_registration_transform_identity_is_exact():
         reg.transform(img, interpolation="spline9")
 
 
-def test_driving_image_hybrid_and_errors():
-    s = np.zeros((5, 5, 5), np.float32)
-    s[1:4, 1:4, 1:4] = np.linspace(1, 2, 27).reshape(3, 3, 3)
-    c = np.zeros_like(s)
-    c[2, 2, 2] = 0.1  # iron-rich voxel
-    c[1, 1, 1] = -0.05
-    s_img, c_img = nib.Nifti1Image(s, np.eye(4)), nib.Nifti1Image(c, np.eye(4))
-    np.testing.assert_array_equal(driving_image(s_img, drive="structural").get_fdata(), s)
-    np.testing.assert_array_equal(driving_image(s_img, c_img, drive="chi").get_fdata(), c)
-    hyb = driving_image(s_img, c_img, drive="hybrid", hybrid_weight=0.5).get_fdata()
-    lo, hi = np.percentile(s[s != 0], [1, 99])
-    absmax = np.percentile(np.abs(c[c != 0]), 99)
-    expected = (s - lo) / (hi - lo) - 0.5 * np.clip(c / absmax, -1, 1)
-    expected[s == 0] = 0
-    np.testing.assert_allclose(hyb, expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="'drive' parameter.*but got 'magnitude'"):
-        driving_image(s_img, c_img, drive="magnitude")
-    with pytest.raises(ValueError, match="needs the subject's χ map"):
-        driving_image(s_img, None, drive="hybrid")
-
-
 def test_register_option_errors(template):
     img = template.img
     with pytest.raises(ValueError, match="'engine' parameter. Allowed values are 'dipy', 'ants'"):
@@ -195,6 +174,8 @@ def test_register_option_errors(template):
         register(img, template, chi_img=img, drive="chi")
     with pytest.raises(ValueError, match=r"Unknown registration parameter\(s\) \['iters'\]"):
         register(img, template, params={"iters": 3})
+    with pytest.raises(ValueError, match="'multichannel' is implemented for engine='dipy' only"):
+        register(img, template, chi_img=img, drive="multichannel", engine="ants")
 
 
 @pytest.mark.skipif(HAS_ANTS, reason="antspyx is installed")

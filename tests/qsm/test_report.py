@@ -102,7 +102,7 @@ def test_markdown_report_units_values_and_sections(study):
     text = path.read_text()
     assert "age_mean_x" not in text and "covariates ," not in text
     assert "GLM `1 + patient` without covariates" in text
-    assert "total run time 20.5 s (simulation 12.3 s, voxelwise 4.0 s)" in text.lower()
+    assert "total run time 20.5 s (simulation 12.3 s, voxel-wise 4.0 s)" in text.lower()
     assert "| simulation | 12.3 |" in text
     assert "β (ppb) |" in text and "β (ppb per EDSS point) |" in text
     assert "β (ppb/year) |" in text  # age: ppb/year

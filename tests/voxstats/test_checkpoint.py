@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,6 +212,113 @@ def test_corrupt_chunk_is_recomputed(problem, reference, tmp_path, count_chunks,
     assert count_chunks == []
 
 
+def _rewrite_chunk(path, change):
+    """Rewrite a chunk with ``change(arrays)`` applied and a checksum that matches (a deliberate edit)."""
+    with np.load(path) as npz:
+        content = {k: npz[k] for k in npz.files}
+    meta = str(content.pop("meta"))
+    content.pop("checksum")
+    change(content)
+    checksum = checkpoint._ContrastStore._checksum(meta, content)
+    with open(path, "wb") as handle:
+        np.savez(handle, meta=np.array(meta), checksum=np.array(checksum), **content)
+
+
+def _renamed(arrays):
+    arrays["null_maxima"] = arrays.pop("null_max")
+
+
+def _float_counts(arrays):
+    arrays["counts"] = arrays["counts"].astype(np.float64)
+
+
+def _short_counts(arrays):
+    arrays["counts"] = arrays["counts"][:-1]
+
+
+def _nan_max(arrays):
+    arrays["null_max"] = arrays["null_max"].copy()
+    arrays["null_max"][1] = np.nan
+
+
+def _extra(arrays):
+    arrays["notes"] = np.zeros(3)
+
+
+def _too_many_counts(arrays):
+    arrays["counts"] = arrays["counts"] + 1000
+
+
+@pytest.mark.parametrize("change, problem_text", [
+    (_renamed, r"arrays \[.*'null_maxima'.*\], expected"),
+    (_float_counts, r"counts: expected \d+ integer counts, got float64"),
+    (_short_counts, r"counts: expected \d+ integer counts, got int64 of shape"),
+    (_nan_max, r"null_max: NaN or infinite values"),
+    (_extra, r"arrays \[.*'notes'.*\], expected"),
+    (_too_many_counts, r"counts: counts outside 0\.\.16"),
+])
+def test_chunk_arrays_are_validated(problem, reference, tmp_path, count_chunks, caplog, change, problem_text):
+    """A chunk whose checksum holds but whose arrays are wrong is reported in one line and recomputed."""
+    _run(problem, checkpoint_dir=tmp_path)
+    victim = _chunk_files(tmp_path)[1]
+    _rewrite_chunk(victim, change)
+    count_chunks.clear()
+    with caplog.at_level(logging.WARNING, logger="voxstats.checkpoint"):
+        result = _run(problem, checkpoint_dir=tmp_path, resume=True)
+    assert len(count_chunks) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert re.search(rf"Checkpoint chunk {re.escape(str(victim))} is corrupt \({problem_text}", warnings[0])
+    assert_same(result, reference)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("chunk_size"), r"no 'chunk_size'"),
+    (lambda m: m.update(seed="11"), r"'seed' must be an integer >= 0 or null, got '11'"),
+    (lambda m: m.update(chunk_size=0), r"'chunk_size' must be an integer >= 1, got 0"),
+    (lambda m: m.update(chunk_size=True), r"'chunk_size' must be an integer >= 1, got True"),
+    (lambda m: m.update(fingerprint=["x"]), r"'fingerprint' must be an object of digests, got \['x'\]"),
+    (lambda m: m.update(contrasts="group"), r"'contrasts' must be a list, got 'group'"),
+])
+def test_hand_edited_manifest_gives_one_line(problem, tmp_path, edit, message):
+    _run(problem, checkpoint_dir=tmp_path)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"^checkpoint_dir: .*manifest.json is not a valid voxstats "
+                                         rf"checkpoint manifest \({message}\)") as info:
+        _run(problem, checkpoint_dir=tmp_path, resume=True)
+    assert "\n" not in str(info.value)
+    if "seed" in message:
+        with pytest.raises(ValueError, match=message):
+            checkpoint.recorded_seed(tmp_path)
+
+
+@pytest.mark.parametrize("content, what", [
+    ("[1, 2]", "expected a JSON object, got a list"),
+    ('"manifest"', "expected a JSON object, got a str"),
+    ("{\"format\": 1}", "format 1, expected 'voxstats-checkpoint-1'"),
+])
+def test_manifest_that_is_not_an_object(problem, tmp_path, content, what):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ValueError, match=re.escape(what)):
+        _run(problem, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match=re.escape(what)):
+        checkpoint.recorded_seed(tmp_path)
+
+
+def test_cli_hand_edited_manifest_names_the_flag(study, capsys):
+    ckpt = study / "edited_ckpt"
+    argv = _argv(study, "edited", "--checkpoint-dir", str(ckpt))
+    ckpt.mkdir()
+    (ckpt / "manifest.json").write_text(json.dumps({"format": checkpoint.FORMAT, "seed": [1]}))
+    assert main(argv + ["--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("voxstats randomise: error: --checkpoint-dir: ") and err.count("\n") == 1
+    assert "is not a valid voxstats checkpoint manifest (no 'fingerprint')" in err
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -273,7 +381,7 @@ def test_non_checkpoint_directory_is_refused(problem, tmp_path):
         _run(problem, checkpoint_dir=tmp_path)
     (tmp_path / "notes.txt").unlink()
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"manifest.json is not a voxstats checkpoint manifest"):
+    with pytest.raises(ValueError, match=r"manifest.json is not a valid voxstats checkpoint manifest \(not JSON"):
         _run(problem, checkpoint_dir=tmp_path, resume=True)
 
 

@@ -1,6 +1,7 @@
 """The ``voxstats`` command run in-process through ``main([...])``."""
 
 import hashlib
+import io
 import json
 
 import nibabel as nib
@@ -209,7 +210,10 @@ def test_refuses_to_overwrite(study, tmp_path, capsys):
         (["-c", "2", "-C", "3"], "-c 2.0 and -C 3.0: extent and mass share one cluster-forming threshold"),
         (["-F", "2"], "-F and -S need F contrasts (-f)"),
         (["--permuteBlocks"], "--permuteBlocks needs -e BLOCKS"),
-        (["-n", "0"], "-n: expected a number of permutations >= 1 (all rearrangements are enumerated"),
+        (["-n-5"], "-n: expected a number of permutations >= 0 (0 enumerates all distinct rearrangements"),
+        (["-T", "--tfce_D", "1e-9", "--quiet"], "Invalid value for --tfce_D: a step of 1e-09 makes"),
+        (["-T", "--tfce_H", "400", "--quiet"], "Invalid value for --tfce_H: with H=400 and E=0.5, TFCE values"),
+        (["--n-jobs", "0"], "Invalid value for --n-jobs: got 0, expected >= 1 or -1"),
     ],
 )
 def test_option_errors(study, tmp_path, capsys, extra, message):
@@ -236,7 +240,8 @@ def test_file_errors(study, tmp_path, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(f"{root / 'sub00.nii.gz'}\n\nmissing.nii.gz\n")
     assert main(base + ["-i", str(lst), "-1"]) == 1
-    assert f"{lst}, line 3: expected an existing image file, got 'missing.nii.gz'" in capsys.readouterr().err
+    assert (f"-i: {lst}, line 3: expected an existing image file (relative to {tmp_path}), got 'missing.nii.gz'"
+            in capsys.readouterr().err)
     assert main(base + ["-i", str(root / "all.nii.gz"), "-d", str(root / "design.mat")]) == 1
     assert "randomise needs -d DESIGN and -t CONTRASTS" in capsys.readouterr().err
     assert main(base + ["-i", str(root / "all.nii.gz"), "-1", "-d", str(root / "design.mat")]) == 1
@@ -249,7 +254,7 @@ def test_file_errors(study, tmp_path, capsys):
     assert f"{grp}: expected 12 block labels (one per input image), got 3." in capsys.readouterr().err
     assert main(base + ["-i", str(root / "sub00.nii.gz"), "-1"]) == 1
     assert "-i: expected a 4D image, got shape (7, 6, 5)" in capsys.readouterr().err
-    binary = tmp_path / "inputs.mgz"
+    binary = tmp_path / "inputs.bin"
     binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
     assert main(base + ["-i", str(binary), "-1"]) == 1
     assert "expected a NIfTI image (.nii, .nii.gz) or a text file listing 3D images" in capsys.readouterr().err
@@ -326,11 +331,11 @@ def test_cluster_command(tmp_path, stat_map, capsys):
     nib.save(nib.Nifti1Image(atlas, AFFINE), tmp_path / "atlas.nii.gz")
     (tmp_path / "lut.tsv").write_text("index\tname\n4\tPulvinar\n")
     out = tmp_path / "clusters.tsv"
-    argv = ["cluster", str(path), "--p", str(tmp_path / "corrp.nii.gz"), "--sign", "both",
+    argv = ["cluster", str(path), "--p", str(tmp_path / "corrp.nii.gz"), "--p-convention", "1-p", "--sign", "both",
             "--atlas", str(tmp_path / "atlas.nii.gz"), "--atlas-labels", str(tmp_path / "lut.tsv"),
             "-o", str(out), "--out-index", str(tmp_path / "index.nii.gz")]
     assert main(argv) == 0
-    expected = cluster_table(path, p_img=tmp_path / "corrp.nii.gz", sign="both",
+    expected = cluster_table(path, p_img=tmp_path / "corrp.nii.gz", p_convention="1-p", sign="both",
                              atlas_img=tmp_path / "atlas.nii.gz", atlas_labels={4: "Pulvinar"})
     table = pd.read_csv(out, sep="\t", keep_default_na=False)
     assert len(table) == len(expected.table) >= 2
@@ -347,7 +352,7 @@ def test_cluster_command(tmp_path, stat_map, capsys):
     assert main(argv) == 1
     assert "use --overwrite" in capsys.readouterr().err
     assert main(["cluster", str(path)]) == 1
-    assert "Either 'threshold' or 'p_img' must be given" in capsys.readouterr().err
+    assert "give --threshold, --p PMAP, or both, to define clusters." in capsys.readouterr().err
     assert main(["cluster", str(path), "--threshold", "2", "--atlas-labels", str(tmp_path / "lut.tsv")]) == 1
     assert "--atlas-labels needs --atlas." in capsys.readouterr().err
 
@@ -388,3 +393,288 @@ def test_interrupted_write_leaves_no_finished_looking_file(study, tmp_path, monk
     assert names == ["cut_tstat1.nii.gz"]  # the first file is complete; no temporary, no truncated output
     assert np.isfinite(_load(out.with_name("cut_tstat1.nii.gz"))).all()
     assert not str(calls[1]).endswith("cut_vox_corrp_tstat1.nii.gz")  # written under a temporary name
+
+
+# --------------------------------------------------------------------------- outputs, locks, overwrite
+
+
+def test_cli_outputs_are_readable_by_the_group(study, tmp_path):
+    """Under umask 022 every output is 0644, as any file the user creates (mkstemp gave 0600)."""
+    import os
+
+    root = study["root"]
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "rand"
+        assert main(["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-1", "-T", "-x",
+                     "-n", "20", "--seed", "1", "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0
+        assert main(["tfce", str(out) + "_tstat1.nii.gz", str(tmp_path / "t.nii.gz")]) == 0
+        assert main(["cluster", str(out) + "_tstat1.nii.gz", "--threshold", "2", "-o", str(tmp_path / "c.tsv"),
+                     "--out-index", str(tmp_path / "c.nii.gz")]) == 0
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 10 and any(p.suffix == ".npz" for p in files)
+    assert {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files} == \
+        {str(p.relative_to(tmp_path)): "0o644" for p in files}
+
+
+def test_unwritable_output_fails_before_any_permutation(study, tmp_path, monkeypatch, capsys):
+    root = study["root"]
+    monkeypatch.setattr(voxstats, "randomise", lambda *a, **k: pytest.fail("the run started"))
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the output folder should be")
+    assert main(["randomise", "-i", str(root / "all.nii.gz"), "-o", str(blocker / "rand"), "-1",
+                 "-n", "20", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("voxstats randomise: error: -o: cannot write ") and err.count("\n") == 1
+
+
+def test_a_second_run_on_the_same_output_refuses(study, tmp_path, capsys):
+    """While a run holds -o, another refuses (even with --overwrite) and writes nothing."""
+    from voxstats.outputs import output_lock
+
+    root = study["root"]
+    out = tmp_path / "rand"
+    argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-1", "-n", "20", "--seed", "1",
+            "--quiet"]
+    with output_lock(out, flag="-o"):  # the first run, still writing
+        for extra in ([], ["--overwrite"]):
+            assert main(argv + extra) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f"voxstats randomise: error: -o: {out} is being written by another run (pid ")
+            assert err.count("\n") == 1
+            assert [p.name for p in tmp_path.iterdir()] == [".rand.lock"]
+        assert main(["tfce", str(root / "sub00.nii.gz"), str(out)]) == 1  # same name, other command
+        assert "is being written by another run" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rand.json", "rand_tstat1.nii.gz"]
+
+
+def test_overwrite_removes_what_the_earlier_run_wrote(study, tmp_path, capsys):
+    root = study["root"]
+    out = tmp_path / "rand"
+    base = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-1", "-n", "20", "--seed", "1",
+            "--quiet"]
+    assert main(base + ["-T", "-x"]) == 0
+    first = json.loads((tmp_path / "rand.json").read_text())["outputs"]
+    assert any("_tfce_" in p for p in first)
+    (tmp_path / "rand_notes.nii.gz").write_bytes(b"mine")  # not in the record: never touched
+    assert main(base + ["--overwrite"]) == 0
+    record = json.loads((tmp_path / "rand.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rand.json", "rand_notes.nii.gz", "rand_tstat1.nii.gz"]
+    assert record["outputs"] == [str(tmp_path / "rand_tstat1.nii.gz")]
+    # a record listing files elsewhere: nothing outside rand_* in its folder is removed
+    outside = tmp_path.parent / f"{tmp_path.name}_outside.nii.gz"
+    outside.write_bytes(b"keep")
+    record["outputs"] += [str(outside), str(tmp_path / "other_tstat1.nii.gz")]
+    (tmp_path / "other_tstat1.nii.gz").write_bytes(b"keep")
+    (tmp_path / "rand.json").write_text(json.dumps(record))
+    assert main(base + ["--overwrite", "-x"]) == 0
+    assert outside.read_bytes() == b"keep" and (tmp_path / "other_tstat1.nii.gz").read_bytes() == b"keep"
+    outside.unlink()
+    # an unreadable record: refused before any work, nothing changed
+    (tmp_path / "rand.json").write_text("{truncated")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(base + ["--overwrite", "-T"]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite cannot tell which files the earlier run wrote: its record" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_n_jobs_minus_one_can_be_typed(study, tmp_path):
+    root = study["root"]
+    argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "r"), "-1", "-n", "20",
+            "--seed", "1", "--quiet", "--n-jobs", "-1"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["library_call"]["n_jobs"] == -1
+
+
+# --------------------------------------------------------------------------- messages name flags
+
+
+def test_errors_name_flags_not_parameters(study, tmp_path, stat_map, capsys):
+    root = study["root"]
+    path, _ = stat_map
+    cases = [
+        (["cluster", str(path), "--threshold", "2", "--atlas", str(tmp_path / "no_atlas.nii.gz")],
+         f"--atlas: file not found: {tmp_path / 'no_atlas.nii.gz'}"),
+        (["cluster", str(path), "--p", str(path), "--p-convention", "p"], "--p: "),
+        (["cluster", str(path), "--p", str(path)], "--p-convention: cannot tell how"),
+        (["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "x"), "-1", "-m",
+          str(tmp_path / "none.nii.gz")], f"-m: file not found: {tmp_path / 'none.nii.gz'}"),
+        (["tfce", str(path), str(tmp_path / "o.nii.gz"), "-H", "400"], "Invalid value for -H: with H=400"),
+        (["randomise", "-i", str(tmp_path / "list.txt"), "-o", str(tmp_path / "x"), "-1"],
+         f"-i: file not found: {tmp_path / 'list.txt'}"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"voxstats {argv[0]}: error: {expected}"), err
+        assert err.count("\n") == 1
+        for name in ("atlas_img", "mask_img", "p_img", "p_convention", "'H'", "imgs"):
+            assert name not in err, err
+
+
+def test_masks_use_one_rule_finite_and_non_zero(study, tmp_path, stat_map):
+    """randomise -m, tfce --mask: NaN is outside, negative values inside (tfce --mask used > 0)."""
+    path, data = stat_map
+    mask = np.full(data.shape, np.nan, dtype=np.float32)
+    mask[1:7, 1:6, 1:5] = -1.0
+    mask[2, 2, 2] = 0.0
+    nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
+    inside = np.isfinite(mask) & (mask != 0)
+    assert main(["tfce", str(path), str(tmp_path / "t.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz")]) == 0
+    np.testing.assert_allclose(_load(tmp_path / "t.nii.gz"), tfce(data, mask=inside), rtol=1e-5, atol=1e-6)
+    root = study["root"]
+    study_mask = np.full(SHAPE, np.nan, dtype=np.float32)
+    study_mask[1:5, 1:4, 1:4] = 2.0
+    nib.save(nib.Nifti1Image(study_mask, AFFINE), tmp_path / "study_mask.nii.gz")
+    assert main(["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "r"), "-1", "-n", "20",
+                 "--seed", "1", "--quiet", "-m", str(tmp_path / "study_mask.nii.gz")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["n_voxels"] == 4 * 3 * 3  # not 210 (NaN inside)
+
+
+def test_default_mask_is_randomises_and_norcmask_keeps_constant_voxels(tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=SHAPE + (N,)).astype(np.float32)
+    data[0] = 0.0  # constant zero: out
+    data[1, 0, 0] = 7.0  # constant non-zero: out (randomise), in with --norcmask
+    data[1, 1, 0, :3] = 0.0  # zero in some subjects only: in (the old rule dropped it)
+    nib.save(nib.Nifti1Image(data, AFFINE), tmp_path / "all.nii.gz")
+    varies = np.any(data != data[..., :1], axis=-1)
+    for extra, expected in (([], int(varies.sum())), (["--norcmask"], int(np.prod(SHAPE)))):
+        out = tmp_path / ("rc" if extra else "default")
+        assert main(["randomise", "-i", str(tmp_path / "all.nii.gz"), "-o", str(out), "-1", "-n", "20",
+                     "--seed", "1", "--quiet", *extra]) == 0
+        assert json.loads(out.with_suffix(".json").read_text())["n_voxels"] == expected
+    stat = _load(tmp_path / "default_tstat1.nii.gz")
+    assert stat[1, 1, 0] != 0 and np.all(stat[0] == 0)
+
+
+# --------------------------------------------------------------------------- cluster: p conventions
+
+
+def test_cluster_reads_the_p_convention(study, tmp_path, capsys):
+    root = study["root"]
+    out = tmp_path / "rand"
+    assert main(["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-d", str(root / "design.mat"),
+                 "-t", str(root / "design.con"), "-x", "-n", str(NPERM), "--seed", "7", "--quiet"]) == 0
+    stat, corrp = f"{out}_tstat1.nii.gz", f"{out}_vox_corrp_tstat1.nii.gz"
+    # from the randomise record: 1-p, as if given
+    assert main(["cluster", stat, "--p", corrp, "--alpha", "0.5", "-o", str(tmp_path / "auto.tsv")]) == 0
+    expected = cluster_table(stat, p_img=corrp, p_convention="1-p", alpha=0.5).table
+    auto = pd.read_csv(tmp_path / "auto.tsv", sep="\t", keep_default_na=False)
+    assert len(auto) == len(expected) >= 1
+    np.testing.assert_array_equal(auto.n_voxels, expected.n_voxels)
+    # a contradicting flag is refused, naming the record
+    assert main(["cluster", stat, "--p", corrp, "--p-convention", "p"]) == 1
+    err = capsys.readouterr().err
+    assert f"--p-convention: 'p' contradicts {tmp_path / 'rand.json'}" in err and err.count("\n") == 1
+    # a JSON sidecar (as qsm writes) says plain p
+    p = np.where(_load(stat) > 2.0, 0.0002, 0.5).astype(np.float32)
+    nib.save(nib.Nifti1Image(p, AFFINE), tmp_path / "plain_p.nii.gz")
+    (tmp_path / "plain_p.json").write_text(json.dumps({"p_convention": "p"}))
+    assert main(["cluster", stat, "--p", str(tmp_path / "plain_p.nii.gz")]) == 0
+    table = capsys.readouterr().out
+    rows = table.splitlines()
+    assert len(rows) == 1 + len(cluster_table(stat, p_img=tmp_path / "plain_p.nii.gz", p_convention="p").table)
+    # without any record or sidecar the convention must be given
+    nib.save(nib.Nifti1Image(1 - p, AFFINE), tmp_path / "loose.nii.gz")
+    assert main(["cluster", stat, "--p", str(tmp_path / "loose.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "--p-convention: cannot tell how" in err and "give it: one of 'p', '1-p', '-log10(p)'" in err
+    # p printed as the file holds it: 1 - 0.9998 (float32) is 0.0002, not 0.000199974
+    assert main(["cluster", stat, "--p", str(tmp_path / "loose.nii.gz"), "--p-convention", "1-p"]) == 0
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out), sep="\t", dtype=str)
+    assert set(printed.p_min) == {"0.0002"}
+    # a map that cannot hold the convention is refused
+    nib.save(nib.Nifti1Image(_load(stat).astype(np.float32), AFFINE), tmp_path / "not_p.nii.gz")
+    assert main(["cluster", stat, "--p", str(tmp_path / "not_p.nii.gz"), "--p-convention", "-log10(p)"]) == 1
+    assert "cannot hold -log10(p): it has negative values" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- help
+
+
+def test_help_shows_every_default_and_every_command_has_a_description(capsys):
+    import argparse
+
+    from voxstats.cli import _get_parser
+
+    parser = _get_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == {"randomise", "tfce", "cluster"}
+    for name, sub in commands.choices.items():
+        assert sub.description and len(sub.description) > 40, name
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings}"
+            if action.default not in (None, False):
+                assert "default" in action.help or f"(default: {action.default})" in text, \
+                    f"{name} {action.option_strings}"
+    tfce_help = " ".join(commands.choices["tfce"].format_help().split())
+    cluster_help = " ".join(commands.choices["cluster"].format_help().split())
+    assert "corners (26) (default: 6)" in tfce_help
+    assert "corners (26, as FSL's cluster) (default: 26)" in cluster_help and "(default: pos)" in cluster_help
+
+
+def test_help_and_version_import_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from voxstats.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    for argv in (['--help'], ['randomise', '--help'], ['--version']):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit: pass\n"
+            "print(sorted(m for m in ('numba', 'scipy', 'numpy', 'nibabel', 'pandas', 'voxstats.engine') "
+            "if m in sys.modules))\n"
+            "print(out.getvalue().splitlines()[-1])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, version = result.stdout.splitlines()
+    assert loaded == "[]"
+    assert version == f"voxstats {voxstats.__version__}"
+
+
+def test_variance_groups_corrcon_twotail(study, tmp_path, capsys):
+    root = study["root"]
+    (tmp_path / "vg.csv").write_text("".join(f"{g}\n" for g in np.repeat([1, 2], N // 2)))  # PALM's format
+    out = tmp_path / "vg" / "r"
+    argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(out), "-d", str(root / "design.mat"),
+            "-t", str(root / "design.con"), "-f", str(root / "design.fts"), "-n", str(NPERM), "-x", "-T",
+            "--vg", str(tmp_path / "vg.csv"), "--corrcon", "--twotail", "--seed", "7", "--quiet"]
+    assert main(argv) == 0
+    res = _library(study, f_contrasts={"F1": np.array([[1.0, -1, 0], [0, 0, 1]])}, tfce=True,
+                   variance_groups=np.repeat([1, 2], N // 2), correct_across_contrasts=True, two_sided=True)
+    assert [c.kind for c in res.contrasts] == ["v", "v", "v", "G"]
+    for name, c in zip(("vstat1", "vstat2", "vstat3", "gstat1"), res.contrasts):
+        _assert_map(f"{out}_{name}.nii.gz", res, c.stat)
+        _assert_map(f"{out}_z{name}.nii.gz", res, c.z)
+        _assert_map(f"{out}_vox_corrp_{name}.nii.gz", res, 1 - c.p_fwe)
+        _assert_map(f"{out}_vox_cfwep_{name}.nii.gz", res, 1 - c.p_cfwe)
+        _assert_map(f"{out}_tfce_cfwep_{name}.nii.gz", res, 1 - c.tfce_p_cfwe)
+    assert not (tmp_path / "vg" / "r_tstat1.nii.gz").exists()
+    record = json.loads((tmp_path / "vg" / "r.json").read_text())
+    assert [s["statistic"] for s in record["summary"]] == ["v", "v", "v", "G"]
+    assert record["variance_groups"]["sizes"] == [N // 2, N // 2]
+    assert record["tail"] == "two-sided" and record["library_call"]["correct_across_contrasts"] is True
+    lo, hi = record["summary"][0]["df2_range"]
+    assert lo == pytest.approx(res.contrasts[0].df2.min()) and hi == pytest.approx(res.contrasts[0].df2.max())
+
+
+def test_variance_group_option_errors(study, tmp_path, capsys):
+    root = study["root"]
+    base = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "x"), "-d", str(root / "design.mat"),
+            "-t", str(root / "design.con")]
+    assert main(base + ["--vg", "auto"]) == 1
+    assert "--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS." in capsys.readouterr().err
+    (tmp_path / "short.csv").write_text("1\n2\n")
+    assert main(base + ["--vg", str(tmp_path / "short.csv")]) == 1
+    assert f"short.csv: expected {N} variance group labels (one per input image), got 2." in capsys.readouterr().err
+    (tmp_path / "two.csv").write_text("1,2\n")
+    assert main(base + ["--vg", str(tmp_path / "two.csv")]) == 1
+    assert "two.csv, line 1: expected one variance group label per line, got 2" in capsys.readouterr().err

@@ -132,3 +132,155 @@ def test_cli_dask_scheduler_equals_local(problem, client, tmp_path):
         a = np.asarray(nib.load(tmp_path / f"local_{suffix}.nii.gz").dataobj)
         b = np.asarray(nib.load(tmp_path / f"dask_{suffix}.nii.gz").dataobj)
         np.testing.assert_array_equal(a, b, err_msg=suffix)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_port_that_is_not_a_scheduler_fails_within_the_timeout(problem, monkeypatch):
+    """A plain HTTP server accepts the connection but never speaks Dask: one line, no hang."""
+    import http.server
+    import threading
+    import time
+
+    from voxstats import executor
+    from voxstats.errors import ParameterError
+
+    monkeypatch.setattr(executor, "TIMEOUT", 2.0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"tcp://127.0.0.1:{server.server_address[1]}"
+        start = time.monotonic()
+        with pytest.raises(ParameterError, match=rf"^scheduler: {address} did not answer as a Dask "
+                                                 r"scheduler within 2 s \(is it the dashboard's port"):
+            _run(problem, executor="dask", scheduler=address)
+        assert time.monotonic() - start < 2.0 + 10.0
+    finally:
+        server.shutdown()
+        server.server_close()
+    closed = f"tcp://127.0.0.1:{server.server_address[1]}"  # nothing listens there any more
+    with pytest.raises(ParameterError, match=rf"^scheduler: cannot reach a Dask scheduler at {closed} "
+                                             r"\(ConnectionRefusedError"):
+        _run(problem, executor="dask", scheduler=closed)
+
+
+def _start(args, tmp_path, name):
+    import subprocess
+    import sys
+
+    with open(tmp_path / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=tmp_path)
+
+
+def _wait_for(path, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text().strip():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """A scheduler and one worker (no nanny, so a killed worker stays dead) in subprocesses."""
+    import json
+
+    procs = {}
+    scheduler_file = tmp_path / "scheduler.json"
+    procs["scheduler"] = _start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                                 "--no-dashboard", "--scheduler-file", str(scheduler_file)], tmp_path, "scheduler")
+    _wait_for(scheduler_file)
+    address = json.loads(scheduler_file.read_text())["address"]
+
+    def add_worker():
+        name = f"worker{len(procs)}"
+        procs[name] = _start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
+                              "--no-dashboard", "--death-timeout", "60"], tmp_path, name)
+        with distributed.Client(address, timeout="60s") as c:
+            alive = sum(1 for k, p in procs.items() if k.startswith("worker") and p.poll() is None)
+            c.wait_for_workers(alive, timeout=60)
+        return procs[name]
+
+    add_worker()
+    yield {"address": address, "procs": procs, "add_worker": add_worker}
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _study(problem, tmp_path):
+    import nibabel as nib
+    import pandas as pd
+
+    from voxstats.design_files import write_contrasts, write_design
+
+    volumes = np.zeros(problem["mask"].shape + (N,), dtype=np.float32)
+    volumes[problem["mask"]] = problem["data"].T + 5.0
+    nib.save(nib.Nifti1Image(volumes, np.eye(4)), tmp_path / "all.nii.gz")
+    write_design(tmp_path / "d.mat", pd.DataFrame(problem["design"], columns=["c", "g", "x"]))
+    write_contrasts(tmp_path / "d.con", {"g": [0.0, 1, 0]})
+    # 40 chunks of 256: the first result arrives long before the last is computed
+    return ["randomise", "-i", str(tmp_path / "all.nii.gz"), "-d", str(tmp_path / "d.mat"),
+            "-t", str(tmp_path / "d.con"), "-n", "10240", "-T", "-x", "--seed", "3", "--quiet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lose", ["workers", "scheduler"])
+def test_losing_the_cluster_gives_one_line_with_the_resume_command(problem, tmp_path, own_cluster,
+                                                                    monkeypatch, capsys, lose):
+    import shlex
+    import signal
+    import time
+
+    import nibabel as nib
+
+    from voxstats import checkpoint, executor
+    from voxstats.cli import main
+
+    monkeypatch.setattr(executor, "TIMEOUT", 3.0)
+    common = _study(problem, tmp_path)
+    real_save = checkpoint._ContrastStore.save
+    saved = []
+
+    def save_then_break(store, chunk):
+        real_save(store, chunk)
+        saved.append(chunk.start)
+        if len(saved) == 1:  # the first chunk is safe on disk: now the cluster goes away
+            victims = [p for name, p in own_cluster["procs"].items()
+                       if (lose == "workers") == name.startswith("worker")]
+            for proc in victims:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+
+    monkeypatch.setattr(checkpoint._ContrastStore, "save", save_then_break)
+    ckpt = tmp_path / "ckpt"
+    argv = common + ["-o", str(tmp_path / "dask"), "--executor", "dask", "--scheduler",
+                     own_cluster["address"], "--checkpoint-dir", str(ckpt)]
+    start = time.monotonic()
+    assert main(argv) == 1
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("voxstats")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    line = lines[0]
+    what = "no Dask worker is left" if lose == "workers" else "the Dask scheduler"
+    assert line.startswith("voxstats randomise: error: ") and what in line, line
+    assert f"finished chunks are kept in {ckpt}. To continue: voxstats " in line
+    assert elapsed < 120, elapsed
+    resume = shlex.split(line.split("To continue: voxstats ", 1)[1])
+    assert resume == argv + ["--resume"]
+    assert 1 <= len(sorted(ckpt.glob("*/chunk-*.npz"))) < 40
+    if lose == "workers":  # a worker comes back: the resume command finishes the run
+        monkeypatch.setattr(checkpoint._ContrastStore, "save", real_save)
+        own_cluster["add_worker"]()
+        assert main(resume) == 0
+        assert main(common + ["-o", str(tmp_path / "local")]) == 0
+        for suffix in ("tstat1", "vox_corrp_tstat1", "tfce_corrp_tstat1"):
+            np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / f"local_{suffix}.nii.gz").dataobj),
+                                          np.asarray(nib.load(tmp_path / f"dask_{suffix}.nii.gz").dataobj))

@@ -282,7 +282,7 @@ def test_bad_images(tmp_path, problem):
     (dict(chunk_size=0), ValueError, r"'chunk_size' parameter: expected >= 1, got 0"),
     (dict(n_jobs=0), ValueError, r"Invalid value for the 'n_jobs' parameter"),
     (dict(n_jobs="2"), TypeError, r"n_jobs must be an integer"),
-    (dict(n_perm=0), ValueError, r"'n_perm' parameter: expected an integer >= 1"),
+    (dict(n_perm=-1), ValueError, r"'n_perm' parameter: expected an integer >= 0 \(0 for all distinct rearrangements\)"),
     (dict(permute=False), ValueError, r"permute=False needs sign_flip=True"),
     (dict(exchangeability_blocks=[0, 1]), ValueError, r"exchangeability_blocks: expected one block label"),
 ])

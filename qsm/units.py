@@ -1,0 +1,133 @@
+"""Units of χ maps: ppb inside qsm, conversion on load, and plausibility checks.
+
+Every QSM toolbox we know (QSMxT, SEPIA, MEDI, STI Suite, the reconstruction
+challenges) writes χ in **ppm**; qsm works in **ppb** (1 ppm = 1000 ppb). A
+study declares the unit of its maps (``[study] units``); they are converted
+once, when read.
+
+A wrong declaration, or one subject in other units, makes every regional
+effect 1000 times too small or a single subject dominate the model. Before any
+long work, :func:`check_units` looks at each map's *robust brain range*
+(99th minus 1st percentile of its voxels with data, in ppb after conversion):
+
+* in vivo brain χ spans roughly 100-600 ppb (white matter about -50, deep
+  grey matter up to 200-300 ppb, veins higher); a range outside
+  :data:`PLAUSIBLE_RANGE_PPB` = (15, 5000) ppb is implausible for the
+  declared unit (a ppm map read as ppb spans ~0.3);
+* a range more than :data:`MAX_RATIO_TO_COHORT` = 20 times away from the
+  cohort's median range marks a subject in other units than the others.
+
+Each problem is an error naming the subjects and their files.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["UNITS", "PLAUSIBLE_RANGE_PPB", "MAX_RATIO_TO_COHORT", "to_ppb", "robust_range",
+           "check_units"]
+
+UNITS = ("ppb", "ppm")
+_FACTOR = {"ppb": 1.0, "ppm": 1000.0}
+#: Robust brain range (ppb) accepted as in vivo χ.
+PLAUSIBLE_RANGE_PPB = (15.0, 5000.0)
+#: Largest accepted ratio between a subject's robust range and the cohort median.
+MAX_RATIO_TO_COHORT = 20.0
+
+
+def _check_units(units):
+    if units not in UNITS:
+        raise ValueError(f"Invalid value for the 'units' parameter. Allowed values are "
+                         f"{', '.join(map(repr, UNITS))}, but got {units!r} instead.")
+    return _FACTOR[units]
+
+
+def to_ppb(data, units):
+    """χ values in ppb: ``data * 1000`` for ppm, ``data`` for ppb (float32 copy).
+
+    Zero ("no data") stays zero.
+    """
+    return np.asarray(data, dtype=np.float32) * np.float32(_check_units(units))
+
+
+def robust_range(data):
+    """99th minus 1st percentile of the finite non-zero voxels (NaN if fewer than 100)."""
+    data = np.asarray(data)
+    vals = data[np.isfinite(data) & (data != 0)]
+    if vals.size < 100:
+        return float("nan")
+    lo, hi = np.percentile(vals, [1, 99])
+    return float(hi - lo)
+
+
+def check_units(imgs, units, *, subjects=None, reader=None):
+    """Refuse maps whose χ range is implausible for the declared unit or far from the cohort's.
+
+    Parameters
+    ----------
+    imgs : sequence of str, Path or nibabel image
+        The χ maps as read (before conversion).
+    units : {'ppb', 'ppm'}
+        The declared unit.
+    subjects : sequence of str or None
+        Labels used in messages (default: the file names).
+    reader : callable or None
+        ``reader(path, subject) -> ndarray`` for paths (e.g. one that turns a
+        broken file into a one-line error); default :func:`nibabel.load`.
+
+    Returns
+    -------
+    ranges : (n,) ndarray
+        Robust brain ranges in ppb (after conversion).
+
+    Raises
+    ------
+    ValueError
+        Naming every implausible subject with its range and file, and the
+        unit that would make it plausible.
+    """
+    factor = _check_units(units)
+    names = [str(i) if not hasattr(i, "dataobj") else f"image {k}" for k, i in enumerate(imgs)]
+    subjects = names if subjects is None else [str(s) for s in subjects]
+    ranges = []
+    for img, sub in zip(imgs, subjects):
+        if hasattr(img, "dataobj"):
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        elif reader is not None:
+            data = np.asarray(reader(img, sub), dtype=np.float32)
+        else:
+            data = np.asarray(nib.load(str(img)).dataobj, dtype=np.float32)
+        ranges.append(robust_range(data) * factor)
+    ranges = np.asarray(ranges)
+    lo, hi = PLAUSIBLE_RANGE_PPB
+    bad = []
+    for sub, name, r in zip(subjects, names, ranges):
+        if np.isfinite(r) and not lo <= r <= hi:
+            other = "ppm" if units == "ppb" else "ppb"
+            hint = (f" (as {other}: {r * _FACTOR[other] / factor:.3g} ppb)"
+                    if lo <= r * _FACTOR[other] / factor <= hi else "")
+            bad.append(f"{sub} ({name}): {r:.3g} ppb{hint}")
+    if bad:
+        raise ValueError(f"χ maps declared in {units} have an implausible robust brain range "
+                         f"(1st-99th percentile, expected {lo:g}-{hi:g} ppb): "
+                         + "; ".join(bad) + ". Set [study] units (or --units) to the unit of "
+                         "the maps, or convert the odd ones.")
+    finite = ranges[np.isfinite(ranges)]
+    if finite.size >= 3:
+        median = float(np.median(finite))
+        ratio = ranges / median
+        odd = [f"{sub} ({name}): {r:.3g} ppb, {q:.3g} x the cohort median {median:.3g}"
+               for sub, name, r, q in zip(subjects, names, ranges, ratio)
+               if np.isfinite(q) and not 1 / MAX_RATIO_TO_COHORT <= q <= MAX_RATIO_TO_COHORT]
+        if odd:
+            raise ValueError("χ maps far from the cohort's range (another unit?): "
+                             + "; ".join(odd) + ".")
+    if finite.size:
+        logger.info("χ units %s: robust brain ranges %.3g-%.3g ppb over %d maps", units,
+                    float(finite.min()), float(finite.max()), len(ranges))
+    return ranges
