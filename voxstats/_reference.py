@@ -104,7 +104,8 @@ def tfce_fsl_reference(stat, *, connectivity=6, E=0.5, H=2.0, dh=None, two_sided
 def cluster_sizes_reference(stat, threshold, connectivity=6, two_sided=True, weights=None):
     """(largest extent, largest mass) of clusters above threshold, by labelling.
 
-    Extent is the number of voxels, or the sum of ``weights`` over the cluster.
+    Extent is the number of voxels and mass the sum of |stat|, or with
+    ``weights`` the sums of the weights and of weight * |stat| over the cluster.
     """
     best_e, best_m = 0, 0.0
     w = np.ones(np.shape(stat)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -114,7 +115,7 @@ def cluster_sizes_reference(stat, threshold, connectivity=6, two_sided=True, wei
         for lab in range(1, n + 1):
             sel = labels == lab
             best_e = max(best_e, float(w[sel].sum()))
-            best_m = max(best_m, float(np.abs(x[sel]).sum()))
+            best_m = max(best_m, float((w[sel] * np.abs(x[sel])).sum()))
     return best_e, best_m
 
 

@@ -322,8 +322,9 @@ def cluster_maxima_batch(stats, threshold, two_sided, neighbours, weights, max_e
     """Largest cluster extent and mass of every row of ``stats`` beyond ``threshold``.
 
     Clusters hold voxels > threshold (and, when two-sided, voxels < -threshold,
-    never mixed with positive ones). Extent is the number of voxels, or the sum
-    of ``weights`` when given (non-empty); mass is the sum of |statistic|.
+    never mixed with positive ones). Extent is the number of voxels and mass
+    the sum of |statistic|; with ``weights`` (non-empty), the sums of the
+    weights and of weight * |statistic| (area-weighted, e.g. mm^2 on a mesh).
     """
     n_maps, n_vox = stats.shape
     degree = neighbours.shape[1]
@@ -340,8 +341,9 @@ def cluster_maxima_batch(stats, threshold, two_sided, neighbours, weights, max_e
                 if x > threshold or (two_sided and x < -threshold):
                     parent[v] = v
                     size[v] = 1
-                    extent[v] = weights[v] if weighted else 1.0
-                    mass[v] = abs(x)
+                    w = weights[v] if weighted else 1.0
+                    extent[v] = w
+                    mass[v] = w * abs(x)
                 else:
                     parent[v] = -1
             for v in range(n_vox):

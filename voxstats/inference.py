@@ -78,7 +78,8 @@ def cluster_labels(values, threshold, graph, *, two_sided=True, weights=None):
     """Clusters of voxels above ``threshold`` (or below ``-threshold``).
 
     ``weights`` (n_voxels,), default ``graph.weights``: extent weight of each
-    voxel or vertex (e.g. vertex areas in mm^2).
+    voxel or vertex (e.g. vertex areas in mm^2); extent and mass are then the
+    sums of the weights and of weight * |value|.
 
     Returns
     -------
@@ -87,7 +88,7 @@ def cluster_labels(values, threshold, graph, *, two_sided=True, weights=None):
     extent : (n + 1,) ndarray
         Number of voxels of each cluster, or the sum of their weights (entry 0 unused).
     mass : (n + 1,) ndarray
-        Sum of |value| over each cluster.
+        Sum of |value| (weight * |value| when weighted) over each cluster.
     """
     values = np.asarray(values, dtype=np.float64)
     labels = np.zeros(values.size, dtype=np.int64)
@@ -103,6 +104,7 @@ def cluster_labels(values, threshold, graph, *, two_sided=True, weights=None):
         n_total += n
     weights = getattr(graph, "weights", None) if weights is None else weights
     extent = np.bincount(labels, weights=weights, minlength=n_total + 1).astype(np.float64)
-    mass = np.bincount(labels, weights=np.abs(values), minlength=n_total + 1)
+    weighted_abs = np.abs(values) if weights is None else np.asarray(weights, dtype=np.float64) * np.abs(values)
+    mass = np.bincount(labels, weights=weighted_abs, minlength=n_total + 1)
     extent[0] = mass[0] = 0
     return labels, extent, mass
