@@ -1,15 +1,25 @@
-"""Register a subject's structural (or hybrid structural+χ) image to a template.
+"""Register a subject (structural, χ, hybrid or both) to a template.
+
+What is matched is the drive's business (:mod:`qsm.drives`): the structural
+image, χ alone, the MuSus-100 hybrid contrast, or structural and χ as two
+channels. ``resolution`` registers on a coarser working grid (the template
+and the subject's images smoothed and resampled to it; pyramid levels coarser
+than :data:`MAX_LEVEL_MM` are dropped) while outputs can still be resampled
+onto any grid.
 
 Engines
 -------
-``"dipy"`` (default, always installed): centre of mass, then translation,
-rigid and affine stages maximising Mattes-style mutual information on a
-seeded random sample of voxels (:class:`dipy.align.imaffine.AffineRegistration`),
-then symmetric diffeomorphic SyN with a local cross-correlation metric
-(:class:`dipy.align.imwarp.SymmetricDiffeomorphicRegistration`).
+``"dipy"`` (default, always installed): centre of mass (of intensities, or of
+the brain masks for the χ drive), then translation, rigid and affine stages
+maximising Mattes-style mutual information on a seeded random sample of voxels
+(:class:`dipy.align.imaffine.AffineRegistration`), then symmetric
+diffeomorphic SyN with a local cross-correlation metric
+(:class:`dipy.align.imwarp.SymmetricDiffeomorphicRegistration`; two summed
+channels for ``'multichannel'``, :mod:`qsm._dipy_multichannel`).
 
 ``"ants"`` (optional extra ``voxstats[ants]``): antspyx ``ants.registration``
-with ``type_of_transform="SyN"`` (or ``"Affine"``); imported only when used.
+with ``type_of_transform="SyN"`` (or ``"Affine"``); imported only when used;
+single-channel drives only.
 
 Whatever the engine, the result is a :class:`Registration` in one convention
 (the ANTs/nitransforms resampling convention): a template point ``x`` (world
@@ -43,7 +53,9 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("dipy", "ants")
 
-#: Default dipy parameters (tuned for ~2 mm templates: about 10-20 s per subject).
+#: Default dipy parameters (tuned for ~2 mm templates: about 10-20 s per subject on an idle
+#: core). ``channel_weight`` is the χ channel's weight against the structural one
+#: (``'multichannel'``).
 DIPY_DEFAULTS = {
     "nbins": 32,
     "sampling_proportion": 0.1,

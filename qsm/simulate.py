@@ -177,8 +177,14 @@ def _effect_maps(masks, effects: Effects):
     return {"CIS": np.zeros_like(rrms), "RRMS": rrms, "SPMS": spms, "duration_slope": slope}
 
 
-def expected_effects(effects: Effects | None = None) -> pd.DataFrame:
-    """Planted effects averaged over each demo-atlas region.
+def expected_effects(effects: Effects | None = None, *, atlas=None) -> pd.DataFrame:
+    """Planted effects averaged over each atlas region.
+
+    Parameters
+    ----------
+    effects : Effects or None
+    atlas : qsm.atlas.Atlas or None
+        The atlas the effects were planted on (default the demo atlas).
 
     Returns
     -------
@@ -187,7 +193,7 @@ def expected_effects(effects: Effects | None = None) -> pd.DataFrame:
         ``SPMS`` (mean shift, ppb) and ``duration_slope`` (ppb/year).
     """
     effects = Effects() if effects is None else effects
-    masks = region_masks(demo_thalamus_atlas())
+    masks = region_masks(demo_thalamus_atlas() if atlas is None else atlas)
     maps = _effect_maps(masks, effects)
     rows = [{"region": name, **{k: float(v[m].mean()) for k, v in maps.items()}}
             for name, m in masks.items()]
@@ -244,10 +250,31 @@ def _random_warp(rng, shape, *, max_shift_vox=2.0, max_rot_deg=4.0, warp_vox=1.0
     return coords
 
 
+_PLANTING_REGIONS = ("thalamus", "pulvinar", "lateral_left")
+
+
+def _planting_atlas(atlas, template):
+    """The atlas the effects are planted on: on nilearn's 2 mm grid, with the needed regions."""
+    if atlas is None:
+        return demo_thalamus_atlas(resolution=2)
+    same = (atlas.labels_img.shape == template.shape
+            and np.allclose(atlas.labels_img.affine, template.affine, atol=1e-4))
+    if not same:
+        raise ValueError(f"Invalid value for the 'atlas' parameter: its labels (shape "
+                         f"{atlas.labels_img.shape}, space {atlas.space}) must be on nilearn's "
+                         f"2 mm MNI152 grid {template.shape}; carry it there first, e.g. "
+                         "qsm.atlas_transfer.transfer_atlas(atlas, template, resolution=2).")
+    missing = [r for r in _PLANTING_REGIONS if r not in atlas.region_names]
+    if missing:
+        raise ValueError(f"Invalid value for the 'atlas' parameter: the effects are planted in "
+                         f"the regions {list(_PLANTING_REGIONS)}; the atlas lacks {missing}.")
+    return atlas
+
+
 def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: float = 6.0,
                     smoothness_mm: float = 6.0, subject_sd: float = 1.5,
-                    reference_offset_sd: float = 3.0, native: bool = False, rng=None,
-                    verbose=None) -> SimulatedCohort:
+                    reference_offset_sd: float = 3.0, native: bool = False, atlas=None,
+                    rng=None, verbose=None) -> SimulatedCohort:
     """Simulate the six-group QSM thalamus cohort and write it to ``out_dir``.
 
     Parameters
@@ -274,6 +301,12 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
     reference_offset_sd : float
         Standard deviation (ppb) of a per-subject offset of the whole brain (the
         QSM reference ambiguity that referencing removes).
+    atlas : qsm.atlas.Atlas or None
+        The atlas whose regions carry the thalamus baseline and the planted
+        effects (``thalamus``, ``pulvinar``, ``lateral_left``), on nilearn's 2 mm
+        grid; default the demo atlas. E.g. THOMAS carried to nilearn's template
+        by :func:`qsm.atlas_transfer.transfer_atlas`, to test the study on real
+        nucleus geometry.
     native : bool
         Also write each subject in a "native" space: the χ map and a T1-like
         structural image (the template intensity) resampled through a random
@@ -313,7 +346,7 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
     out.mkdir(parents=True, exist_ok=True)
     template = datasets.load_mni152_template(resolution=2)
     brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).dataobj) > 0
-    atlas = demo_thalamus_atlas(resolution=2)
+    atlas = _planting_atlas(atlas, template)
     masks = region_masks(atlas)
     baseline, deep = _baseline(template, brain, masks)
     maps = _effect_maps(masks, effects)
@@ -382,7 +415,9 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
         "baseline_ppb": {"thalamus": _THALAMUS_CHI, "pulvinar": _PULVINAR_CHI,
                          **{k: v[2] for k, v in _DEEP_GM.items()}},
         "native": bool(native),
-        "expected_region_effects": expected_effects(effects).to_dict(orient="records"),
+        "atlas": atlas.description,
+        "expected_region_effects": expected_effects(effects, atlas=atlas)
+        .to_dict(orient="records"),
     }
     truth_path = out / "ground_truth.json"
     _atomic_write_text(truth_path, json.dumps(truth, indent=2))

@@ -8,8 +8,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-__all__ = ["cluster_sizes_reference", "tfce_reference", "permuted_t_reference", "weighted_cluster_reference",
-           "weighted_tfce_reference"]
+__all__ = ["cluster_sizes_reference", "tfce_fsl_reference", "tfce_reference", "permuted_t_reference",
+           "weighted_cluster_reference", "weighted_tfce_reference"]
 
 _STRUCTURES = {(2, 4): 1, (2, 8): 2, (3, 6): 1, (3, 18): 2, (3, 26): 3}
 
@@ -28,54 +28,94 @@ def _label(binary, connectivity):
     return ndimage.label(binary, structure=structure)
 
 
-def _sizes_map(binary, connectivity):
+def _sizes_map(binary, connectivity, weights=None):
+    """Each voxel's cluster extent (count, or sum of ``weights``); 0 outside clusters."""
     labels, n = _label(binary, connectivity)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(float)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    sizes = np.bincount(labels.ravel(), weights=w, minlength=n + 1).astype(float)
     sizes[0] = 0
-    return sizes[labels]
+    return sizes[labels], labels > 0
 
 
-def tfce_reference(stat, *, connectivity=6, E=0.5, H=2.0, mode="exact", dh=None, two_sided=True):
+def tfce_reference(stat, *, connectivity=6, E=0.5, H=2.0, mode="exact", dh=None, two_sided=True,
+                   weights=None):
     """TFCE by labelling at every threshold.
 
     ``exact``: between consecutive distinct values the clusters are fixed, so the
-    integral over each interval is size**E * (h_hi**(H+1) - h_lo**(H+1))/(H+1).
-    ``fsl``: thresholds k*dh, voxels > threshold, size**E * h**H per step.
+    integral over each interval is extent**E * (h_hi**(H+1) - h_lo**(H+1))/(H+1).
+    ``fsl``: :func:`tfce_fsl_reference` (FSL's loop) with the sums in double.
+    ``weights`` (the shape of ``stat``): extent = sum of the weights in a cluster.
     """
+    if mode == "fsl":
+        return tfce_fsl_reference(stat, connectivity=connectivity, E=E, H=H, dh=dh, two_sided=two_sided,
+                                  weights=weights, accumulate=np.float64)
     stat = np.asarray(stat, dtype=np.float64)
     out = np.zeros_like(stat)
-    signs = (1, -1) if two_sided else (1,)
-    top = np.abs(stat).max() if two_sided else max(stat.max(), 0)
-    if mode == "fsl" and dh is None:
-        dh = top / 100 if top > 0 else 1.0
-    for sign in signs:
+    for sign in ((1, -1) if two_sided else (1,)):
         x = sign * stat
-        if mode == "exact":
-            levels = np.unique(x[x > 0])[::-1]
-            for i, h_hi in enumerate(levels):
-                h_lo = levels[i + 1] if i + 1 < len(levels) else 0.0
-                sizes = _sizes_map(x >= h_hi, connectivity)
-                out += sign * sizes ** E * (h_hi ** (H + 1) - h_lo ** (H + 1)) / (H + 1)
-        else:
-            k = 0
-            while k * dh < x.max():
-                h = k * dh
-                sizes = _sizes_map(x > h, connectivity)
-                out += sign * np.where(sizes > 0, sizes ** E * h ** H, 0.0)
-                k += 1
+        levels = np.unique(x[x > 0])[::-1]
+        for i, h_hi in enumerate(levels):
+            h_lo = levels[i + 1] if i + 1 < len(levels) else 0.0
+            sizes, inside = _sizes_map(x >= h_hi, connectivity, weights)
+            out += np.where(inside, sign * sizes ** E * (h_hi ** (H + 1) - h_lo ** (H + 1)) / (H + 1), 0.0)
     return out
 
 
-def cluster_sizes_reference(stat, threshold, connectivity=6, two_sided=True):
-    """(largest extent, largest mass) of clusters above threshold, by labelling."""
+def tfce_fsl_reference(stat, *, connectivity=6, E=0.5, H=2.0, dh=None, two_sided=False, weights=None,
+                       accumulate=np.float32):
+    """FSL randomise's stepped TFCE, written out as its loop (newimage ``tfce()``, FSL 6 / randomise 2.9).
+
+    The map is single precision; on a grid, voxels with an index 0 or dim-1 on
+    any axis are left out (FSL visits indices 1..dim-2). ``dh`` defaults to
+    ``float(max / 100)``; E and H are floats. The threshold starts at 0 and
+    ``thr += dh`` in float while ``thr < float(max + dh)``; at each threshold
+    the voxels ``> thr`` are labelled (``scipy.ndimage.label``, or connected
+    components of a sparse adjacency, which has no border) and each voxel of a
+    cluster of extent e gets ``e**E * float(thr**H)`` (double) added to its sum,
+    kept in ``accumulate`` precision (float32 as FSL's ``volume<float>``).
+    ``two_sided`` repeats the loop on the negated map (same dh) and subtracts.
+    """
+    data = np.asarray(stat, dtype=np.float32)
+    E, H = np.float64(np.float32(E)), np.float64(np.float32(H))
+    inside = np.ones(data.shape, dtype=bool)
+    if not sparse.issparse(connectivity):
+        inside[...] = False
+        inside[tuple(slice(1, max(n - 1, 1)) for n in data.shape)] = True
+    signs = (1, -1) if two_sided else (1,)
+    top = max(np.float32(np.max(s * data)) for s in signs) if data.size else np.float32(0)
+    if dh is None:
+        dh = np.float64(top) / 100.0 if top > 0 else 1.0
+    step = np.float32(dh)
+    out = np.zeros(data.shape, dtype=accumulate)
+    for sign in signs:
+        x = np.where(inside, sign * data, np.float32(0))
+        bound = np.float32(np.float32(x.max()) + step)
+        thr = np.float32(0)
+        while thr < bound:
+            sizes, member = _sizes_map(x > thr, connectivity, weights)
+            height = np.float32(np.float64(thr) ** H)
+            add = sizes ** E * np.float64(height)
+            total = out.astype(np.float64) + sign * add
+            out = np.where(member, total.astype(accumulate), out)
+            thr = np.float32(thr + step)
+    return out.astype(np.float64)
+
+
+def cluster_sizes_reference(stat, threshold, connectivity=6, two_sided=True, weights=None):
+    """(largest extent, largest mass) of clusters above threshold, by labelling.
+
+    Extent is the number of voxels and mass the sum of |stat|, or with
+    ``weights`` the sums of the weights and of weight * |stat| over the cluster.
+    """
     best_e, best_m = 0, 0.0
+    w = np.ones(np.shape(stat)) if weights is None else np.asarray(weights, dtype=np.float64)
     for sign in ((1, -1) if two_sided else (1,)):
         x = sign * np.asarray(stat, dtype=np.float64)
         labels, n = _label(x > threshold, connectivity)
         for lab in range(1, n + 1):
             sel = labels == lab
-            best_e = max(best_e, int(sel.sum()))
-            best_m = max(best_m, float(np.abs(x[sel]).sum()))
+            best_e = max(best_e, float(w[sel].sum()))
+            best_m = max(best_m, float((w[sel] * np.abs(x[sel])).sum()))
     return best_e, best_m
 
 

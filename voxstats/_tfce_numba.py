@@ -2,184 +2,73 @@
 
 Voxels are the nodes of a graph given as a padded neighbour table
 ``neighbours[v, :]`` (-1 pads the rows of voxels with fewer neighbours), so one
-kernel serves 2D and 3D grids of any connectivity and surface meshes. The
-plain NumPy/SciPy twins used by the tests live in ``voxstats/_reference.py``.
+kernel serves 2D and 3D grids of any connectivity and surface meshes. Every
+TFCE and cluster kernel takes ``weights`` (a cluster's extent is the sum of
+its nodes' weights; an empty array means 1 per node) and ``skip`` (nodes that
+take no part, e.g. the volume border in FSL mode; empty: none). The plain
+NumPy/SciPy twins used by the tests live in ``voxstats/_reference.py``.
 
 The exact TFCE sweep
 --------------------
 Voxels are visited once, by decreasing ``|value|``, and joined to their already
 visited neighbours of the same sign with a union-find. Between two visits the
 clusters do not change, so each cluster's contribution over a height interval
-``[h_lo, h_hi]`` is ``size**E * (F(h_hi) - F(h_lo))``; it is added lazily, at the
-root of the cluster, only when the cluster changes. Every node stores an offset
-and the TFCE value of a voxel is the sum of the offsets on its path to the root
-(a weighted union-find), so no voxel is visited twice.
+``[h_lo, h_hi]`` is ``extent**E * (F(h_hi) - F(h_lo))``. Every visit that joins
+a cluster (or starts one) opens a new interval for it; when the interval
+closes (the cluster's next visit, or height 0) its contribution is recorded at
+the visit that opened it, with a link to the visit that closed it. These links
+form a tree (Kruskal's reconstruction tree) in which a voxel's TFCE is the sum
+of the contributions on its path to the root, computed for all voxels in one
+pass in reverse visiting order. Every term is >= 0: nothing cancels, so a voxel
+whose every interval adds nothing (below FSL's first step) gets exactly 0, and
+tiny values keep their relative precision.
 
-``F`` is ``h**(H+1)/(H+1)`` for the exact integral, or the cumulative sum of
-``(k*dh)**H`` over the thresholds ``k*dh < h`` for FSL's stepped convention.
+``F`` is ``h**(H+1)/(H+1)`` for the exact integral, or, for FSL's stepped
+convention, the cumulative sum of ``h_k**H`` over the thresholds ``h_k < h``
+(``h_k`` accumulated in single precision as FSL does, see ``voxstats.tfce``).
 
-Visiting by value jumps around memory, so the per-voxel union-find data live in
-one record per voxel (``node[v] = parent, size, offset, last F``) and the
-records of voxels a few steps ahead are prefetched.
+Memory
+------
+Visiting by value jumps around memory. Per voxel the union-find keeps one
+16-byte record (parent and open-interval position as uint32, extent as
+float64); per visit position the contribution, the closing link and the sign
+(positions close to each other in time are close in memory). The record and
+the neighbour row of the voxel visited a few steps ahead are prefetched.
+Indices are unsigned so that no negative-index wraparound is compiled in.
+
+Threads
+-------
+The kernels release the GIL and work on caller-provided work space; the Python
+layer (``voxstats.tfce.batch_tfce``) deals rows to threads dynamically. A row's
+result never depends on which thread computes it.
 """
 
 import numpy as np
 
 from ._numba import JIT, njit, prange, prefetch
 
-_MAX_DEPTH = 64  # union by size keeps trees shallower than log2(n_voxels) + 1
 _AHEAD = 16  # visits between a prefetch and the use of the data
-PARENT, SIZE, OFFSET, LAST = 0, 1, 2, 3
+JIT_NOGIL = dict(JIT, nogil=True)
 
 
 @njit(**JIT)
-def _height_term(h, H, fsl, dh, cumulative):
-    """F(h): the integral of h'**H from 0 to h (exact) or the stepped sum (FSL)."""
+def _height_term(h, H, fsl, thresholds, cumulative):
+    """F(h): the integral of h'**H from 0 to h (exact) or the stepped sum (FSL).
+
+    FSL: ``cumulative[m]`` with m the number of ``thresholds`` (increasing,
+    ``thresholds[0] = 0``) strictly below h.
+    """
     if not fsl:
         if H == 2.0:
-            return h * h * h / 3.0
+            return h * h * h * (1.0 / 3.0)
         return h ** (H + 1.0) / (H + 1.0)
-    # number of thresholds k*dh (k >= 0) strictly below h
-    m = int(np.ceil(h / dh))
-    while m > 0 and (m - 1) * dh >= h:
+    n_thr = thresholds.shape[0]
+    m = min(int(h / thresholds[1]), n_thr)  # thresholds[k] is about k * dh
+    while m > 0 and thresholds[m - 1] >= h:
         m -= 1
-    while m * dh < h:
+    while m < n_thr and thresholds[m] < h:
         m += 1
     return cumulative[m]
-
-
-@njit(**JIT)
-def _find(x, node, stack):
-    """Root of ``x``, compressing the path while keeping every offset sum."""
-    up = np.int64(node[x, PARENT])
-    if up == x or np.int64(node[up, PARENT]) == up:  # x is a root or a root's child
-        return up
-    depth = 0
-    root = x
-    while True:
-        up = np.int64(node[root, PARENT])
-        if up == root:
-            break
-        stack[depth] = root
-        depth += 1
-        root = up
-    acc = 0.0
-    for j in range(depth - 1, -1, -1):
-        child = stack[j]
-        acc += node[child, OFFSET]
-        node[child, OFFSET] = acc
-        node[child, PARENT] = root
-    return root
-
-
-@njit(**JIT)
-def _radix_order_desc(keys, n, order, key_buf, key_tmp, idx_tmp, hist):
-    """Stable LSD radix sort of ``keys[:n]`` (uint32) in decreasing order.
-
-    ``order[:n]`` holds a payload per key (e.g. voxel indices) and is permuted
-    with the keys; ``key_buf[:n]`` receives the complemented keys
-    (``0xFFFFFFFF - key``) in the sorted order.
-    """
-    for i in range(n):
-        key_buf[i] = np.uint32(0xFFFFFFFF) - keys[i]
-    for shift in (0, 11, 22):
-        hist[:] = 0
-        for i in range(n):
-            hist[((key_buf[i] >> shift) & 2047) + 1] += 1
-        for b in range(2048):
-            hist[b + 1] += hist[b]
-        for i in range(n):
-            b = (key_buf[i] >> shift) & 2047
-            pos = hist[b]
-            hist[b] = pos + 1
-            key_tmp[pos] = key_buf[i]
-            idx_tmp[pos] = order[i]
-        for i in range(n):
-            key_buf[i] = key_tmp[i]
-            order[i] = idx_tmp[i]
-
-
-@njit(**JIT)
-def _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh, cumulative,
-                out, node, stack, roots):
-    """One TFCE pass over the voxels ``visit[:n_active]`` (by decreasing height).
-
-    ``visit_height[j]`` is |value| of ``visit[j]``; ``state[v]`` is the sign of an
-    active voxel (+1 or -1) and 0 for voxels that take no part. ``out`` receives
-    sign * TFCE, 0 elsewhere. ``node``, ``stack`` and ``roots`` are work space;
-    ``state`` is restored on return. A visited voxel's state is doubled (+2/-2),
-    so the test of a neighbour reads one byte (an array that stays in cache).
-    """
-    n_vox = out.shape[0]
-    degree = neighbours.shape[1]
-    for i in range(n_vox):
-        out[i] = 0.0
-    for j in range(n_active):
-        if j + 2 * _AHEAD < n_active:
-            prefetch(neighbours, visit[j + 2 * _AHEAD] * degree)
-        if j + _AHEAD < n_active:
-            ahead = visit[j + _AHEAD]
-            prefetch(node, ahead * 4)
-            for k in range(degree):
-                nb = neighbours[ahead, k]
-                if nb >= 0:
-                    prefetch(node, nb * 4)
-                    prefetch(state, nb)
-        v = visit[j]
-        term = _height_term(np.float64(visit_height[j]), H, fsl, dh, cumulative)
-        visited = 2 * state[v]
-        # distinct roots of the visited neighbours of the same sign
-        n_roots = 0
-        for k in range(degree):
-            nb = neighbours[v, k]
-            if nb < 0 or state[nb] != visited:
-                continue
-            r = _find(nb, node, stack)
-            seen = False
-            for m in range(n_roots):
-                if roots[m] == r:
-                    seen = True
-                    break
-            if not seen:
-                roots[n_roots] = r
-                n_roots += 1
-        state[v] = visited
-        if n_roots == 0:  # a new cluster is born at this height
-            node[v, PARENT] = v
-            node[v, SIZE] = 1.0
-            node[v, OFFSET] = 0.0
-            node[v, LAST] = term
-            continue
-        # bring the clusters down to this height; the largest absorbs the others and v
-        big = roots[0]
-        for m in range(n_roots):
-            r = roots[m]
-            node[r, OFFSET] += _size_pow(node[r, SIZE], E) * (node[r, LAST] - term)
-            node[r, LAST] = term
-            if node[r, SIZE] > node[big, SIZE]:
-                big = r
-        for m in range(n_roots):
-            r = roots[m]
-            if r != big:
-                node[r, PARENT] = big
-                node[r, OFFSET] -= node[big, OFFSET]
-                node[big, SIZE] += node[r, SIZE]
-        node[v, PARENT] = big
-        node[v, OFFSET] = -node[big, OFFSET]
-        node[big, SIZE] += 1.0
-    base = _height_term(0.0, H, fsl, dh, cumulative)
-    for v in range(n_vox):
-        if state[v] != 0 and node[v, PARENT] == v:
-            node[v, OFFSET] += _size_pow(node[v, SIZE], E) * (node[v, LAST] - base)
-    for v in range(n_vox):
-        s = state[v]
-        if s == 0:
-            continue
-        r = _find(v, node, stack)
-        value = node[v, OFFSET] if r == v else node[v, OFFSET] + node[r, OFFSET]
-        sign = 1 if s > 0 else -1
-        out[v] = sign * value
-        state[v] = sign
 
 
 @njit(**JIT)
@@ -193,69 +82,231 @@ def _size_pow(size, E):
 
 
 @njit(**JIT)
-def tfce_graph(values, order, neighbours, two_sided, E, H, fsl, dh, cumulative):
+def _find(x, link):
+    """Root of ``x`` (path halving on the parent links ``link[4 * v]``)."""
+    while True:
+        up = link[4 * x]
+        if up == x:
+            return x
+        grand = link[4 * up]
+        link[4 * x] = grand
+        x = grand
+
+
+@njit(**JIT)
+def _radix_order_desc(keys, n, order, key_tmp, idx_tmp, hist):
+    """Stable LSD radix sort of ``keys[:n]`` (uint32, < 2**31) in decreasing order.
+
+    ``order[:n]`` holds a payload per key (e.g. voxel indices) and is permuted
+    with the keys; on return ``keys[:n]`` hold the complemented keys
+    (``0x7FFFFFFF - key``) in sorted (increasing) order. Three passes (11, 10
+    and 10 bits) whose histograms are counted in one read; the passes
+    alternate between the arrays and their ``_tmp`` twins.
+    """
+    hist[:] = 0
+    for i in range(n):
+        k = np.uint32(0x7FFFFFFF) - keys[i]
+        keys[i] = k
+        hist[k & 2047] += 1
+        hist[2048 + ((k >> 11) & 1023)] += 1
+        hist[3072 + (k >> 21)] += 1
+    for lo, width in ((0, 2048), (2048, 1024), (3072, 1024)):
+        total = 0
+        for b in range(lo, lo + width):
+            c = hist[b]
+            hist[b] = total
+            total += c
+    src_k, src_i, dst_k, dst_i = keys, order, key_tmp, idx_tmp
+    for shift, mask, lo in ((0, 2047, 0), (11, 1023, 2048), (21, 1023, 3072)):
+        for i in range(n):
+            k = src_k[i]
+            b = lo + ((k >> shift) & mask)
+            pos = hist[b]
+            hist[b] = pos + 1
+            dst_k[pos] = k
+            dst_i[pos] = src_i[i]
+        src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
+    for i in range(n):  # after three passes the sorted data are in the twins
+        keys[i] = key_tmp[i]
+        order[i] = idx_tmp[i]
+
+
+@njit(**JIT)
+def _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H, fsl, thresholds,
+                cumulative, out, node, val, up, sgn, born, roots):
+    """One TFCE pass over the voxels ``visit[:n_active]`` (by decreasing height).
+
+    ``visit_height[j]`` is |value| of ``visit[j]``; ``state[v]`` is the sign of an
+    active voxel (+1 or -1) and 0 for voxels that take no part (left modified:
+    a visited voxel's state is doubled, +2/-2, so the test of a neighbour reads
+    one byte). ``out`` receives sign * TFCE, 0 elsewhere.
+
+    Work space: ``node`` (2 * n_voxels float64: the record of voxel v is
+    ``node[2v:2v+2]``, whose first half holds the uint32 parent and the
+    position of the cluster's open interval, the second its extent); per visit
+    position ``val`` (F at the interval's top, then its contribution), ``up``
+    (position of the visit that closed it, -1 at height 0), ``sgn``; ``born``
+    (voxels that started a cluster); ``roots`` (one per neighbour).
+    """
+    n_vox = out.shape[0]
+    degree = neighbours.shape[1]
+    nbr = neighbours.reshape(-1)
+    weighted = weights.shape[0] > 0
+    link = node.view(np.uint32)
+    for i in range(n_vox):
+        out[i] = 0.0
+    n_born = 0
+    for j in range(n_active):
+        if j + _AHEAD < n_active:
+            ahead = visit[j + _AHEAD]
+            prefetch(node, 2 * ahead)
+            prefetch(nbr, degree * ahead)
+        v = visit[j]
+        term = _height_term(np.float64(visit_height[j]), H, fsl, thresholds, cumulative)
+        val[j] = term
+        s = state[v]
+        sgn[j] = s
+        visited = s + s
+        # distinct roots of the visited neighbours of the same sign
+        n_roots = 0
+        row = degree * v
+        for k in range(degree):
+            nb = nbr[row + k]
+            if nb < 0 or state[nb] != visited:
+                continue
+            r = _find(np.uint32(nb), link)
+            m = 0
+            while m < n_roots and roots[m] != r:
+                m += 1
+            if m == n_roots:
+                roots[n_roots] = r
+                n_roots += 1
+        state[v] = visited
+        w = weights[v] if weighted else 1.0
+        if n_roots == 0:  # a new cluster is born at this height; v opens its first interval
+            link[4 * v] = v
+            link[4 * v + 1] = np.uint32(j)
+            node[2 * v + 1] = w
+            born[n_born] = v
+            n_born += 1
+            continue
+        # close the clusters' open intervals at this height; the largest absorbs the others and v
+        big = roots[0]
+        big_size = node[2 * big + 1]
+        for m in range(n_roots):
+            r = roots[m]
+            q = link[4 * r + 1]
+            size = node[2 * r + 1]
+            val[q] = _size_pow(size, E) * (val[q] - term)
+            up[q] = j
+            if size > big_size:
+                big = r
+                big_size = size
+        for m in range(n_roots):
+            r = roots[m]
+            if r != big:
+                link[4 * r] = big
+                big_size += node[2 * r + 1]
+        link[4 * v] = big
+        link[4 * big + 1] = np.uint32(j)
+        node[2 * big + 1] = big_size + w
+    base = _height_term(0.0, H, fsl, thresholds, cumulative)
+    for i in range(n_born):  # the clusters left at the end: their last interval ends at height 0
+        r = born[i]
+        if link[4 * r] == r:
+            q = link[4 * r + 1]
+            val[q] = _size_pow(node[2 * r + 1], E) * (val[q] - base)
+            up[q] = -1
+    # a visit's TFCE: its interval's contribution plus the total of the visit that closed it
+    for j in range(n_active - 1, -1, -1):
+        q = up[j]
+        total = val[j] if q < 0 else val[j] + val[q]
+        val[j] = total
+        out[visit[j]] = total if sgn[j] > 0 else -total
+
+
+@njit(**JIT)
+def tfce_graph(values, order, neighbours, weights, skip, two_sided, E, H, fsl, thresholds, cumulative):
     """TFCE of one float64 map; ``order`` sorts |values| decreasingly."""
     n_vox = values.shape[0]
     state = np.zeros(n_vox, dtype=np.int8)
-    visit = np.empty(n_vox, dtype=np.int64)
+    visit = np.empty(n_vox, dtype=np.uint32)
     visit_height = np.empty(n_vox)
+    skipping = skip.shape[0] > 0
     n_active = 0
     for j in range(n_vox):
         v = order[j]
         x = values[v]
+        if skipping and skip[v]:
+            continue
         if x > 0 or (two_sided and x < 0):
             state[v] = 1 if x > 0 else -1
             visit[n_active] = v
             visit_height[n_active] = abs(x)
             n_active += 1
     out = np.zeros(n_vox)
-    _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh, cumulative, out, np.empty((n_vox, 4)), np.empty(_MAX_DEPTH, np.int64),
-                np.empty(max(neighbours.shape[1], 1), np.int64))
+    _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H, fsl, thresholds,
+                cumulative, out, np.empty(2 * n_vox), np.empty(n_vox), np.empty(n_vox, np.int32),
+                np.empty(n_vox, np.int8), np.empty(n_vox, np.uint32),
+                np.empty(max(neighbours.shape[1], 1), np.uint32))
     return out
 
 
-@njit(parallel=True, **JIT)
-def tfce_batch(stats, neighbours, two_sided, E, H, fsl, dh, cumulative, out, n_threads):
-    """TFCE of every row of ``stats`` (float32, (n_maps, n_voxels)) into ``out``.
+def tfce_work(n_vox, degree):
+    """Work space of :func:`tfce_rows` for maps of ``n_vox`` voxels (about 60 bytes per voxel)."""
+    return (np.empty(2 * n_vox, np.int8), np.empty(7 * n_vox + max(degree, 1), np.uint32),
+            np.empty(4 * n_vox), np.empty(4096, np.int64))
 
-    Rows are dealt to threads in a fixed pattern and each thread owns its work
-    space, so the result does not depend on the number of threads.
+
+@njit(**JIT_NOGIL)
+def _active_keys(row, skip, two_sided, state, keys, visit):
+    """Signs of a float32 map into ``state``, |x| as ordered uint32 keys of the active voxels."""
+    n_vox = row.shape[0]
+    skipping = skip.shape[0] > 0
+    row_bits = row.view(np.uint32)
+    n_active = 0
+    for v in range(n_vox):
+        x = row[v]
+        if skipping and skip[v]:
+            s = 0
+        elif x > 0:
+            s = 1
+        elif two_sided and x < 0:
+            s = -1
+        else:
+            s = 0
+        state[v] = s
+        if s != 0:
+            keys[n_active] = row_bits[v] & np.uint32(0x7FFFFFFF)  # |x| as ordered bits
+            visit[n_active] = v
+            n_active += 1
+    return n_active
+
+
+@njit(**JIT_NOGIL)
+def tfce_rows(stats, lo, hi, neighbours, weights, skip, two_sided, E, H, fsl, thresholds, cumulative, out,
+              work8, work32, work64, hist):
+    """TFCE of rows ``lo`` to ``hi - 1`` of ``stats`` (float32, (n_maps, n_voxels)) into ``out``.
+
+    Releases the GIL; the work arrays come from :func:`tfce_work` (one set per
+    thread). Each row is sorted by a float32 radix sort, then swept.
     """
-    n_maps, n_vox = stats.shape
-    for t in prange(n_threads):
-        state = np.empty(n_vox, np.int8)
-        keys = np.empty(n_vox, np.uint32)
-        visit = np.empty(n_vox, np.int64)
-        key_buf = np.empty(n_vox, np.uint32)
-        key_tmp = np.empty(n_vox, np.uint32)
-        idx_tmp = np.empty(n_vox, np.int64)
-        visit_height = np.empty(n_vox, np.float32)
-        visit_bits = visit_height.view(np.uint32)
-        node = np.empty((n_vox, 4))
-        stack = np.empty(_MAX_DEPTH, np.int64)
-        roots = np.empty(max(neighbours.shape[1], 1), np.int64)
-        hist = np.empty(2049, np.int64)
-        for b in range(t, n_maps, n_threads):
-            row = stats[b]
-            row_bits = row.view(np.uint32)
-            n_active = 0
-            for v in range(n_vox):
-                x = row[v]
-                if x > 0:
-                    state[v] = 1
-                elif two_sided and x < 0:
-                    state[v] = -1
-                else:
-                    state[v] = 0
-                    continue
-                keys[n_active] = row_bits[v] & np.uint32(0x7FFFFFFF)  # |x| as ordered bits
-                visit[n_active] = v
-                n_active += 1
-            _radix_order_desc(keys, n_active, visit, key_buf, key_tmp, idx_tmp, hist)
-            for j in range(n_active):
-                visit_bits[j] = np.uint32(0xFFFFFFFF) - key_buf[j]
-            _tfce_sweep(visit, visit_height, n_active, state, neighbours, E, H, fsl, dh,
-                        cumulative, out[b], node, stack, roots)
+    n_vox = stats.shape[1]
+    state, sgn = work8[:n_vox], work8[n_vox:2 * n_vox]
+    keys, visit = work32[:n_vox], work32[n_vox:2 * n_vox]
+    key_tmp, idx_tmp = work32[2 * n_vox:3 * n_vox], work32[3 * n_vox:4 * n_vox]
+    born, up = work32[4 * n_vox:5 * n_vox], work32[5 * n_vox:6 * n_vox].view(np.int32)
+    visit_bits = work32[6 * n_vox:7 * n_vox]
+    roots = work32[7 * n_vox:]
+    visit_height = visit_bits.view(np.float32)
+    node, val = work64[:2 * n_vox], work64[2 * n_vox:3 * n_vox]
+    for b in range(lo, hi):
+        n_active = _active_keys(stats[b], skip, two_sided, state, keys, visit)
+        _radix_order_desc(keys, n_active, visit, key_tmp, idx_tmp, hist)
+        for j in range(n_active):
+            visit_bits[j] = np.uint32(0x7FFFFFFF) - keys[j]
+        _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H, fsl, thresholds,
+                    cumulative, out[b], node, val, up, sgn, born, roots)
 
 
 @njit(**JIT)
@@ -267,17 +318,21 @@ def _label_root(x, parent):
 
 
 @njit(parallel=True, **JIT)
-def cluster_maxima_batch(stats, threshold, two_sided, neighbours, max_extent, max_mass, n_threads):
+def cluster_maxima_batch(stats, threshold, two_sided, neighbours, weights, max_extent, max_mass, n_threads):
     """Largest cluster extent and mass of every row of ``stats`` beyond ``threshold``.
 
     Clusters hold voxels > threshold (and, when two-sided, voxels < -threshold,
-    never mixed with positive ones). Mass is the sum of |statistic|.
+    never mixed with positive ones). Extent is the number of voxels and mass
+    the sum of |statistic|; with ``weights`` (non-empty), the sums of the
+    weights and of weight * |statistic| (area-weighted, e.g. mm^2 on a mesh).
     """
     n_maps, n_vox = stats.shape
     degree = neighbours.shape[1]
+    weighted = weights.shape[0] > 0
     for t in prange(n_threads):
         parent = np.empty(n_vox, np.int64)
         size = np.empty(n_vox, np.int64)
+        extent = np.empty(n_vox)
         mass = np.empty(n_vox)
         for b in range(t, n_maps, n_threads):
             row = stats[b]
@@ -286,7 +341,9 @@ def cluster_maxima_batch(stats, threshold, two_sided, neighbours, max_extent, ma
                 if x > threshold or (two_sided and x < -threshold):
                     parent[v] = v
                     size[v] = 1
-                    mass[v] = abs(x)
+                    w = weights[v] if weighted else 1.0
+                    extent[v] = w
+                    mass[v] = w * abs(x)
                 else:
                     parent[v] = -1
             for v in range(n_vox):
@@ -305,12 +362,13 @@ def cluster_maxima_batch(stats, threshold, two_sided, neighbours, max_extent, ma
                         r, rv = rv, r
                     parent[rv] = r
                     size[r] += size[rv]
+                    extent[r] += extent[rv]
                     mass[r] += mass[rv]
-            best_e = 0
+            best_e = 0.0
             best_m = 0.0
             for v in range(n_vox):
                 if parent[v] == v:
-                    best_e = max(best_e, size[v])
+                    best_e = max(best_e, extent[v])
                     best_m = max(best_m, mass[v])
             max_extent[b] = best_e
             max_mass[b] = best_m

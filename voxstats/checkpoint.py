@@ -87,6 +87,17 @@ def _jsonable(value):
     return value
 
 
+def _graph_extras(graph):
+    """What else about a graph changes results: extent weights, the volume border (FSL TFCE)."""
+    extras = []
+    if getattr(graph, "weights", None) is not None:
+        extras += ["weights", graph.weights]
+    border = getattr(graph, "border", None)
+    if border is not None and border.any():
+        extras += ["border", border]
+    return extras
+
+
 def run_fingerprint(data, design, contrasts, schedule, graph, settings):
     """The run's fingerprint, component by component: {component: hex digest}.
 
@@ -108,7 +119,7 @@ def run_fingerprint(data, design, contrasts, schedule, graph, settings):
                                for p in (c.name, c.kind, np.asarray(c.weights, dtype=np.float64))]),
         "options": _digest(json.dumps(options, sort_keys=True, default=str)),
         "schedule": _digest(json.dumps(schedule.definition(), sort_keys=True)),
-        "neighbourhood": "none" if graph is None else _digest(graph.indptr, graph.indices),
+        "neighbourhood": "none" if graph is None else _digest(graph.indptr, graph.indices, *_graph_extras(graph)),
     }
 
 

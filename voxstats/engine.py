@@ -42,7 +42,8 @@ import numpy as np
 
 from . import _engine_numba, _tfce_numba
 from .glm import f_to_z
-from .tfce import _check_params, stepped_table
+from .tfce import fsl_step as _fsl_step
+from .tfce import _check_params, batch_tfce, kernel_options
 from .variance_groups import welch_maps
 
 logger = logging.getLogger(__name__)
@@ -360,39 +361,34 @@ def _enhanceable(job, stats):
     return f_to_z(stats, job.q, job.df).astype(np.float32)
 
 
-def tfce_maps(job, stats, n_threads, *, check=False):
-    """TFCE of a batch of statistic maps (float32, same shape).
+def tfce_maps(job, stats, pool=None, *, check=False):
+    """TFCE of a batch of statistic maps (float32, same shape), rows dealt to ``pool``'s threads.
 
     ``check`` (the unpermuted map): refuse a step count or heights the kernels
     cannot handle (:func:`voxstats.tfce._check_params`), before any permutation.
+    In FSL mode with a step of 0 (nothing to enhance in the unpermuted map)
+    every map's TFCE is 0, as in randomise.
     """
     if job.fsl and not job.dh:
         return np.zeros(stats.shape, dtype=np.float32)
-    enhanced = np.ascontiguousarray(_enhanceable(job, stats))
-    top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
+    enhanced = _enhanceable(job, stats)
     if check:
+        top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
         _check_params(job.E, job.H, "fsl" if job.fsl else "exact", job.dh, max_height=top,
                       n_elements=enhanced.shape[-1])
-    if job.fsl:
-        table = stepped_table(job.dh, job.H, top)
-        dh = job.dh
-    else:
-        table, dh = np.zeros(1), 1.0
-    out = np.empty(enhanced.shape, dtype=np.float32)
-    _tfce_numba.tfce_batch(enhanced, job.graph.neighbours, job.tests_both_signs,
-                           float(job.E), float(job.H), bool(job.fsl), float(dh), table, out, n_threads)
-    return out
+    return batch_tfce(enhanced, job.graph, E=job.E, H=job.H, fsl=job.fsl, dh=job.dh,
+                      two_sided=job.tests_both_signs, pool=pool)
 
 
 def observed_maps(job, schedule, n_threads, pool=None):
     """Maps of the identity rearrangement (row 0 of the schedule)."""
     stat = statistics(job, schedule, 0, 1, pool)
-    enhanced = tfce_maps(job, stat, n_threads, check=True)[0] if job.tfce else None
+    enhanced = tfce_maps(job, stat, pool, check=True)[0] if job.tfce else None
     return Observed(stat=stat[0], tfce=enhanced)
 
 
 def fsl_step(job, observed):
-    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100.
+    """FSL's fixed TFCE step: max of the unpermuted (enhanced) map / 100, in single precision.
 
     0 when that map has no positive value (no |value| when two-sided): FSL
     randomise then writes TFCE 0 for every rearrangement.
@@ -403,7 +399,7 @@ def fsl_step(job, observed):
     if enhanced.size == 0:
         return 0.0
     top = float(np.abs(enhanced).max() if job.tests_both_signs else max(enhanced.max(), 0.0))
-    return top / 100.0 if top > 0 else 0.0
+    return _fsl_step(top) if top > 0 else 0.0
 
 
 def _active(job):
@@ -420,11 +416,13 @@ def _exceedances(job, maps, observed):
 
 
 def _cluster_maxima(job, stats, threshold, n_threads):
-    extent = np.zeros(stats.shape[0], dtype=np.int64)
+    """Largest cluster extent and mass of each map (sums of the graph's weights, if any)."""
+    extent = np.zeros(stats.shape[0])
     mass = np.zeros(stats.shape[0])
+    weights, _ = kernel_options(job.cluster_graph, False)
     _tfce_numba.cluster_maxima_batch(stats, inclusive_threshold(threshold), job.tests_both_signs,
-                                     job.cluster_graph.neighbours, extent, mass, n_threads)
-    return extent.astype(np.float64), mass
+                                     job.cluster_graph.neighbours, weights, extent, mass, n_threads)
+    return extent, mass
 
 
 def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
@@ -434,7 +432,7 @@ def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat)
     enhanced = None
     if job.tfce:
-        enhanced = tfce_maps(job, stats, n_threads)
+        enhanced = tfce_maps(job, stats, pool)
         result["tfce_counts"], result["null_max_tfce"] = _exceedances(job, enhanced, observed.tfce)
     if job.clusters is not None:
         extent_thr, mass_thr = job.clusters

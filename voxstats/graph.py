@@ -2,16 +2,18 @@
 
 TFCE and cluster inference only need to know which voxels touch. Both a masked
 grid and a surface mesh become the same thing here: a symmetric graph over the
-voxels in CSR form (``indptr``, ``indices``), in the order of the voxels.
+voxels in CSR form (``indptr``, ``indices``), in the order of the voxels, with
+optional per-node extent weights (e.g. vertex areas in mm^2) and, for grids,
+which voxels lie on the volume's outermost layer (FSL's TFCE leaves it out).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 from scipy import sparse
 
-__all__ = ["VoxelGraph", "graph_from_adjacency", "grid_graph"]
+__all__ = ["VoxelGraph", "check_weights", "graph_from_adjacency", "grid_graph"]
 
 _CONNECTIVITY = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
 
@@ -29,6 +31,15 @@ class VoxelGraph:
     mask : ndarray of bool or None
         The grid mask the voxels come from (in C order), if any.
     connectivity : int or None
+    border : (n_voxels,) ndarray of bool or None
+        Grids only: voxels with an index 0 or ``dim - 1`` on some axis of the
+        full grid (the volume's outermost layer). FSL randomise's TFCE never
+        visits them (``mode='fsl'`` follows it). None for graphs built from an
+        adjacency, which have no border.
+    weights : (n_voxels,) ndarray of float64 or None
+        Extent weight of each node (e.g. vertex areas in mm^2 on a mesh): a
+        cluster's extent is the sum of its nodes' weights. None: every node
+        counts 1 (extent = number of voxels).
     indptr, indices : ndarray of int32
         The same graph in CSR form (computed on first use).
     """
@@ -37,6 +48,12 @@ class VoxelGraph:
     n_voxels: int
     mask: np.ndarray | None = None
     connectivity: int | None = None
+    border: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    def with_weights(self, weights):
+        """The same graph with per-node extent ``weights`` (None: unweighted); see :func:`check_weights`."""
+        return replace(self, weights=check_weights(weights, self.n_voxels))
 
     @cached_property
     def indptr(self):
@@ -46,6 +63,31 @@ class VoxelGraph:
     @cached_property
     def indices(self):
         return self.neighbours[self.neighbours >= 0].astype(np.int32)
+
+
+def check_weights(weights, n_voxels, name="weights"):
+    """Per-node extent weights as a (n_voxels,) float64 array (None passes through).
+
+    Raises
+    ------
+    ValueError
+        If the shape is not (n_voxels,) or a weight is negative, NaN or infinite.
+    """
+    if weights is None:
+        return None
+    weights = np.array(weights, dtype=np.float64)  # a copy: the caller's array stays theirs
+    if weights.shape != (n_voxels,):
+        raise ValueError(f"{name}: expected one weight per node, shape ({n_voxels},), got {weights.shape}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(f"{name}: expected finite weights >= 0 (e.g. vertex areas in mm^2)")
+    return weights
+
+
+def _border(mask):
+    """Masked voxels on the grid's outermost layer, in C order."""
+    inner = np.zeros(mask.shape, dtype=bool)
+    inner[tuple(slice(1, max(n - 1, 1)) for n in mask.shape)] = True
+    return ~inner[mask]
 
 
 def _check_connectivity(connectivity, ndim):
@@ -58,14 +100,17 @@ def _check_connectivity(connectivity, ndim):
     return allowed[connectivity]
 
 
-def grid_graph(mask, connectivity=6):
+def grid_graph(mask, connectivity=6, *, weights=None):
     """Graph of the voxels of a boolean mask, numbered in C order.
 
     Parameters
     ----------
     mask : (x, y) or (x, y, z) ndarray of bool
+        The whole grid: its outermost layer is the graph's ``border``.
     connectivity : int
         3D: 6 (faces), 18 (faces and edges) or 26 (and corners). 2D: 4 or 8.
+    weights : (n_voxels,) array-like, optional
+        Extent weight of each masked voxel (C order).
 
     Returns
     -------
@@ -88,7 +133,8 @@ def grid_graph(mask, connectivity=6):
         src = tuple(slice(max(0, o), mask.shape[d] - max(0, -o)) for d, o in enumerate(offset))
         shifted[dst] = index[src]
         table[:, j] = shifted[mask]
-    return VoxelGraph(neighbours=table, n_voxels=n, mask=mask, connectivity=connectivity)
+    return VoxelGraph(neighbours=table, n_voxels=n, mask=mask, connectivity=connectivity,
+                      border=_border(mask), weights=check_weights(weights, n))
 
 
 def _symmetric_csr(rows, cols, n):
@@ -100,10 +146,12 @@ def _symmetric_csr(rows, cols, n):
     return matrix.indptr.astype(np.int32), matrix.indices.astype(np.int32)
 
 
-def graph_from_adjacency(adjacency, n_voxels=None):
+def graph_from_adjacency(adjacency, n_voxels=None, *, weights=None):
     """Graph from a square scipy.sparse adjacency (non-zero = neighbours).
 
-    The adjacency is symmetrised and its diagonal ignored.
+    The adjacency is symmetrised and its diagonal ignored. ``weights``
+    (n_nodes,), optional, are the nodes' extent weights (e.g. vertex areas in
+    mm^2, so that a cluster's extent is its area). Such a graph has no border.
     """
     if not sparse.issparse(adjacency):
         raise TypeError(f"adjacency: expected a scipy.sparse matrix, got {type(adjacency).__name__}")
@@ -115,7 +163,8 @@ def graph_from_adjacency(adjacency, n_voxels=None):
     keep = (coo.row != coo.col) & (coo.data != 0)
     indptr, indices = _symmetric_csr(coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64),
                                      adjacency.shape[0])
-    return VoxelGraph(neighbours=_padded(indptr, indices), n_voxels=adjacency.shape[0])
+    return VoxelGraph(neighbours=_padded(indptr, indices), n_voxels=adjacency.shape[0],
+                      weights=check_weights(weights, adjacency.shape[0]))
 
 
 _MAX_TABLE = 200_000_000  # entries of the padded neighbour table

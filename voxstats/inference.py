@@ -74,17 +74,21 @@ def tail_fwe_pvalues(observed, null_max, *, tail_fraction=0.1):
     return np.clip(p, np.finfo(float).tiny, 1.0)
 
 
-def cluster_labels(values, threshold, graph, *, two_sided=True):
+def cluster_labels(values, threshold, graph, *, two_sided=True, weights=None):
     """Clusters of voxels above ``threshold`` (or below ``-threshold``).
+
+    ``weights`` (n_voxels,), default ``graph.weights``: extent weight of each
+    voxel or vertex (e.g. vertex areas in mm^2); extent and mass are then the
+    sums of the weights and of weight * |value|.
 
     Returns
     -------
     labels : (n_voxels,) ndarray of int
         0 outside clusters, 1..n inside (positive and negative clusters apart).
     extent : (n + 1,) ndarray
-        Number of voxels of each cluster (entry 0 unused).
+        Number of voxels of each cluster, or the sum of their weights (entry 0 unused).
     mass : (n + 1,) ndarray
-        Sum of |value| over each cluster.
+        Sum of |value| (weight * |value| when weighted) over each cluster.
     """
     values = np.asarray(values, dtype=np.float64)
     labels = np.zeros(values.size, dtype=np.int64)
@@ -98,7 +102,9 @@ def cluster_labels(values, threshold, graph, *, two_sided=True):
         n, lab = csgraph.connected_components(adjacency[nodes][:, nodes], directed=False)
         labels[nodes] = lab + 1 + n_total
         n_total += n
-    extent = np.bincount(labels, minlength=n_total + 1).astype(np.float64)
-    mass = np.bincount(labels, weights=np.abs(values), minlength=n_total + 1)
+    weights = getattr(graph, "weights", None) if weights is None else weights
+    extent = np.bincount(labels, weights=weights, minlength=n_total + 1).astype(np.float64)
+    weighted_abs = np.abs(values) if weights is None else np.asarray(weights, dtype=np.float64) * np.abs(values)
+    mass = np.bincount(labels, weights=weighted_abs, minlength=n_total + 1)
     extent[0] = mass[0] = 0
     return labels, extent, mass

@@ -63,6 +63,10 @@ def _spatial_graph(n_voxels, mask, adjacency, connectivity, needed):
     if adjacency is not None:
         if mask is not None:
             raise ValueError("Give either 'mask' or 'adjacency', not both")
+        if isinstance(adjacency, VoxelGraph):  # e.g. a mesh graph with vertex areas as weights
+            if adjacency.n_voxels != n_voxels:
+                raise ValueError(f"adjacency: has {adjacency.n_voxels} nodes but the data have {n_voxels} columns")
+            return adjacency
         return graph_from_adjacency(adjacency, n_voxels=n_voxels)
     if hasattr(mask, "graph"):  # a masker (voxstats.masker)
         if mask.n_elements != n_voxels:
@@ -147,9 +151,10 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         Where the data's columns sit on a grid (C order), or the masker
         returned by :func:`voxstats.loading.load`; needed for TFCE and
         clusters unless ``adjacency`` is given.
-    adjacency : scipy.sparse matrix, optional
-        (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph), used
-        for TFCE and clusters.
+    adjacency : scipy.sparse matrix or voxstats.graph.VoxelGraph, optional
+        (n_voxels, n_voxels) neighbourhood graph (surfaces, any graph). A
+        VoxelGraph may carry per-node ``weights`` (e.g. vertex areas): TFCE and
+        cluster extents then sum them.
     connectivity : int
         TFCE's grid neighbourhood for ``mask``: 6, 18 or 26 (3D), 4 or 8 (2D).
     cluster_connectivity : int, optional

@@ -282,3 +282,43 @@ def test_chi_drive_from_the_command_line(bids, small_template, truth_chi, tmp_pa
     assert meta["Quality"]["correlation"] > 0.8
     png = tmp_path / "out" / "sub-02" / "figures" / "sub-02_space-small_desc-normalization_qc.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_template_shape_update_moves_towards_the_mean_shape(small_template, truth_chi, tmp_path):
+    """Every subject is the template under one common smooth warp: plain averaging keeps the
+    starting shape; the ANTs shape update (average inverse warp) moves it to the cohort's."""
+    from qsm.cohort import load_cohort as _load
+
+    common = simulate_deformation(small_template.img, rotation_deg=(0.0, 0.0, 0.0),
+                                  translation_mm=(0.0, 0.0, 0.0), scale=(1.0, 1.0, 1.0),
+                                  max_displacement_mm=6.0, smoothness_mm=14.0, blur_mm=0.0,
+                                  rng=3)
+    mean_shape = common.img.get_fdata()
+    rows = []
+    for k in range(3):
+        anat = tmp_path / "in" / f"sub-0{k}" / "anat"
+        anat.mkdir(parents=True)
+        noise = np.random.default_rng(k).normal(0, 0.01, mean_shape.shape) * (mean_shape > 0)
+        nib.save(nib.Nifti1Image((mean_shape + noise).astype(np.float32), common.img.affine),
+                 anat / f"sub-0{k}_T1w.nii.gz")
+        chi = sample(truth_chi, small_template.affine, common.subject_to_template, order=1)
+        nib.save(nib.Nifti1Image(chi.astype(np.float32), common.img.affine),
+                 anat / f"sub-0{k}_Chimap.nii.gz")
+        rows.append(k)
+    cohort = _load(tmp_path / "in")
+    mask = small_template.mask()
+
+    def corr(tpl):
+        return np.corrcoef(tpl.img.get_fdata()[mask], mean_shape[mask])[0, 1]
+
+    plain = build_template(cohort, n_iterations=1, template=small_template, params=FAST,
+                           gradient_step=0.0, rng=0, verbose=False)
+    updated = build_template(cohort, n_iterations=1, template=small_template, params=FAST,
+                             gradient_step=1.0, rng=0, verbose=False)
+    start = np.corrcoef(small_template.img.get_fdata()[mask], mean_shape[mask])[0, 1]
+    # the distance to the mean shape (1 - r) at least a third smaller with the update
+    assert 1 - corr(updated) < 0.67 * (1 - corr(plain))
+    assert 1 - corr(updated) < 0.67 * (1 - start)
+    with pytest.raises(ValueError, match="'gradient_step' parameter.*but got 1.5"):
+        build_template(cohort, template=small_template, gradient_step=1.5)

@@ -84,3 +84,33 @@ def test_grid_errors():
         grid_graph(np.ones((2, 2, 2), bool), 8)
     with pytest.raises(ValueError, match=r"Expected a 2D or 3D map for a grid neighbourhood, got 1D"):
         grid_graph(np.ones(4, bool), 6)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 3), (6, 5), (3, 2, 4), (1, 5, 5)])
+def test_grid_border_is_the_outermost_layer(rng, shape):
+    mask = rng.random(shape) < 0.7
+    graph = grid_graph(mask, 6 if len(shape) == 3 else 4)
+    coords = np.argwhere(mask)
+    want = np.any((coords == 0) | (coords == np.array(shape) - 1), axis=1)
+    np.testing.assert_array_equal(graph.border, want)
+    assert graph_from_adjacency(sparse.eye(4, format="csr")).border is None
+
+
+def test_weights_are_checked_copied_and_carried(rng):
+    mask = rng.random((4, 4, 3)) < 0.8
+    n = int(mask.sum())
+    weights = rng.uniform(0.5, 2.0, n)
+    graph = grid_graph(mask, 6, weights=weights)
+    np.testing.assert_array_equal(graph.weights, weights)
+    weights[0] = 99.0  # the graph holds its own copy
+    assert graph.weights[0] != 99.0
+    assert grid_graph(mask, 6).weights is None
+    same = graph.with_weights(None)
+    assert same.weights is None and same.neighbours is graph.neighbours
+    adjacency = sparse.eye(3, k=1, format="csr")
+    assert graph_from_adjacency(adjacency, weights=[1, 2, 3]).weights.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match=r"weights: expected one weight per node, shape \(3,\), got \(2,\)"):
+        graph_from_adjacency(adjacency, weights=[1.0, 2.0])
+    for bad in ([1.0, np.nan, 1.0], [1.0, -1.0, 1.0], [np.inf, 1.0, 1.0]):
+        with pytest.raises(ValueError, match=r"weights: expected finite weights >= 0"):
+            graph_from_adjacency(adjacency, weights=bad)

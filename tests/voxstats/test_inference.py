@@ -260,3 +260,26 @@ def test_cluster_fwe_on_a_4_plus_4_design_equals_brute_force(smooth_noise):
     np.testing.assert_array_equal(c.cluster_extent_p_fwe[labels == 0], 1.0)
     # the null maxima are the brute force's, each relabelling counted alike
     np.testing.assert_allclose(np.sort(np.unique(c.null_max_extent)), np.unique(max_extent))
+
+
+def test_weighted_cluster_extent(smooth_noise):
+    # extents (masses) on a weighted graph (e.g. vertex areas) are sums of weights (of weight * |t|),
+    # in the observed labelling and in the engine's null maxima, against scipy.ndimage labelling
+    y, x, shape = _cluster_problem(smooth_noise)
+    weights = np.random.default_rng(4).uniform(0.2, 3.0, y.shape[1])
+    graph = grid_graph(np.ones(shape, bool), 6, weights=weights)
+    res = permuted_glm(y, x, [0, 1, 0], adjacency=graph, n_perm=20, cluster_threshold=1.5, rng=3)
+    design = make_design(x)
+    (con,) = make_contrasts([0, 1, 0], design)
+    maps = engine.statistics(make_job(y, design, con, None), make_schedule(y.shape[0], 20, rng=3), 0, 20)
+    for i in range(20):
+        extent, mass = cluster_sizes_reference(maps[i].reshape(shape), 1.5, 6, weights=weights.reshape(shape))
+        assert res[0].null_max_extent[i] == pytest.approx(extent, rel=1e-12)
+        assert res[0].null_max_mass[i] == pytest.approx(mass, rel=1e-6)
+    labels, extent, mass = cluster_labels(maps[0], 1.5, graph)
+    for lab in range(1, extent.size):
+        assert extent[lab] == pytest.approx(weights[labels == lab].sum(), rel=1e-12)
+        inside = labels == lab
+        assert mass[lab] == pytest.approx((weights[inside] * np.abs(maps[0][inside])).sum(), rel=1e-12)
+    unweighted = cluster_labels(maps[0], 1.5, graph, weights=np.ones(y.shape[1]))[1]
+    np.testing.assert_array_equal(unweighted, np.bincount(labels)[:extent.size] * (np.arange(extent.size) > 0))

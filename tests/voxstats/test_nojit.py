@@ -8,6 +8,7 @@ kernels' Python source.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from voxstats.design import make_contrasts, make_design
 from voxstats.glm import contrast_statistic
 from voxstats.graph import grid_graph
 from voxstats.randomise import make_job
-from voxstats.tfce import stepped_table, tfce_values
+from voxstats.tfce import batch_tfce, tfce_values
 
 ROOT = Path(__file__).resolve().parents[2]
 _EXPECT = "VOXSTATS_TEST_EXPECT_NOJIT"
@@ -62,9 +63,8 @@ def test_tfce_batch_kernel(fsl):
     graph = grid_graph(mask, 6)
     maps = np.stack([_field(s, mask.shape).ravel() for s in range(3)]).astype(np.float32)
     dh = 0.2
-    table = stepped_table(dh, 2.0, float(np.abs(maps).max())) if fsl else np.zeros(1)
-    out = np.empty_like(maps)
-    _tfce_numba.tfce_batch(maps, graph.neighbours, True, 0.5, 2.0, fsl, dh, table, out, 2)
+    with ThreadPoolExecutor(2) as pool:
+        out = batch_tfce(maps, graph, fsl=fsl, dh=dh if fsl else None, pool=pool)
     for row, got in zip(maps, out):
         want = tfce_values(row.astype(np.float64), graph, mode="fsl" if fsl else "exact", dh=dh if fsl else None)
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
@@ -75,13 +75,17 @@ def test_cluster_kernel(two_sided):
     shape = (5, 4, 3)
     mask = np.ones(shape, bool)
     maps = np.stack([_field(s, shape).ravel() for s in range(4)]).astype(np.float32)
-    extent = np.zeros(4, dtype=np.int64)
-    mass = np.zeros(4)
-    _tfce_numba.cluster_maxima_batch(maps, 1.0, two_sided, grid_graph(mask, 6).neighbours, extent, mass, 2)
-    for i in range(4):
-        e, m = cluster_sizes_reference(maps[i].reshape(shape), 1.0, 6, two_sided=two_sided)
-        assert extent[i] == e
-        assert mass[i] == pytest.approx(m, rel=1e-6)
+    weights = np.random.default_rng(5).uniform(0.5, 2.0, maps.shape[1])
+    for w in (None, weights):
+        extent = np.zeros(4)
+        mass = np.zeros(4)
+        _tfce_numba.cluster_maxima_batch(maps, 1.0, two_sided, grid_graph(mask, 6).neighbours,
+                                         np.zeros(0) if w is None else w, extent, mass, 2)
+        for i in range(4):
+            e, m = cluster_sizes_reference(maps[i].reshape(shape), 1.0, 6, two_sided=two_sided,
+                                           weights=None if w is None else w.reshape(shape))
+            assert extent[i] == pytest.approx(e, rel=1e-12)
+            assert mass[i] == pytest.approx(m, rel=1e-6)
 
 
 def test_exceedance_kernel():

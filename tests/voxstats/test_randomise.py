@@ -408,3 +408,26 @@ def test_design_contrast_and_block_files_in_the_api(problem, tmp_path):
         randomise(imgs, x, cons, exchangeability_blocks="nope.grp", **kwargs)
     with pytest.raises(ValueError, match=r"design: no such file 'design.csv' \(a string names a file"):
         randomise(imgs, "design.csv", cons, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+def test_weighted_graph_driver(rng, mode):
+    # a VoxelGraph with node weights (vertex areas) as the adjacency: TFCE sums the weights
+    from voxstats.graph import graph_from_adjacency
+
+    n_nodes, n = 40, 10
+    chain = sparse.diags([np.ones(n_nodes - 1)], [1], shape=(n_nodes, n_nodes))
+    weights = rng.uniform(0.5, 2.0, n_nodes)
+    graph = graph_from_adjacency(chain, weights=weights)
+    x = np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n)])
+    data = rng.standard_normal((n, n_nodes)) + np.outer(x[:, 1], np.r_[np.ones(10), np.zeros(30)])
+    res = permuted_glm(data, x, [0, 1, 0], adjacency=graph, n_perm=20, tfce=True, tfce_E=1.0,
+                       tfce_mode=mode, rng=0)
+    observed = engine.statistics(make_job(data, make_design(x), make_contrasts([0, 1, 0], make_design(x))[0], None),
+                                 make_schedule(n, 20, rng=0), 0, 1)[0]
+    dh = res[0].tfce_dh
+    want = tfce_reference(observed.astype(np.float64), connectivity=chain, E=1.0, mode=mode, dh=dh,
+                          weights=weights)
+    np.testing.assert_allclose(res[0].tfce, want, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"adjacency: has 40 nodes but the data have 39 columns"):
+        permuted_glm(data[:, :39], x, [0, 1, 0], adjacency=graph, tfce=True)

@@ -1,14 +1,17 @@
 """voxstats.tfce against the label-at-every-threshold reference and hand computations."""
 
+import importlib
+from concurrent.futures import ThreadPoolExecutor
+
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import sparse
 
 from voxstats import _tfce_numba, tfce
-from voxstats._reference import tfce_reference
+from voxstats._reference import tfce_fsl_reference, tfce_reference
 from voxstats.graph import graph_from_adjacency, grid_graph
-from voxstats.tfce import stepped_table, tfce_values
+from voxstats.tfce import batch_tfce, stepped_table, tfce_values
 
 GRIDS = [((6, 5, 4), 6), ((6, 5, 4), 18), ((6, 5, 4), 26), ((9, 8), 4), ((9, 8), 8)]
 
@@ -94,18 +97,31 @@ def test_hand_computed_exact():
     assert out.max() == pytest.approx(10 * 3.0 ** 2 / 2)
 
 
+def _fsl_thresholds(dh, top):
+    """FSL's thresholds, as its loop makes them: float h = 0; while (h < top + dh) h += dh."""
+    h, step, out = np.float32(0), np.float32(dh), []
+    while h < np.float32(np.float32(top) + step):
+        out.append(h)
+        h = np.float32(h + step)
+    return out
+
+
 def test_hand_computed_fsl():
     stat = _two_clusters()
-    dh = 3.0 / 100  # default step: max / 100
     out = tfce(stat, mode="fsl")
-    for h, where in ((2.0, (slice(1, 3), slice(1, 6), 2)), (3.0, (slice(None), 8, 7))):
-        steps = [k * dh for k in range(200) if k * dh < h]
-        expected = np.sqrt(10) * sum(s ** 2 for s in steps)
+    # the 10x1 patch runs from x = 0 to 9: FSL leaves the volume's border (x = 0, 9) out,
+    # so that cluster has 8 voxels and its ends get 0
+    assert out[0, 8, 7] == 0 and out[9, 8, 7] == 0
+    assert np.count_nonzero(out) == 18
+    dh = 3.0 / 100  # default step: max / 100, a float
+    for h, size, where in ((2.0, 10, (slice(1, 3), slice(1, 6), 2)), (3.0, 8, (slice(1, 9), 8, 7))):
+        steps = [t for t in _fsl_thresholds(dh, 3.0) if t < h]
+        expected = np.sqrt(size) * sum(float(np.float32(np.float64(t) ** 2)) for t in steps)
         np.testing.assert_allclose(out[where], expected, rtol=1e-12)
     # a given step: h = 2 -> thresholds 0, 0.5, 1, 1.5 ; h = 3 -> up to 2.5
     out = tfce(stat, mode="fsl", dh=0.5)
     assert out[1, 1, 2] == pytest.approx(np.sqrt(10) * (0.25 + 1 + 2.25))
-    assert out[0, 8, 7] == pytest.approx(np.sqrt(10) * (0.25 + 1 + 2.25 + 4 + 6.25))
+    assert out[1, 8, 7] == pytest.approx(np.sqrt(8) * (0.25 + 1 + 2.25 + 4 + 6.25))
 
 
 def test_hand_computed_merging_cluster():
@@ -196,12 +212,8 @@ def test_float32_batch_kernel_matches_public(rng, mode, dh, two_sided):
     mask = rng.random(shape) < 0.8
     graph = grid_graph(mask, 6)
     maps32 = np.stack([_field(rng, shape)[mask] for _ in range(5)]).astype(np.float32)
-    fsl = mode == "fsl"
-    top = float(np.abs(maps32).max())
-    table = stepped_table(dh, 2.0, top) if fsl else np.zeros(1)
-    out = np.empty(maps32.shape, dtype=np.float32)
-    _tfce_numba.tfce_batch(maps32, graph.neighbours, two_sided, 0.5, 2.0, fsl, dh if fsl else 1.0,
-                           table, out, 2)
+    with ThreadPoolExecutor(2) as pool:
+        out = batch_tfce(maps32, graph, fsl=mode == "fsl", dh=dh, two_sided=two_sided, pool=pool)
     for row, got in zip(maps32, out):
         want = tfce_values(row.astype(np.float64), graph, mode=mode, dh=dh, two_sided=two_sided)
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
@@ -209,7 +221,10 @@ def test_float32_batch_kernel_matches_public(rng, mode, dh, two_sided):
 
 def test_exact_is_limit_of_stepped_sum(rng):
     stat = _field(rng, (6, 6, 4))
-    exact = tfce(stat)
+    # FSL mode leaves the volume border out: its limit is the exact TFCE of the map without it
+    interior = np.zeros_like(stat)
+    interior[1:-1, 1:-1, 1:-1] = stat[1:-1, 1:-1, 1:-1]
+    exact = tfce(interior)
     big = np.abs(exact) > 1e-3 * np.abs(exact).max()
     errors = []
     for dh in (0.1, 0.01, 0.001):
@@ -268,9 +283,203 @@ def test_ties_and_plateaus(shape, connectivity, mode):
     got = tfce(stat, connectivity=connectivity, mode=mode, dh=0.5 if mode == "fsl" else None)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     graph = grid_graph(np.ones(shape, bool), connectivity)
-    fsl = mode == "fsl"
-    table = stepped_table(0.5, 2.0, 3.0) if fsl else np.zeros(1)
-    out = np.empty((1, stat.size), dtype=np.float32)
-    _tfce_numba.tfce_batch(stat.reshape(1, -1).astype(np.float32), graph.neighbours, True, 0.5, 2.0, fsl,
-                           0.5, table, out, 1)
+    out = batch_tfce(stat.reshape(1, -1), graph, fsl=mode == "fsl", dh=0.5 if mode == "fsl" else None)
     np.testing.assert_allclose(out[0], want.ravel(), rtol=1e-6, atol=1e-6)
+
+
+# --- FSL randomise's loop: volume border, single-precision thresholds, nothing below the first step
+
+
+def test_fsl_thresholds_are_accumulated_in_single_precision():
+    for dh in (0.037, 0.03, 0.0452, 0.1, 1 / 3, 0.0017):
+        thresholds, cumulative = stepped_table(dh, 2.0, 4.0)
+        loop = _fsl_thresholds(dh, 4.0)
+        np.testing.assert_array_equal(thresholds[:len(loop)], np.array(loop, dtype=np.float64))
+        assert thresholds[-1] >= 4.0
+        terms = [float(np.float32(np.float64(t) ** 2)) for t in thresholds]
+        np.testing.assert_allclose(cumulative, np.r_[0.0, np.cumsum(terms)], rtol=1e-15)
+    # far too many steps (FSL's float threshold would stop growing near 2**24 of them)
+    with pytest.raises(ValueError, match=r"'dh' parameter: a step of 1e-09 makes 4e\+09 steps up to 4"):
+        stepped_table(1e-9, 2.0, 4.0)
+
+
+def test_fsl_border_is_left_out():
+    # FSL's tfce() visits indices 1..dim-2 only: 1.0 at (0, 1, 1) of a 3x3x3 map gets 0
+    stat = np.zeros((3, 3, 3))
+    stat[0, 1, 1] = 1.0
+    assert np.all(tfce(stat, mode="fsl") == 0)
+    assert np.all(tfce_fsl_reference(stat) == 0)
+    assert tfce(stat)[0, 1, 1] == pytest.approx(1 / 3)  # exact mode enhances the border
+    # a border voxel never joins a cluster: (1, 1, 1) stays a cluster of one
+    stat[1, 1, 1] = 1.0
+    out = tfce(stat, mode="fsl")
+    steps = [t for t in _fsl_thresholds(0.01, 1.0) if t < 1.0]
+    assert out[1, 1, 1] == pytest.approx(sum(float(np.float32(np.float64(t) ** 2)) for t in steps), rel=1e-12)
+    assert out[0, 1, 1] == 0
+    assert tfce(stat)[1, 1, 1] == pytest.approx(np.sqrt(2) / 3)
+    # the same grid given as a sparse adjacency has no border
+    graph = grid_graph(np.ones(stat.shape, bool), 6)
+    adjacency = sparse.csr_matrix((np.ones(graph.indices.size), graph.indices, graph.indptr))
+    via_graph = tfce(stat.ravel(), connectivity=adjacency, mode="fsl")
+    assert via_graph[np.ravel_multi_index((0, 1, 1), stat.shape)] > 0
+
+
+@pytest.mark.parametrize("shape,connectivity", GRIDS + [((3, 3, 3), 26), ((5, 2, 4), 6)])
+def test_fsl_matches_port_of_fsl_loop(shape, connectivity):
+    # float32 maps and float32 sums: FSL's own arithmetic, to single precision
+    stat = _field(np.random.default_rng(11), shape).astype(np.float32)
+    want = tfce_fsl_reference(stat, connectivity=connectivity, two_sided=True)
+    np.testing.assert_allclose(tfce(stat, connectivity=connectivity, mode="fsl"), want, rtol=2e-6, atol=1e-6)
+    top = float(np.abs(stat).max())
+    graph = grid_graph(np.ones(shape, bool), connectivity)
+    got = batch_tfce(stat.reshape(1, -1), graph, fsl=True, dh=float(np.float32(top / 100)))
+    np.testing.assert_allclose(got[0], want.ravel(), rtol=2e-6, atol=1e-6)
+    if min(shape) < 3:  # all border (FSL refuses such a volume)
+        assert np.all(want == 0)
+
+
+def test_fsl_peak_gets_its_last_step_by_float_rounding():
+    # 3.7 at the centre: dh = float(0.037); the 101st threshold, accumulated in float, falls
+    # just below 3.7, so the peak gets one more step of ~3.7**2 than k * dh in double would give
+    stat = np.zeros((3, 3, 3))
+    stat[1, 1, 1] = 3.7
+    thresholds = _fsl_thresholds(0.037, 3.7)
+    assert np.float32(thresholds[100]) < np.float32(3.7) and 100 * (3.7 / 100) >= 3.7  # in double: no
+    want = sum(float(np.float32(np.float64(t) ** 2)) for t in thresholds if t < np.float32(3.7))
+    assert want == pytest.approx(463.20, abs=0.01)
+    assert tfce(stat, mode="fsl")[1, 1, 1] == pytest.approx(want, rel=1e-12)
+    assert tfce_fsl_reference(stat)[1, 1, 1] == pytest.approx(want, rel=1e-6)
+    graph = grid_graph(np.ones(stat.shape, bool), 6)
+    got = batch_tfce(stat.reshape(1, -1), graph, fsl=True, dh=0.037, two_sided=False)
+    assert got[0, 13] == pytest.approx(want, rel=1e-6)
+
+
+def _padded_noise(seed):
+    """A 12^3 noise map (scaled by a random factor) inside a 14^3 zero volume."""
+    rng = np.random.default_rng(seed)
+    stat = np.zeros((14, 14, 14), dtype=np.float32)
+    stat[1:-1, 1:-1, 1:-1] = rng.standard_normal((12, 12, 12)) * rng.uniform(0.5, 5)
+    return stat
+
+
+@pytest.mark.parametrize("seed", [57, 213, 821])
+def test_nothing_below_the_first_step(seed):
+    # these maps left residues of +-1e-13 on voxels with 0 < |t| <= dh (cancellation in the
+    # union-find's offsets); below the first step FSL's TFCE is exactly 0, in every kernel
+    stat = _padded_noise(seed)
+    dh = float(np.float32(np.abs(stat).max() / 100))
+    small = (stat != 0) & (np.abs(stat) <= dh)
+    assert small.sum() > 10
+    graph = grid_graph(np.ones(stat.shape, bool), 6)
+    batch = batch_tfce(stat.reshape(1, -1), graph, fsl=True, dh=dh).reshape(stat.shape)
+    public = tfce(stat, mode="fsl")
+    for out in (batch, public):
+        assert np.all(out[small] == 0)
+        assert np.all(np.sign(out[~small]) == np.sign(stat[~small]))
+    # exact mode: tiny values keep their sign and relative precision (no absolute tolerance)
+    stat64 = stat.astype(np.float64)
+    np.testing.assert_allclose(tfce(stat64), tfce_reference(stat64), rtol=1e-9, atol=0)
+    exact32 = batch_tfce(stat.reshape(1, -1), graph).reshape(stat.shape)
+    np.testing.assert_allclose(exact32, tfce_reference(stat64), rtol=2e-5, atol=0)
+
+
+# --- extent weights (area-weighted TFCE on meshes)
+
+
+def test_weighted_hand_computed_chain():
+    # two nodes of areas 2 and 3 mm^2, values 3 and 1, E = 1, H = 2: the first sees extent 2 above
+    # h = 1 and 5 below; the second only 5
+    adjacency = sparse.csr_matrix(np.array([[0, 1], [1, 0]]))
+    out = tfce(np.array([3.0, 1.0]), connectivity=adjacency, E=1.0, weights=[2.0, 3.0])
+    np.testing.assert_allclose(out, [5 / 3 + 2 * 26 / 3, 5 / 3], rtol=1e-14)
+    fsl = tfce(np.array([3.0, 1.0]), connectivity=adjacency, E=1.0, weights=[2.0, 3.0], mode="fsl", dh=0.5)
+    np.testing.assert_allclose(fsl, [5 * 0.25 + 2 * (1 + 2.25 + 4 + 6.25), 5 * 0.25], rtol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+@pytest.mark.parametrize("E", [0.5, 1.0])
+def test_weighted_matches_reference(mode, E, random_graph):
+    rng = np.random.default_rng(12)
+    adjacency = random_graph(rng, 80, n_edges=130)
+    values = rng.standard_normal(80)
+    weights = rng.uniform(0.1, 3.0, 80)
+    weights[:5] = 0.0
+    got = tfce(values, connectivity=adjacency, mode=mode, E=E, weights=weights)
+    want = tfce_reference(values, connectivity=adjacency, mode=mode, E=E, weights=weights)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+    # on a grid too, and through the float32 batch kernel
+    stat = _field(rng, (6, 5, 4))
+    w = rng.uniform(0.5, 2.0, stat.shape)
+    want = tfce_reference(stat, mode=mode, E=E, weights=w)
+    np.testing.assert_allclose(tfce(stat, mode=mode, E=E, weights=w), want, rtol=1e-10, atol=1e-12)
+    graph = grid_graph(np.ones(stat.shape, bool), 6, weights=w.ravel())
+    dh = float(np.float32(np.abs(stat).max() / 100)) if mode == "fsl" else None
+    got32 = batch_tfce(stat.reshape(1, -1), graph, E=E, fsl=mode == "fsl", dh=dh)
+    np.testing.assert_allclose(got32[0], want.ravel(), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+def test_unit_weights_are_bit_identical_to_unweighted(rng, mode):
+    stat = _field(rng, (7, 6, 5))
+    ones = np.ones(stat.shape)
+    np.testing.assert_array_equal(tfce(stat, mode=mode, weights=ones), tfce(stat, mode=mode))
+    graph = grid_graph(np.ones(stat.shape, bool), 6)
+    maps = np.stack([_field(rng, stat.shape).ravel() for _ in range(3)]).astype(np.float32)
+    dh = 0.05 if mode == "fsl" else None
+    np.testing.assert_array_equal(batch_tfce(maps, graph.with_weights(ones.ravel()), fsl=mode == "fsl", dh=dh),
+                                  batch_tfce(maps, graph, fsl=mode == "fsl", dh=dh))
+
+
+def test_bad_weights():
+    with pytest.raises(ValueError, match=r"weights: shape \(3, 3\) does not match the map's shape \(4, 4, 4\)"):
+        tfce(np.ones((4, 4, 4)), weights=np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"weights: expected finite weights >= 0"):
+        tfce(np.ones((4, 4, 4)), weights=-np.ones((4, 4, 4)))
+    with pytest.raises(ValueError, match=r"weights: expected one weight per node, shape \(4,\), got \(5,\)"):
+        tfce(np.ones(4), connectivity=sparse.eye(4, format="csr"), weights=np.ones(5))
+
+
+def test_fsl_values_checked_against_fsl():
+    # values written by FSL's own tfce() (newimage, randomise 2.9 built from source, as
+    # fslmaths -tfce 2 0.5 C): a border voxel (3.0 at x = 0), two blobs that touch only
+    # diagonally, a voxel below the first step (0.02 < dh = 0.03)
+    stat = np.zeros((4, 4, 4), dtype=np.float32)
+    stat[1, 1, 1], stat[1, 2, 1], stat[2, 2, 2] = 2.5, 1.2, 2.0
+    stat[2, 1, 2], stat[0, 1, 1], stat[2, 2, 1] = 0.02, 3.0, 0.7
+    voxels = [(0, 1, 1), (1, 1, 1), (1, 2, 1), (2, 1, 2), (2, 2, 1), (2, 2, 2)]
+    checked = {6: [0.0, 185.18162536621094, 30.45924186706543, 0.0, 7.783198356628418, 92.11038970947266],
+               26: [0.0, 218.56578063964844, 35.55556869506836, 0.0, 7.783198356628418, 132.13619995117188]}
+    for connectivity, fsl_values in checked.items():
+        ours = tfce(stat, connectivity=connectivity, mode="fsl", two_sided=False)
+        port = tfce_fsl_reference(stat, connectivity=connectivity)
+        for voxel, want in zip(voxels, fsl_values):
+            assert port[voxel] == want  # the port of FSL's loop, bit for bit
+            assert ours[voxel] == pytest.approx(want, rel=1e-6, abs=0)
+    # 3x3x3 cases of issue 11: 1.0 at the border and at the centre; 3.7 at the centre
+    stat = np.zeros((3, 3, 3))
+    stat[0, 1, 1] = stat[1, 1, 1] = 1.0
+    assert tfce_fsl_reference(stat)[1, 1, 1] == 33.83496856689453
+    assert tfce(stat, mode="fsl")[1, 1, 1] == pytest.approx(33.83496856689453, rel=1e-6)
+    stat = np.zeros((3, 3, 3))
+    stat[1, 1, 1] = 3.7
+    assert tfce_fsl_reference(stat)[1, 1, 1] == 463.2002258300781
+    assert tfce(stat, mode="fsl")[1, 1, 1] == pytest.approx(463.2002258300781, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fsl"])
+def test_batch_is_bit_identical_whatever_the_threads_and_tasks(rng, mode, monkeypatch):
+    tfce_module = importlib.import_module("voxstats.tfce")  # the module (voxstats.tfce is the function)
+
+    shape = (9, 8, 7)
+    graph = grid_graph(rng.random(shape) < 0.9, 6)
+    maps = np.stack([_field(rng, shape)[graph.mask] for _ in range(7)]).astype(np.float32)
+    dh = 0.07 if mode == "fsl" else None
+    serial = batch_tfce(maps, graph, fsl=mode == "fsl", dh=dh)
+    for task_voxels in (1, 3 * graph.n_voxels, 10 ** 9):  # one row per task, three, all rows in one
+        monkeypatch.setattr(tfce_module, "_TASK_VOXELS", task_voxels)
+        for workers in (2, 3):
+            with ThreadPoolExecutor(workers) as pool:
+                np.testing.assert_array_equal(batch_tfce(maps, graph, fsl=mode == "fsl", dh=dh, pool=pool),
+                                              serial)
+    for i, row in enumerate(maps):  # and each row alone
+        np.testing.assert_array_equal(batch_tfce(row[np.newaxis], graph, fsl=mode == "fsl", dh=dh)[0], serial[i])
