@@ -197,16 +197,25 @@ def own_cluster(tmp_path):
     _wait_for(scheduler_file)
     address = json.loads(scheduler_file.read_text())["address"]
 
-    def add_worker():
+    slow = tmp_path / "slow_chunks.py"  # a worker preload: each chunk takes at least 0.5 s
+    slow.write_text(  # Dask may import a preload file twice: patch once
+        "import time\nfrom voxstats import engine\n\n"
+        "if not getattr(engine.run_chunk, 'slowed', False):\n"
+        "    _run = engine.run_chunk\n\n"
+        "    def run_chunk(*args, **kwargs):\n        time.sleep(0.5)\n        return _run(*args, **kwargs)\n\n"
+        "    run_chunk.slowed = True\n    engine.run_chunk = run_chunk\n")
+
+    def add_worker(slow_chunks=False):
         name = f"worker{len(procs)}"
+        preload = ["--preload", str(slow)] if slow_chunks else []
         procs[name] = _start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
-                              "--no-dashboard", "--death-timeout", "60"], tmp_path, name)
+                              "--no-dashboard", "--death-timeout", "60", *preload], tmp_path, name)
         with distributed.Client(address, timeout="60s") as c:
             alive = sum(1 for k, p in procs.items() if k.startswith("worker") and p.poll() is None)
             c.wait_for_workers(alive, timeout=60)
         return procs[name]
 
-    add_worker()
+    add_worker(slow_chunks=True)  # the 40 chunks of a run take 20 s: it is still running when the cluster goes
     yield {"address": address, "procs": procs, "add_worker": add_worker}
     for proc in procs.values():
         if proc.poll() is None:
@@ -225,7 +234,7 @@ def _study(problem, tmp_path):
     nib.save(nib.Nifti1Image(volumes, np.eye(4)), tmp_path / "all.nii.gz")
     write_design(tmp_path / "d.mat", pd.DataFrame(problem["design"], columns=["c", "g", "x"]))
     write_contrasts(tmp_path / "d.con", {"g": [0.0, 1, 0]})
-    # 40 chunks of 256: the first result arrives long before the last is computed
+    # 40 chunks of 256
     return ["randomise", "-i", str(tmp_path / "all.nii.gz"), "-d", str(tmp_path / "d.mat"),
             "-t", str(tmp_path / "d.con"), "-n", "10240", "-T", "-x", "--seed", "3", "--quiet"]
 
