@@ -415,7 +415,7 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
     return engine.ContrastJob(name=contrast.name, kind=kind,
                               basis=np.ascontiguousarray(basis.basis, dtype=np.float32), q=basis.q,
                               df=basis.df, data=residual, sum_sq=sum_sq, graph=graph,
-                              two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
+                              two_sided=bool(two_sided), tfce=bool(tfce), E=float(E) if np.ndim(E) == 0 else np.asarray(E, dtype=np.float64), H=float(H),
                               fsl=mode == "fsl", dh=dh, cluster_threshold=threshold,
                               reduced_basis=engine.reduced_basis(basis.tested, basis.nuisance),
                               welch=welch, zstat=converter)
@@ -535,14 +535,8 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
 
     surface = {key: options.pop(key) for key in SURFACE_OPTIONS if key in options}
     data, masker = load(imgs, mask_img, keep_constant=keep_constant, **surface)
-    spatial = options.get("tfce") or options.get("cluster_threshold") is not None \
-        or options.get("cluster_threshold_f") is not None
-    if spatial and masker.kind != "volume" and "weights" not in VoxelGraph.__dataclass_fields__:
-        raise NotImplementedError("TFCE and clusters on surfaces need area-weighted kernels "
-                                  "(VoxelGraph.weights), not in this build yet")
     if options.get("tfce_E") is None:  # E by element kind: 1 on surfaces, 0.5 in volumes
-        E = tfce_defaults(masker)
-        options["tfce_E"] = E if np.ndim(E) == 0 or options.get("tfce") else 0.5
+        options["tfce_E"] = tfce_defaults(masker)
     # the matrix is ours: the last contrast may overwrite it (peak memory ~1x the data, not 2x)
     result = permuted_glm(data, design, contrasts, mask=masker, copy=False, **options)
     from dataclasses import replace
