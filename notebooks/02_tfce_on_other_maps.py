@@ -201,7 +201,8 @@ data = (noise + 1.5 * planted_surf).astype(np.float32)
 wall = sphere[:, 0] > 85  # a cap on the medial side stands in for FreeSurfer's medial wall
 data[:, wall] = 0.0
 
-work = Path(tempfile.mkdtemp(prefix="voxstats_surface_"))
+work = Path(os.environ.get("VOXSTATS_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="voxstats_")) / "surface"
+work.mkdir(parents=True, exist_ok=True)
 surf_path = work / "lh.white.surf.gii"
 nib.save(nib.gifti.GiftiImage(darrays=[
     nib.gifti.GiftiDataArray(white.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
