@@ -23,8 +23,10 @@
 #    3 mm MNI space, `nilearn.datasets.load_sample_motor_activation_image()`);
 # 2. the difference between the exact TFCE integral and FSL randomise's stepped sum;
 # 3. TFCE on a surface mesh: nilearn's bundled fsaverage5 (10,242 vertices per
-#    hemisphere), neighbours from the mesh's triangles, with a one-sample
-#    sign-flip analysis of synthetic maps on the mesh;
+#    hemisphere) read and written as GIFTI files, neighbours from the mesh's
+#    triangles, cluster extents as areas (mm²), a one-sample sign-flip analysis of
+#    synthetic maps with its cluster table, and why areas make TFCE independent of
+#    the mesh's density;
 # 4. a one-sample sign-flip analysis of synthetic volumes: voxel-wise max-t,
 #    cluster extent and TFCE family-wise error (FWE) control side by side.
 #
@@ -154,26 +156,37 @@ assert np.all(np.abs(ratio[strong] - 1) < 0.05)
 # ## 3. TFCE on a surface mesh: fsaverage5
 #
 # On a mesh, the neighbours of a vertex are the vertices it shares a triangle
-# with. `voxstats` takes them as a `scipy.sparse` adjacency matrix, built here from
-# the faces of nilearn's bundled fsaverage5 left hemisphere. Twenty synthetic
-# subjects get spatially smooth noise on the mesh and, around one vertex on the
-# lateral surface, a planted effect (1.5 noise SDs at the centre, Gaussian
-# profile, 15 mm on the sphere). A one-sample test (design: a column of ones)
-# uses sign flipping.
+# edge with, and a cluster's extent is its **area**: the sum of its vertices'
+# areas, a vertex's area being a third of the area of each triangle it belongs
+# to (PALM's convention). Counting vertices instead would make TFCE depend on how
+# densely the surface is sampled. On surfaces the extent exponent is E = 1 (H = 2),
+# as in PALM's `-tfce2D`, CAT12 and HCP practice.
+#
+# Twenty synthetic subjects get spatially smooth noise on nilearn's bundled
+# fsaverage5 left hemisphere (10,242 vertices) and, around one vertex on the lateral
+# surface, a planted effect (1.5 noise SDs at the centre, Gaussian profile, 15 mm on
+# the sphere). They are written as one GIFTI file per subject, as a user's
+# thickness maps would be, together with the white surface as a `.surf.gii`; a
+# "medial wall" (vertices whose value is 0 in every subject) is left out as FreeSurfer's
+# would be. `voxstats.randomise` reads them through nibabel, and a one-sample test
+# (a design of ones) uses sign flipping.
 
 # %%
+import tempfile
+from pathlib import Path
+
+from voxstats.surface import load_mesh
+from voxstats.surface_clusters import surface_cluster_table
+
 fsaverage = datasets.load_fsaverage("fsaverage5")
-pial = fsaverage["pial"].parts["left"]
+white = load_mesh(fsaverage["white_matter"].parts["left"])
 sphere = np.asarray(fsaverage["sphere"].parts["left"].coordinates)
-faces = np.asarray(pial.faces)
-n_vertices = pial.coordinates.shape[0]
-rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
-cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
-adjacency = sparse.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n_vertices,) * 2)
-adjacency = ((adjacency + adjacency.T) > 0).astype(np.int8).tocsr()
+n_vertices = white.n_vertices
+adjacency = white.adjacency
 degree = np.diff(adjacency.indptr)
-print(f"{n_vertices:,} vertices, {faces.shape[0]:,} triangles, {adjacency.nnz // 2:,} edges, "
-      f"degree {degree.min()}-{degree.max()}")
+print(f"{n_vertices:,} vertices, {white.n_faces:,} triangles, {adjacency.nnz // 2:,} edges, degree "
+      f"{degree.min()}-{degree.max()}; white surface {white.vertex_areas.sum():,.0f} mm², vertex areas "
+      f"{white.vertex_areas.min():.2f}-{white.vertex_areas.max():.2f} mm²")
 
 rng = np.random.default_rng(SEED)
 n_subjects = 20
@@ -181,39 +194,99 @@ noise = rng.standard_normal((n_subjects, n_vertices))
 for _ in range(10):  # smooth: average each vertex with its neighbours
     noise = (noise + (adjacency @ noise.T).T) / (1 + degree)
 noise /= noise.std(axis=0)
-centre = int(np.argmin(np.asarray(pial.coordinates)[:, 0]))  # most lateral vertex
+centre = int(np.argmin(np.asarray(fsaverage["pial"].parts["left"].coordinates)[:, 0]))  # most lateral vertex
 distance = np.linalg.norm(sphere - sphere[centre], axis=1)
 planted_surf = np.exp(-0.5 * (distance / 15.0) ** 2)
-data = noise + 1.5 * planted_surf
+data = (noise + 1.5 * planted_surf).astype(np.float32)
+wall = sphere[:, 0] > 85  # a cap on the medial side stands in for FreeSurfer's medial wall
+data[:, wall] = 0.0
 
-res_surf = voxstats.permuted_glm(data, np.ones((n_subjects, 1)), [1.0], adjacency=adjacency,
-                                 tfce=True, n_perm=N_PERM, rng=SEED)
+work = Path(os.environ.get("VOXSTATS_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="voxstats_")) / "surface"
+work.mkdir(parents=True, exist_ok=True)
+surf_path = work / "lh.white.surf.gii"
+nib.save(nib.gifti.GiftiImage(darrays=[
+    nib.gifti.GiftiDataArray(white.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
+    nib.gifti.GiftiDataArray(white.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), surf_path)
+files = []
+for i, row in enumerate(data):
+    files.append(work / f"sub-{i:02d}_hemi-L_thickness.shape.gii")
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(row)]), files[-1])
+
+res_surf = voxstats.randomise(files, np.ones((n_subjects, 1)), [1.0], surf=surf_path, tfce=True,
+                              cluster_threshold=3.0, n_perm=N_PERM, rng=SEED)
 c = res_surf[0]
+masker = res_surf.masker
+kept = masker.vertices
 found_tfce = c.tfce_p_fwe < 0.05
 found_t = c.p_fwe < 0.05
-print(f"scheme {res_surf.scheme}, {res_surf.n_perm} sign flips of {res_surf.n_possible:,} possible")
-print(f"TFCE FWE p<0.05: {found_tfce.sum()} vertices "
-      f"({(found_tfce & (planted_surf < 0.05)).sum()} outside the planted effect); "
-      f"voxel-wise max-t FWE p<0.05: {found_t.sum()} vertices")
+outside = planted_surf[kept] < 0.05
+print(f"{masker.n_elements:,} vertices analysed ({wall.sum()} on the medial wall left out); scheme "
+      f"{res_surf.scheme}, {res_surf.n_perm} sign flips of {res_surf.n_possible:,} possible; TFCE E = "
+      f"{res_surf.settings['tfce_E']}, H = {res_surf.settings['tfce_H']}")
+print(f"TFCE FWE p<0.05: {found_tfce.sum()} vertices ({(found_tfce & outside).sum()} outside the planted "
+      f"effect); voxel-wise max-t FWE p<0.05: {found_t.sum()} vertices")
 
-# the same TFCE from voxstats.tfce on the mesh's adjacency
-assert np.allclose(voxstats.tfce(c.stat, connectivity=adjacency), c.tfce)
-assert res_surf.scheme == "sign-flip"
+# the same TFCE from voxstats.tfce on the kept vertices' mesh adjacency, with their areas as weights
+graph_adjacency = adjacency[kept][:, kept]
+assert np.allclose(voxstats.tfce(c.stat, connectivity=graph_adjacency, weights=white.vertex_areas[kept], E=1.0),
+                   c.tfce, rtol=1e-4, atol=1e-5 * np.abs(c.tfce).max())
+assert res_surf.scheme == "sign-flip" and masker.n_elements == n_vertices - wall.sum()
 assert found_tfce.sum() >= found_t.sum()
-assert not np.any(found_tfce & (planted_surf < 0.05))
+assert not np.any(found_tfce & outside)
+
+# %% [markdown]
+# Results go back to files in the input's format: one GIFTI per map, 0 on the
+# vertices left out. The cluster table gives each cluster's area (mm²), its
+# area-weighted mass, its peak vertex and the peak's coordinates on the mesh.
+
+# %%
+tfce_p_path = masker.save(c.tfce_p_fwe, work / "lh_tfce_p_fwe.func.gii")
+stat_path = masker.save(c.stat, work / "lh_tstat1.func.gii")
+clusters = surface_cluster_table(stat_path, surf_path, p_img=tfce_p_path, p_convention="p", threshold=2.0)
+display(clusters.table)
+assert len(clusters.table) >= 1 and clusters.table["area_mm2"].iloc[0] > 100
+assert planted_surf[int(clusters.table["peak_vertex"].iloc[0])] > 0.5  # the largest cluster is the planted one
+print("cluster extent FWE p of the planted cluster (t > 3, area-weighted):",
+      f"{c.cluster_extent_p_fwe[masker.vertices == int(clusters.table['peak_vertex'].iloc[0])][0]:.4f}")
 
 # %%
 sulcal = np.asarray(datasets.load_fsaverage_data(mesh="fsaverage5", data_type="sulcal")
                     .data.parts["left"])
 fig, axes = plt.subplots(1, 3, figsize=(13, 4), subplot_kw={"projection": "3d"})
 panels = [(planted_surf, "planted effect (SD)", 0.05),
-          (c.stat, "one-sample t (|t| > 2)", 2.0),
-          (np.where(found_tfce, -np.log10(c.tfce_p_fwe), 0.0), "−log10 TFCE FWE p (p<0.05)", 0.1)]
+          (masker.unmask(c.stat), "one-sample t (|t| > 2)", 2.0),
+          (masker.unmask(np.where(found_tfce, -np.log10(c.tfce_p_fwe), 0.0)), "−log10 TFCE FWE p (p<0.05)", 0.1)]
 for ax, (values, title, threshold) in zip(axes, panels):
     plotting.plot_surf_stat_map(fsaverage["inflated"].parts["left"], values, hemi="left",
                                 view="lateral", axes=ax, figure=fig, threshold=threshold,
                                 bg_map=sulcal, title=title, colorbar=False)
 plt.show()
+
+# %% [markdown]
+# ### Why areas and not vertex counts
+#
+# The same smooth map (a Gaussian bump of height 4, σ = 20 mm) sampled on two
+# geodesic spheres of radius 70 mm, one with 642 vertices and one with 10,242 (16
+# times as dense; the coarse sphere's vertices are the first 642 of the fine one):
+# area-weighted TFCE agrees at the shared vertices, TFCE that counts vertices is 16
+# times larger on the dense mesh.
+
+# %%
+from voxstats.surface import icosphere
+
+coarse, fine = icosphere(3, radius=70.0), icosphere(5, radius=70.0)
+bump = [4.0 * np.exp(-0.5 * (np.linalg.norm(m.coordinates - [70.0, 0, 0], axis=1) / 20.0) ** 2)
+        for m in (coarse, fine)]
+by_area = [voxstats.tfce(b, connectivity=m.adjacency, weights=m.vertex_areas, E=1.0) for b, m in zip(bump, (coarse, fine))]
+by_count = [voxstats.tfce(b, connectivity=m.adjacency, E=1.0) for b, m in zip(bump, (coarse, fine))]
+top = int(np.argmax(bump[0]))
+density = pd.DataFrame({"642 vertices": [by_area[0][top], by_count[0][top]],
+                        "10,242 vertices": [by_area[1][top], by_count[1][top]]},
+                       index=["TFCE, extent = area (mm²)", "TFCE, extent = number of vertices"])
+density["ratio"] = density["10,242 vertices"] / density["642 vertices"]
+display(density)
+assert abs(density.loc["TFCE, extent = area (mm²)", "ratio"] - 1) < 0.03
+assert abs(density.loc["TFCE, extent = number of vertices", "ratio"] / 16 - 1) < 0.03
 
 # %% [markdown]
 # ## 4. One-sample sign flipping on synthetic volumes: max-t, clusters and TFCE

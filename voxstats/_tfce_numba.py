@@ -160,6 +160,8 @@ def _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H,
         if j + _AHEAD < n_active:
             ahead = visit[j + _AHEAD]
             prefetch(node, 2 * ahead)
+            if weighted:
+                prefetch(weights, ahead)
             prefetch(nbr, degree * ahead)
         v = visit[j]
         term = _height_term(np.float64(visit_height[j]), H, fsl, thresholds, cumulative)

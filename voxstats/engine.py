@@ -43,7 +43,7 @@ import numpy as np
 from . import _engine_numba, _tfce_numba
 from .glm import f_to_z
 from .tfce import fsl_step as _fsl_step
-from .tfce import _check_params, batch_tfce, kernel_options
+from .tfce import _check_params, batch_tfce, extent_total, kernel_options
 from .variance_groups import welch_maps
 
 logger = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ def tfce_maps(job, stats, pool=None, *, check=False):
     if check:
         top = float(np.abs(enhanced).max()) if enhanced.size else 0.0
         _check_params(job.E, job.H, "fsl" if job.fsl else "exact", job.dh, max_height=top,
-                      n_elements=enhanced.shape[-1])
+                      n_elements=extent_total(job.graph))
     return batch_tfce(enhanced, job.graph, E=job.E, H=job.H, fsl=job.fsl, dh=job.dh,
                       two_sided=job.tests_both_signs, pool=pool)
 

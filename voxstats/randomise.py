@@ -456,7 +456,8 @@ def make_job(data, design, contrast, graph, *, threshold=None, tfce=False, E=0.5
     return engine.ContrastJob(name=contrast.name, kind=kind,
                               basis=engine.canonical_basis(ordered, design.matrix), q=basis.q,
                               df=basis.df if vbasis is None else vbasis.df, data=residual, sum_sq=sum_sq, graph=graph,
-                              two_sided=bool(two_sided), tfce=bool(tfce), E=float(E), H=float(H),
+                              two_sided=bool(two_sided), tfce=bool(tfce), E=float(E) if np.ndim(E) == 0 else np.asarray(E, dtype=np.float64),
+                              H=float(H),
                               fsl=mode == "fsl", dh=dh, cluster_threshold=threshold, reduced=reduced,
                               cluster_graph=cluster_graph, mass_threshold=mass_threshold,
                               active=None if active.all() else active,
@@ -575,14 +576,8 @@ def randomise(imgs, design, contrasts=None, *, mask_img=None, keep_constant=Fals
 
     surface = {key: options.pop(key) for key in SURFACE_OPTIONS if key in options}
     data, masker = load(imgs, mask_img, keep_constant=keep_constant, **surface)
-    spatial = options.get("tfce") or any(options.get(key) is not None for key in (
-        "cluster_threshold", "cluster_threshold_f", "cluster_mass_threshold", "cluster_mass_threshold_f"))
-    if spatial and masker.kind != "volume" and "weights" not in VoxelGraph.__dataclass_fields__:
-        raise NotImplementedError("TFCE and clusters on surfaces need area-weighted kernels "
-                                  "(VoxelGraph.weights), not in this build yet")
     if options.get("tfce_E") is None:  # E by element kind: 1 on surfaces, 0.5 in volumes
-        E = tfce_defaults(masker)
-        options["tfce_E"] = E if np.ndim(E) == 0 or options.get("tfce") else 0.5
+        options["tfce_E"] = tfce_defaults(masker)
     if options.get("voxelwise_evs") is not None:
         options["voxelwise_evs"] = {key: voxelwise.masked_values(value, masker, key)
                                     for key, value in options["voxelwise_evs"].items()}

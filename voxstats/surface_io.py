@@ -344,13 +344,8 @@ class SurfaceMasker:
 
 
 def _with_weights(graph, weights):
-    """The graph carrying its node weights (``VoxelGraph.weights`` when the engine has it)."""
-    from dataclasses import fields, replace
-
-    if any(f.name == "weights" for f in fields(graph)):
-        return replace(graph, weights=weights)
-    object.__setattr__(graph, "_surface_weights", weights)  # until the graph type holds weights
-    return graph
+    """The graph with per-node extent weights (vertex areas, mm²)."""
+    return graph.with_weights(weights)
 
 
 def default_mask(data, keep_constant=False):

@@ -269,12 +269,8 @@ def surface_tfce(values, masker, *, connectivity=6, E=None, H=2.0, mode="exact",
     ``E`` None takes :func:`tfce_defaults` (1 on surfaces, 0.5 in volume
     structures). Other conventions as :func:`voxstats.tfce`.
     """
-    from .graph import VoxelGraph
     from .tfce import _check_params, tfce_values
 
-    if "weights" not in VoxelGraph.__dataclass_fields__:
-        raise NotImplementedError("TFCE on surfaces needs area-weighted kernels (VoxelGraph.weights), "
-                                  "not in this build yet")
     E = tfce_defaults(masker) if E is None else E
     _check_params(E, H, mode, dh)
     return tfce_values(values, masker.graph(connectivity), E=E, H=H, mode=mode, dh=dh, two_sided=two_sided)

@@ -45,7 +45,12 @@ def _check_params(E, H, mode, dh, *, max_height=None, n_elements=None):
     """
     _check_option("mode", mode, _MODES)
     for name, value in (("E", E), ("H", H)):
-        if not np.isfinite(value) or value < 0:
+        if np.ndim(value) == 1 and name == "E":  # one E per node (CIFTI: 1 on surfaces, 0.5 in volumes)
+            value = np.asarray(value, dtype=np.float64)
+            if value.size and np.all(np.isfinite(value)) and np.all(value >= 0):
+                continue
+            raise ValueError("Invalid value for the 'E' parameter: expected finite numbers >= 0")
+        if np.ndim(value) != 0 or not np.isfinite(value) or value < 0:
             raise ValueError(f"Invalid value for the '{name}' parameter: expected a finite number >= 0, "
                              f"got {value!r}")
     if dh is not None:
@@ -60,7 +65,8 @@ def _check_params(E, H, mode, dh, *, max_height=None, n_elements=None):
         raise ValueError(f"Invalid value for the 'dh' parameter: a step of {dh:g} makes {steps:.3g} steps "
                          f"up to the map's maximum {max_height:.4g}; at most {MAX_STEPS:,} are allowed "
                          "(FSL's default step, the maximum / 100, makes 100)")
-    n = max(int(n_elements or 1), 1)
+    n = max(float(n_elements or 1), 1.0)  # the largest extent: elements, or their total weight
+    E = float(np.max(E))
     log_h = np.log10(max_height)
     if mode == "fsl":
         bound = E * np.log10(n) + H * log_h + np.log10(max(steps, 1.0))
@@ -278,6 +284,38 @@ def kernel_options(graph, fsl):
     return weights, skip
 
 
+def exponent_parts(graph, E):
+    """[(nodes, subgraph, E)] for a per-node ``E``: one part per distinct value; None for a scalar.
+
+    No edge may join nodes of different E (a cluster has one extent exponent).
+    The parts are cached on the graph.
+    """
+    if np.ndim(E) == 0:
+        return None
+    E = np.asarray(E, dtype=np.float64)
+    if E.shape != (graph.n_voxels,):
+        raise ValueError(f"E: expected one exponent per node ({graph.n_voxels}), got shape {E.shape}")
+    key = E.tobytes()
+    cache = graph.__dict__.setdefault("_exponent_parts", {})
+    if key not in cache:
+        from .graph import subgraph
+
+        table = graph.neighbours
+        linked = table >= 0
+        rows = np.broadcast_to(np.arange(graph.n_voxels)[:, None], table.shape)
+        if np.any(E[rows[linked]] != E[table[linked]]):
+            raise ValueError("E: neighbouring nodes have different extent exponents")
+        cache.clear()
+        cache[key] = [(nodes, subgraph(graph, nodes), float(value))
+                      for value in np.unique(E) for nodes in [np.flatnonzero(E == value)]]
+    return cache[key]
+
+
+def extent_total(graph):
+    """The largest possible cluster extent: the number of nodes, or their total weight."""
+    return float(graph.weights.sum()) if graph.weights is not None else float(graph.n_voxels)
+
+
 def batch_tfce(maps, graph, *, E=0.5, H=2.0, fsl=False, dh=None, two_sided=True, pool=None, out=None):
     """TFCE of every row of ``maps`` ((n_maps, n_voxels) float32) on ``graph``, into float32 ``out``.
 
@@ -292,6 +330,12 @@ def batch_tfce(maps, graph, *, E=0.5, H=2.0, fsl=False, dh=None, two_sided=True,
     maps = np.ascontiguousarray(maps, dtype=np.float32)
     if out is None:
         out = np.empty(maps.shape, dtype=np.float32)
+    parts = exponent_parts(graph, E)
+    if parts is not None:  # one E per node: the parts (no edge between them) apart
+        for nodes, part, value in parts:
+            out[:, nodes] = batch_tfce(maps[:, nodes], part, E=value, H=H, fsl=fsl, dh=dh, two_sided=two_sided,
+                                       pool=pool)
+        return out
     if fsl:
         if dh is None:
             raise ValueError("batch_tfce: FSL mode needs the step 'dh' of the unpermuted map")
@@ -327,14 +371,27 @@ def batch_tfce(maps, graph, *, E=0.5, H=2.0, fsl=False, dh=None, two_sided=True,
 
 
 def tfce_values(values, graph, *, E=0.5, H=2.0, mode="exact", dh=None, two_sided=True):
-    """TFCE of float64 node values on a :class:`~voxstats.graph.VoxelGraph` (see :func:`tfce`)."""
+    """TFCE of float64 node values on a :class:`~voxstats.graph.VoxelGraph` (see :func:`tfce`).
+
+    ``E`` may be one exponent per node (parts that no edge joins, run apart
+    with one step for the whole map in FSL mode).
+    """
     values = np.ascontiguousarray(values, dtype=np.float64)
+    parts = exponent_parts(graph, E)
+    if parts is not None:
+        if mode == "fsl" and dh is None:
+            top = float((np.abs(values) if two_sided else np.maximum(values, 0.0)).max()) if values.size else 0.0
+            dh = fsl_step(float(np.float32(top)))
+        out = np.zeros(values.shape)
+        for nodes, part, value in parts:
+            out[nodes] = tfce_values(values[nodes], part, E=value, H=H, mode=mode, dh=dh, two_sided=two_sided)
+        return out
     fsl = mode == "fsl"
     if fsl:  # FSL works on a single-precision map
         values = values.astype(np.float32).astype(np.float64)
     enhanced = np.abs(values) if two_sided else np.maximum(values, 0.0)
     top = float(enhanced.max()) if enhanced.size else 0.0
-    _check_params(E, H, mode, dh, max_height=top, n_elements=values.size)
+    _check_params(E, H, mode, dh, max_height=top, n_elements=extent_total(graph))
     if fsl:
         E, H = fsl_exponents(E, H)
         dh = dh if dh is not None else fsl_step(top)

@@ -104,7 +104,7 @@ def test_graph_structures_apart_mesh_and_grid(subjects):
                     want.add((a, b))
         assert got == want
         assert (11, 13) not in got  # thalamus (2,3,1) and caudate (2,4,1) touch but stay apart
-    weights = graph.weights if getattr(graph, "weights", None) is not None else graph._surface_weights
+    weights = graph.weights
     np.testing.assert_allclose(weights[:5], _octahedron().vertex_areas[:5])
     np.testing.assert_allclose(weights[5:8], _square().vertex_areas[:3])
     np.testing.assert_array_equal(weights[8:], 1.0)

@@ -156,3 +156,60 @@ def test_command_line_errors(tmp_path, study, capsys):
     assert main(["cluster", str(listing.parent / "subjects" / "sub-00.lh.thickness.shape.gii"), "--threshold",
                  "1"]) == 1
     assert "error: --surf: a surface map needs the mesh it is on" in capsys.readouterr().err
+
+
+def test_randomise_tfce_and_clusters_on_a_surface(tmp_path, study, capsys):
+    """-T (E = 1, area-weighted) and -c/-C on GIFTI: the files equal the library's maps."""
+    mesh, surf, data, wall, listing = study
+    out = tmp_path / "t"
+    assert main(["randomise", "-i", str(listing), "--surf", str(surf), "-1", "-o", str(out), "-n", "32", "-T",
+                 "-c", "2.5", "-C", "2.5", "--seed", "9", "--quiet"]) == 0
+    res = voxstats.randomise(str(listing), np.ones((8, 1)), [1.0], surf=str(surf), n_perm=32, rng=9,
+                             two_sided=False, tfce=True, cluster_threshold=2.5)
+    c = res[0]
+    assert res.settings["tfce_E"] == 1.0
+    for name, values in (("tfce_tstat1", c.tfce), ("tfce_corrp_tstat1", 1 - c.tfce_p_fwe),
+                         ("clustere_corrp_tstat1", 1 - c.cluster_extent_p_fwe),
+                         ("clusterm_corrp_tstat1", 1 - c.cluster_mass_p_fwe)):
+        got = nib.load(f"{out}_{name}.func.gii").darrays[0].data
+        np.testing.assert_allclose(got[~wall], values, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(values).max()))
+    record = json.loads((tmp_path / "t.json").read_text())
+    assert record["library_call"]["tfce_E"] == 1.0
+    # the TFCE map is the area-weighted TFCE of the t map on the kept vertices
+    kept = np.flatnonzero(~wall)
+    want = voxstats.tfce(c.stat, connectivity=mesh.adjacency.tocsr()[kept][:, kept],
+                         weights=mesh.vertex_areas[kept], E=1.0, two_sided=False)
+    np.testing.assert_allclose(c.tfce, want, rtol=1e-4, atol=1e-5 * want.max())
+    # --area 1 counts vertices: another TFCE map
+    assert main(["randomise", "-i", str(listing), "--surf", str(surf), "1", "-1", "-o", str(tmp_path / "u"),
+                 "-n", "8", "-T", "--seed", "9", "--quiet"]) == 0
+    counted = nib.load(tmp_path / "u_tfce_tstat1.func.gii").darrays[0].data[~wall]
+    want = voxstats.tfce(c.stat, connectivity=mesh.adjacency.tocsr()[kept][:, kept], E=1.0, two_sided=False)
+    np.testing.assert_allclose(counted, want, rtol=1e-4, atol=1e-5 * want.max())
+
+
+def test_tfce_command_on_gifti_and_cifti(tmp_path, study, capsys):
+    mesh, surf, data, wall, _ = study
+    t = data.mean(0)
+    stat = _save_gifti(tmp_path / "stat.func.gii", [t])
+    assert main(["tfce", str(stat), str(tmp_path / "stat_tfce.func.gii"), "--surf", str(surf)]) == 0
+    got = nib.load(tmp_path / "stat_tfce.func.gii").darrays[0].data
+    want = voxstats.tfce(t.astype(np.float64), connectivity=mesh.adjacency, weights=mesh.vertex_areas, E=1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    assert main(["tfce", str(stat), str(tmp_path / "x.nii.gz"), "--surf", str(surf)]) == 1
+    assert "error: OUT: " in capsys.readouterr().err
+    # CIFTI: the cortex with E = 1 and areas, a volume structure with E = 0.5 and 6 neighbours
+    left = cifti2_axes.BrainModelAxis.from_surface(np.arange(mesh.n_vertices), mesh.n_vertices, "CortexLeft")
+    block = np.ones((3, 3, 2), bool)
+    vol = cifti2_axes.BrainModelAxis.from_mask(block, "thalamus_left", affine=np.eye(4))
+    values = np.concatenate([t, np.linspace(-1, 3, 18)]).astype(np.float32)
+    cifti = tmp_path / "stat.dscalar.nii"
+    nib.save(nib.Cifti2Image(values[None], header=(cifti2_axes.ScalarAxis(["t"]), left + vol)), cifti)
+    assert main(["tfce", str(cifti), str(tmp_path / "stat_tfce.dscalar.nii"), "--left-surf", str(surf)]) == 0
+    out = nib.load(tmp_path / "stat_tfce.dscalar.nii")
+    assert out.header.get_axis(1) == left + vol
+    np.testing.assert_allclose(out.get_fdata()[0, :mesh.n_vertices], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    volume = np.zeros(block.shape)
+    volume[block] = values[mesh.n_vertices:]
+    want_volume = voxstats.tfce(volume, connectivity=6, E=0.5)[block]
+    np.testing.assert_allclose(out.get_fdata()[0, mesh.n_vertices:], want_volume, rtol=1e-6)

@@ -76,8 +76,7 @@ def test_load_surface_masks_the_medial_wall_and_writes_back(tmp_path, maps):
     assert masker.n_elements == 5 and masker.suffix == ".func.gii"
     np.testing.assert_allclose(masker.areas, mesh.vertex_areas, rtol=1e-6)
     graph = masker.graph()
-    np.testing.assert_allclose(graph._surface_weights if not hasattr(graph, "weights") or graph.weights is None
-                               else graph.weights, mesh.vertex_areas[:5], rtol=1e-6)
+    np.testing.assert_allclose(graph.weights, mesh.vertex_areas[:5], rtol=1e-6)
     out = masker.save(np.arange(1.0, 6.0), tmp_path / "out_tstat1.func.gii")
     img = nib.load(out)
     np.testing.assert_array_equal(img.darrays[0].data, [1, 2, 3, 4, 5, 0])

@@ -28,6 +28,8 @@ What PALM does, checked here value by value:
 - FWE p = share of the 256 null maxima >= the observed value.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import sparse, stats
@@ -118,3 +120,58 @@ def test_palm_tfce_is_the_stepped_area_weighted_sum_on_z(problem):
     where = np.searchsorted(kept, [row[0] for row in PALM if mask[row[0]]])
     want = [row[2] for row in PALM if mask[row[0]]]
     np.testing.assert_allclose(palm[where], want, rtol=3e-7, atol=1e-4)
+
+
+def _masker(mesh, mask):
+    from voxstats.surface_io import SurfaceFormat, SurfaceMasker
+
+    return SurfaceMasker(mesh=mesh, mask=mask, areas=mesh.vertex_areas, fmt=SurfaceFormat("gifti", ".func.gii"))
+
+
+def test_voxel_and_cluster_fwe_equal_palm_under_exhaustive_sign_flipping(problem):
+    """All 256 sign flips: max-statistic FWE p and cluster-extent FWE p are PALM's exactly.
+
+    PALM thresholds z >= 2.3; on t that is t >= t_7(Phi(2.3)), the same vertices.
+    """
+    import voxstats
+
+    mesh, mask, data = problem
+    t_threshold = float(stats.t.isf(stats.norm.sf(2.3), N_SUBJECTS - 1))
+    res = voxstats.permuted_glm(data[:, mask], np.ones((N_SUBJECTS, 1)), [1.0], mask=_masker(mesh, mask),
+                                n_perm=256, two_sided=False, cluster_threshold=t_threshold, rng=0)
+    c = res[0]
+    assert res.exhaustive and res.n_perm == 256
+    where = {v: k for k, v in enumerate(np.flatnonzero(mask))}
+    rows = [row for row in PALM if mask[row[0]]]
+    index = [where[row[0]] for row in rows]
+    np.testing.assert_array_equal(c.p_fwe[index], [row[4] for row in rows])
+    assert c.p_fwe.min() == PALM_MIN_T_FWE
+    np.testing.assert_array_equal(c.cluster_extent_p_fwe[index], [row[6] for row in rows])
+    # the largest cluster's area (mm²), as PALM writes it (float32)
+    assert c.null_max_extent[0] == pytest.approx(661.40344, rel=1e-7)
+
+
+def test_exact_tfce_fwe_close_to_palm(problem):
+    """Exact area-weighted TFCE on z (PALM's statistic) over the 256 flips: FWE p within PALM's step error."""
+    import voxstats
+
+    mesh, mask, data = problem
+    kept = np.flatnonzero(mask)
+    adjacency = mesh.adjacency.tocsr()[kept][:, kept]
+    areas = mesh.vertex_areas[kept]
+    y = data[:, mask].astype(np.float64)
+    maxima = []
+    for signs in itertools.product([1.0, -1.0], repeat=N_SUBJECTS):
+        z = _t_to_z(_one_sample_t(y * np.array(signs)[:, None]), N_SUBJECTS - 1)
+        enhanced = voxstats.tfce(z, connectivity=adjacency, weights=areas, E=1.0, H=2.0, two_sided=False)
+        maxima.append(enhanced.max())
+        if len(maxima) == 1:
+            observed = enhanced
+    p = (np.asarray(maxima)[None, :] >= observed[:, None]).mean(axis=1)
+    rows = [row for row in PALM if mask[row[0]]]
+    index = np.searchsorted(kept, [row[0] for row in rows])
+    # the TFCE values themselves: PALM's 100-step Riemann sum is within 3 % where TFCE is large
+    strong = np.array([row[2] > 0.3 * 6974.118 for row in rows])
+    np.testing.assert_allclose(observed[index][strong], np.array([row[2] for row in rows])[strong], rtol=0.03)
+    np.testing.assert_allclose(p[index], [row[3] for row in rows], atol=3 / 256)
+    assert abs(int((p < 0.05).sum()) - PALM_N_TFCE_FWE) <= 0.05 * PALM_N_TFCE_FWE
