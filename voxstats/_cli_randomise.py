@@ -132,7 +132,9 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
         add(flag, dest=dest, action="store_true", help=argparse.SUPPRESS)
     # voxstats' additions
     add("--tfce-mode", choices=("fsl", "exact"), default=None,
-        help="TFCE integral: fsl (randomise's stepped sum, default) or exact (no step error)")
+        help="TFCE integral: fsl (randomise's stepped sum without the step factor; default in volumes) or "
+        "exact (no step error; default on surfaces and CIFTI, where it is PALM's dh-weighted sum without "
+        "the step error)")
     add("--cluster-connectivity", type=int, choices=(6, 18, 26), default=26,
         help="cluster neighbourhood (randomise: 26, whatever --tfce_C)")
     add("--n-jobs", type=int, default=1,
@@ -208,9 +210,11 @@ def _tfce_settings(args):
         return None
     # E None: by element kind (0.5 in volumes, 1 on surfaces), set once the input is known
     E, H, C = (1.0, 2.0, 26) if args.tfce2d else (None, 2.0, 6)
-    mode = args.tfce_mode or "fsl"
+    # mode None: randomise's stepped sum in volumes, the exact integral on surfaces and CIFTI (set
+    # once the input is known; randomise has no surfaces, and PALM's surface TFCE is the integral)
+    mode = "fsl" if args.tfce_D is not None and args.tfce_mode is None else args.tfce_mode
     if args.tfce_D is not None and mode != "fsl":
-        raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default).")
+        raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default in volumes).")
     if args.tfce_D is not None and not args.tfce_D > 0:
         raise CLIError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
     return {"tfce_E": E if args.tfce_E is None else args.tfce_E,
@@ -415,6 +419,8 @@ def run(args):
     suffix = output_suffix(imgs, name="-i")
     if tfce is not None and tfce["tfce_E"] is None:  # CIFTI: None, E by structure in the library
         tfce["tfce_E"] = {".nii.gz": 0.5, ".dscalar.nii": None}.get(suffix, 1.0)
+    if tfce is not None and tfce["tfce_mode"] is None:
+        tfce["tfce_mode"] = "fsl" if suffix == ".nii.gz" else "exact"
     outputs = image_outputs(args, contrasts, tfce is not None, welch=groups is not None, suffix=suffix)
     texts = text_outputs(args, contrasts, tfce is not None, welch=groups is not None)
     glm_paths = glm_outputs(args)

@@ -159,11 +159,11 @@ def test_command_line_errors(tmp_path, study, capsys):
 
 
 def test_randomise_tfce_and_clusters_on_a_surface(tmp_path, study, capsys):
-    """-T (E = 1, area-weighted) and -c/-C on GIFTI: the files equal the library's maps."""
+    """-T (E = 1, area-weighted) and -c/-C on GIFTI: the files equal the library's maps (raw maps with -R, as randomise)."""
     mesh, surf, data, wall, listing = study
     out = tmp_path / "t"
     assert main(["randomise", "-i", str(listing), "--surf", str(surf), "-1", "-o", str(out), "-n", "32", "-T",
-                 "-c", "2.5", "-C", "2.5", "--seed", "9", "--quiet"]) == 0
+                 "-R", "-c", "2.5", "-C", "2.5", "--seed", "9", "--quiet"]) == 0
     res = voxstats.randomise(str(listing), np.ones((8, 1)), [1.0], surf=str(surf), n_perm=32, rng=9,
                              two_sided=False, tfce=True, cluster_threshold=2.5)
     c = res[0]
@@ -182,7 +182,7 @@ def test_randomise_tfce_and_clusters_on_a_surface(tmp_path, study, capsys):
     np.testing.assert_allclose(c.tfce, want, rtol=1e-4, atol=1e-5 * want.max())
     # --area 1 counts vertices: another TFCE map
     assert main(["randomise", "-i", str(listing), "--surf", str(surf), "1", "-1", "-o", str(tmp_path / "u"),
-                 "-n", "8", "-T", "--seed", "9", "--quiet"]) == 0
+                 "-n", "8", "-T", "-R", "--seed", "9", "--quiet"]) == 0
     counted = nib.load(tmp_path / "u_tfce_tstat1.func.gii").darrays[0].data[~wall]
     want = voxstats.tfce(c.stat, connectivity=mesh.adjacency.tocsr()[kept][:, kept], E=1.0, two_sided=False)
     np.testing.assert_allclose(counted, want, rtol=1e-4, atol=1e-5 * want.max())
