@@ -92,6 +92,31 @@ def _compare(name, mask, other, affine, x, out):
             out[key + suffix] = float(np.linalg.norm(_centroid(m, affine) - _centroid(o, affine)))
 
 
+#: Margin (mm) around the labels' box in which the transfer resamples (the labels sit far
+#: inside it unless the registration moves them by centimetres, which the QC would show).
+CROP_MARGIN_MM = 25.0
+
+
+def _label_box(labels_img, shape, affine):
+    """Slices of the output grid covering the labels' bounding box plus the margin."""
+    data = np.asarray(labels_img.dataobj)
+    idx = np.argwhere(data != 0)
+    if idx.size == 0:
+        raise ValueError("The atlas has no labelled voxel.")
+    corners = np.array([[a, b, c] for a in (idx[:, 0].min(), idx[:, 0].max())
+                        for b in (idx[:, 1].min(), idx[:, 1].max())
+                        for c in (idx[:, 2].min(), idx[:, 2].max())], dtype=float)
+    world = nib.affines.apply_affine(labels_img.affine, corners)
+    vox = nib.affines.apply_affine(np.linalg.inv(affine), world)
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    margin = CROP_MARGIN_MM / zooms
+    lo = np.maximum(np.floor(vox.min(axis=0) - margin), 0).astype(int)
+    hi = np.minimum(np.ceil(vox.max(axis=0) + margin) + 1, shape).astype(int)
+    if np.any(hi <= lo):
+        raise ValueError("The atlas' labels fall outside the target grid.")
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
 def _structure_mask(atlas, labels, structure):
     if structure in atlas.region_names:
         return region_masks(atlas, regions=[structure], labels_data=labels)[structure]
@@ -146,41 +171,53 @@ def transfer_atlas(atlas, target, *, source_template=None, structure="thalamus",
                         f"{type(target).__name__}.")
     source = load_space_template(atlas.space) if source_template is None else source_template
     shape, affine = output_grid(target, resolution)
-    grid = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
+    affine = np.asarray(affine, dtype=float)
     logger.info("Registering the %s template to the %s template (%s, working grid %s mm)",
                 source.space, target.space, "SyN" if nonlinear else "affine",
                 registration_resolution or "template")
     reg = register(source.img, target, drive="structural", engine=engine, nonlinear=nonlinear,
                    params=params, rng=rng, resolution=registration_resolution)
-    labels = np.asarray(reg.transform(atlas.labels_img, interpolation="nearest",
-                                      reference=grid).dataobj).astype(np.int32)
+    # the labels cover a small part of the grid: work in their box (+ CROP_MARGIN_MM)
+    box = _label_box(atlas.labels_img, shape, affine)
+    sub_shape = tuple(b.stop - b.start for b in box)
+    sub_affine = affine.copy()
+    sub_affine[:3, 3] = affine[:3, :3] @ [b.start for b in box] + affine[:3, 3]
+    sub = reg.transform(atlas.labels_img, interpolation="nearest",
+                        reference=(sub_shape, sub_affine))
+    labels = np.zeros(shape, np.int32)
+    labels[box] = np.asarray(sub.dataobj)
     moved = load_atlas(nib.Nifti1Image(labels, affine), atlas.labels, space=target.space,
                        unions=dict(atlas.unions),
                        description=(f"{atlas.description} Transferred from {atlas.space} to "
                                     f"{target.space} by registering the templates "
                                     f"({reg.engine}, nonlinear={bool(nonlinear)}) and "
                                     "nearest-neighbour resampling."))
-    world = grid_world(shape, affine)
+    world = grid_world(sub_shape, sub_affine)
     direct = np.rint(sample(np.asarray(atlas.labels_img.dataobj), atlas.labels_img.affine,
                             world, order=0)).astype(np.int32)
-    mask = _structure_mask(moved, labels, structure)
+    mask = _structure_mask(moved, labels[box], structure)
     qc = {"structure": structure if structure in moved.region_names else "all labels",
           "source_space": atlas.space, "target_space": target.space}
-    _compare("direct", mask, _structure_mask(atlas, direct, structure), affine,
+    faces = [np.take(labels[box], i, axis=a) for a in range(3) for i in (0, -1)]
+    if any(f.any() for f in faces):
+        logger.warning("Transferred labels touch the edge of their %g mm box: the registration "
+                       "moved them unusually far; check the QC.", CROP_MARGIN_MM)
+    _compare("direct", mask, _structure_mask(atlas, direct, structure), sub_affine,
              world[..., 0], qc)
     outlines = [(mask, "y"), (_structure_mask(atlas, direct, structure), "c")]
     if reference_labels_img is not None:
         ref = (nib.load(str(reference_labels_img))
                if isinstance(reference_labels_img, (str, Path)) else reference_labels_img)
-        ref_mask = sample(np.asarray(ref.dataobj), ref.affine, world, order=0) > 0
+        ref_data = np.asarray(ref.dataobj)
+        ref_mask = sample(ref_data, ref.affine, world, order=0) > 0
         if not ref_mask.any():
             raise ValueError("The reference segmentation has no voxel on the target grid.")
-        _compare("reference", mask, ref_mask, affine, world[..., 0], qc)
+        _compare("reference", mask, ref_mask, sub_affine, world[..., 0], qc)
         outlines.append((ref_mask, "m"))
     path = None
     if qc_png is not None and mask.any():
         bg = nib.Nifti1Image(sample(np.asarray(target.img.dataobj), target.affine, world,
-                                    order=1).astype(np.float32), affine)
+                                    order=1).astype(np.float32), sub_affine)
         path = thalamus_closeup_png(
             bg, qc_png, outlines=outlines,
             title=(f"{qc['structure']}: {atlas.space} -> {target.space}; Dice vs direct "
