@@ -45,7 +45,7 @@ result never depends on which thread computes it.
 
 import numpy as np
 
-from ._numba import JIT, njit, prange, prefetch
+from ._numba import JIT, njit, prefetch
 
 _AHEAD = 16  # visits between a prefetch and the use of the data
 JIT_NOGIL = dict(JIT, nogil=True)
@@ -317,61 +317,61 @@ def _label_root(x, parent):
     return x
 
 
-@njit(parallel=True, **JIT)
-def cluster_maxima_batch(stats, threshold, two_sided, neighbours, weights, max_extent, max_mass, n_threads):
-    """Largest cluster extent and mass of every row of ``stats`` beyond ``threshold``.
+@njit(**JIT_NOGIL)
+def cluster_maxima_rows(stats, lo, hi, threshold, two_sided, neighbours, weights, max_extent, max_mass):
+    """Largest cluster extent and mass of rows ``lo`` to ``hi - 1`` of ``stats`` beyond ``threshold``.
 
     Clusters hold voxels > threshold (and, when two-sided, voxels < -threshold,
     never mixed with positive ones). Extent is the number of voxels and mass
     the sum of |statistic|; with ``weights`` (non-empty), the sums of the
     weights and of weight * |statistic| (area-weighted, e.g. mm^2 on a mesh).
+    Releases the GIL (the engine deals groups of rows to threads).
     """
-    n_maps, n_vox = stats.shape
+    n_vox = stats.shape[1]
     degree = neighbours.shape[1]
     weighted = weights.shape[0] > 0
-    for t in prange(n_threads):
-        parent = np.empty(n_vox, np.int64)
-        size = np.empty(n_vox, np.int64)
-        extent = np.empty(n_vox)
-        mass = np.empty(n_vox)
-        for b in range(t, n_maps, n_threads):
-            row = stats[b]
-            for v in range(n_vox):
-                x = row[v]
-                if x > threshold or (two_sided and x < -threshold):
-                    parent[v] = v
-                    size[v] = 1
-                    w = weights[v] if weighted else 1.0
-                    extent[v] = w
-                    mass[v] = w * abs(x)
-                else:
-                    parent[v] = -1
-            for v in range(n_vox):
-                if parent[v] < 0:
+    parent = np.empty(n_vox, np.int64)
+    size = np.empty(n_vox, np.int64)
+    extent = np.empty(n_vox)
+    mass = np.empty(n_vox)
+    for b in range(lo, hi):
+        row = stats[b]
+        for v in range(n_vox):
+            x = row[v]
+            if x > threshold or (two_sided and x < -threshold):
+                parent[v] = v
+                size[v] = 1
+                w = weights[v] if weighted else 1.0
+                extent[v] = w
+                mass[v] = w * abs(x)
+            else:
+                parent[v] = -1
+        for v in range(n_vox):
+            if parent[v] < 0:
+                continue
+            positive = row[v] > 0
+            for k in range(degree):
+                nb = neighbours[v, k]
+                if nb < 0 or nb >= v or parent[nb] < 0 or (row[nb] > 0) != positive:
                     continue
-                positive = row[v] > 0
-                for k in range(degree):
-                    nb = neighbours[v, k]
-                    if nb < 0 or nb >= v or parent[nb] < 0 or (row[nb] > 0) != positive:
-                        continue
-                    r = _label_root(nb, parent)
-                    rv = _label_root(v, parent)
-                    if r == rv:
-                        continue
-                    if size[r] < size[rv]:
-                        r, rv = rv, r
-                    parent[rv] = r
-                    size[r] += size[rv]
-                    extent[r] += extent[rv]
-                    mass[r] += mass[rv]
-            best_e = 0.0
-            best_m = 0.0
-            for v in range(n_vox):
-                if parent[v] == v:
-                    best_e = max(best_e, extent[v])
-                    best_m = max(best_m, mass[v])
-            max_extent[b] = best_e
-            max_mass[b] = best_m
+                r = _label_root(nb, parent)
+                rv = _label_root(v, parent)
+                if r == rv:
+                    continue
+                if size[r] < size[rv]:
+                    r, rv = rv, r
+                parent[rv] = r
+                size[r] += size[rv]
+                extent[r] += extent[rv]
+                mass[r] += mass[rv]
+        best_e = 0.0
+        best_m = 0.0
+        for v in range(n_vox):
+            if parent[v] == v:
+                best_e = max(best_e, extent[v])
+                best_m = max(best_m, mass[v])
+        max_extent[b] = best_e
+        max_mass[b] = best_m
 
 
 @njit(nogil=True, **JIT)
@@ -411,28 +411,26 @@ def stats_from_projection(proj, sum_sq, df, p, q, f_test, out):
                 out[b, v] = first[v] / np.sqrt(rss / df)
 
 
-@njit(parallel=True, **JIT)
-def exceedances(values, observed, absolute, counts, maxima):
-    """Add #{rows with values >= observed} per voxel to ``counts``; row maxima.
+@njit(**JIT_NOGIL)
+def exceedances(values, observed, absolute, lo, hi, counts, maxima):
+    """For voxels ``lo`` to ``hi - 1``: add #{rows with values >= observed} to ``counts``.
 
-    With ``absolute`` both sides are compared in absolute value.
+    ``maxima[b]`` becomes the larger of itself and row b's maximum over these
+    voxels (start from -inf; maxima of blocks combine in any order). With
+    ``absolute`` both sides are compared in absolute value. Releases the GIL.
     """
-    n_maps, n_vox = values.shape
-    n_blocks = (n_vox + 4095) // 4096
-    for block in prange(n_blocks):
-        lo = block * 4096
-        hi = min(lo + 4096, n_vox)
+    n_maps = values.shape[0]
+    for v in range(lo, hi):
+        ref = abs(observed[v]) if absolute else observed[v]
+        c = 0
+        for b in range(n_maps):
+            x = abs(values[b, v]) if absolute else values[b, v]
+            if x >= ref:
+                c += 1
+        counts[v] += c
+    for b in range(n_maps):
+        best = maxima[b]
         for v in range(lo, hi):
-            ref = abs(observed[v]) if absolute else observed[v]
-            c = 0
-            for b in range(n_maps):
-                x = abs(values[b, v]) if absolute else values[b, v]
-                if x >= ref:
-                    c += 1
-            counts[v] += c
-    for b in prange(n_maps):
-        best = -np.inf
-        for v in range(n_vox):
             x = abs(values[b, v]) if absolute else values[b, v]
             if x > best:
                 best = x

@@ -17,12 +17,12 @@ size or the number of threads.
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _tfce_numba
+from ._pool import AdaptivePool
 from .glm import f_to_z
 from .tfce import fsl_step as _fsl_step
 from .tfce import _check_params, batch_tfce, kernel_options
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 GROUP = 32  # rearrangements per matrix product
 VOXEL_BLOCK = 4096  # voxels per matrix product (its projections stay in cache)
+EXCEEDANCE_BLOCK = 32768  # voxels per task of the exceedance counts
+TASK_VOXELS = 1 << 18  # voxels (rows x voxels) per task of cluster labelling
 
 
 @dataclass(frozen=True)
@@ -231,31 +233,63 @@ def fsl_step(job, observed):
     return _fsl_step(top)
 
 
-def _exceedances(job, maps, observed):
-    """Per-voxel counts of maps >= observed, and each map's maximum (|.| if two-sided)."""
-    counts = np.zeros(maps.shape[1], dtype=np.int64)
-    maxima = np.empty(maps.shape[0], dtype=np.float32)
-    _tfce_numba.exceedances(maps, np.ascontiguousarray(observed, dtype=np.float32),
-                            job.tests_both_signs, counts, maxima)
-    return counts, maxima.astype(np.float64)
+def _exceedances(job, maps, observed, pool=None):
+    """Per-voxel counts of maps >= observed, and each map's maximum (|.| if two-sided).
+
+    Voxels go in blocks of EXCEEDANCE_BLOCK, dealt to ``pool``'s threads; block
+    maxima combine by max, so the result does not depend on the threads.
+    """
+    n_maps, n_vox = maps.shape
+    counts = np.zeros(n_vox, dtype=np.int64)
+    observed = np.ascontiguousarray(observed, dtype=np.float32)
+    starts = range(0, n_vox, EXCEEDANCE_BLOCK)
+    maxima = np.full((len(starts), n_maps), -np.inf, dtype=np.float32)
+
+    def block(i):
+        lo = starts[i]
+        _tfce_numba.exceedances(maps, observed, job.tests_both_signs, lo, min(lo + EXCEEDANCE_BLOCK, n_vox),
+                                counts, maxima[i])
+
+    _deal(pool, block, range(len(starts)))
+    return counts, maxima.max(axis=0).astype(np.float64)
+
+
+def _cluster_maxima(job, stats, pool=None):
+    """Largest cluster extent and mass of each map; groups of maps dealt to ``pool``'s threads."""
+    n_maps, n_vox = stats.shape
+    extent = np.zeros(n_maps)
+    mass = np.zeros(n_maps)
+    weights, _ = kernel_options(job.graph, False)
+    step = max(1, -(-TASK_VOXELS // max(n_vox, 1)))
+
+    def rows(lo):
+        _tfce_numba.cluster_maxima_rows(stats, lo, min(lo + step, n_maps), float(job.cluster_threshold),
+                                        job.tests_both_signs, job.graph.neighbours, weights, extent, mass)
+
+    _deal(pool, rows, range(0, n_maps, step))
+    return extent, mass
+
+
+def _deal(pool, task, items):
+    """Run ``task`` on every item, on ``pool``'s threads (dynamically) or here."""
+    items = list(items)
+    if pool is None or len(items) < 2:
+        for item in items:
+            task(item)
+    else:
+        list(pool.map(task, items))
 
 
 def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     """Reduce rearrangements ``start`` to ``stop - 1`` to maxima and exceedance counts."""
     stats = statistics(job, schedule, start, stop, pool)
     result = {}
-    result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat)
+    result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat, pool)
     if job.tfce:
         result["tfce_counts"], result["null_max_tfce"] = _exceedances(
-            job, tfce_maps(job, stats, pool), observed.tfce)
+            job, tfce_maps(job, stats, pool), observed.tfce, pool)
     if job.cluster_threshold is not None:
-        extent = np.zeros(stop - start)
-        mass = np.zeros(stop - start)
-        weights, _ = kernel_options(job.graph, False)
-        _tfce_numba.cluster_maxima_batch(stats, float(job.cluster_threshold), job.tests_both_signs,
-                                         job.graph.neighbours, weights, extent, mass, n_threads)
-        result["null_max_extent"] = extent
-        result["null_max_mass"] = mass
+        result["null_max_extent"], result["null_max_mass"] = _cluster_maxima(job, stats, pool)
     return ChunkResult(start=start, stop=stop, **result)
 
 
@@ -316,5 +350,10 @@ def default_chunk_size(n_voxels):
 
 
 def make_pool(n_threads):
-    """Threads for the blocks of the matrix products (None for one thread)."""
-    return ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
+    """Threads for the engine's tasks (None for one thread).
+
+    An :class:`~voxstats._pool.AdaptivePool`: it runs a batch of tasks on its
+    threads only while that is faster than one thread (a busy machine may give
+    the process no more CPU for more threads); results are the same either way.
+    """
+    return AdaptivePool(n_threads) if n_threads > 1 else None

@@ -78,8 +78,8 @@ def test_cluster_kernel(two_sided):
     for w in (None, weights):
         extent = np.zeros(4)
         mass = np.zeros(4)
-        _tfce_numba.cluster_maxima_batch(maps, 1.0, two_sided, grid_graph(mask, 6).neighbours,
-                                         np.zeros(0) if w is None else w, extent, mass, 2)
+        _tfce_numba.cluster_maxima_rows(maps, 0, 4, 1.0, two_sided, grid_graph(mask, 6).neighbours,
+                                        np.zeros(0) if w is None else w, extent, mass)
         for i in range(4):
             e, m = cluster_sizes_reference(maps[i].reshape(shape), 1.0, 6, two_sided=two_sided,
                                            weights=None if w is None else w.reshape(shape))
@@ -93,8 +93,9 @@ def test_exceedance_kernel():
     observed = maps[0].copy()
     for absolute in (True, False):
         counts = np.zeros(10, dtype=np.int64)
-        maxima = np.empty(6, dtype=np.float32)
-        _tfce_numba.exceedances(maps, observed, absolute, counts, maxima)
+        maxima = np.full(6, -np.inf, dtype=np.float32)
+        _tfce_numba.exceedances(maps, observed, absolute, 0, 4, counts, maxima)  # two blocks of voxels
+        _tfce_numba.exceedances(maps, observed, absolute, 4, 10, counts, maxima)
         values = np.abs(maps) if absolute else maps
         np.testing.assert_array_equal(counts, (values >= values[0]).sum(axis=0))
         np.testing.assert_array_equal(maxima, values.max(axis=1))
