@@ -4,7 +4,9 @@ Peers: nilearn ``permuted_ols(tfce=True)``, MNE-Python
 ``permutation_cluster_test`` with a TFCE threshold dict, and the PyPI package
 ``tfce`` (exact TFCE from the CAT12 authors) behind a Freedman-Lane harness.
 Install them with ``pip install ".[bench]"``; a peer that is not installed is
-skipped with a note.
+skipped with a note. ``--randomise PATH`` adds FSL randomise (a locally built
+executable, run as a subprocess on the same data written as NIfTI: two
+one-sided t contrasts, ``-T``, single-threaded as randomise is).
 
 Run ``python bench/compare_peers.py --help``; ``bench/README.md`` has the
 latest figures and how they were obtained.
@@ -37,6 +39,8 @@ except ImportError:  # run as a script
 logger = logging.getLogger(__name__)
 
 PEERS = ("voxstats", "tfce", "mne", "nilearn")
+OPTIONAL_PEERS = ("randomise",)  # only with --randomise PATH
+_RANDOMISE_ENV = "VOXSTATS_BENCH_RANDOMISE"
 E, H = 0.5, 2.0
 MNE_STEP = 0.2
 _HERE = Path(__file__).resolve().parent
@@ -329,8 +333,63 @@ class NilearnPeer(Peer):
         return out[..., 0]
 
 
+class RandomisePeer(Peer):
+    """FSL randomise, as a subprocess: ``-T`` on two one-sided contrasts (+group, -group).
+
+    voxstats tests both signs of one contrast in one run; randomise needs a
+    contrast per sign, which is how its users test both. It runs on one
+    thread (randomise has no threads). The path comes from ``--randomise``
+    (passed to memory subprocesses through an environment variable).
+    """
+
+    name = "randomise"
+
+    @property
+    def path(self):
+        return os.environ.get(_RANDOMISE_ENV)
+
+    def missing(self):
+        path = self.path
+        if not path:
+            return "no --randomise PATH given"
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            return f"--randomise: {path} is not an executable file"
+        return None
+
+    def ks(self, n_perm, threads):
+        return 1, max(3, n_perm // 25)
+
+    def prepare(self, prob):
+        import nibabel as nib
+
+        from voxstats.design_files import write_vest
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench_randomise_")
+        folder = Path(tmp.name)
+        mask = prob["mask"]
+        affine = prob.get("affine", np.eye(4))
+        vol = np.zeros(mask.shape + (prob["data"].shape[0],), dtype=np.float32)
+        vol[mask] = prob["data"].T
+        nib.save(nib.Nifti1Image(vol, affine), folder / "data.nii")
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / "mask.nii")
+        contrast = np.asarray(prob["contrast"], dtype=float)
+        write_vest(folder / "design.mat", np.asarray(prob["design"], dtype=float), kind="mat")
+        write_vest(folder / "design.con", np.vstack([contrast, -contrast]), kind="con",
+                   names=["plus", "minus"])
+        return dict(prob, folder=folder, tmp=tmp)
+
+    def run(self, state, k, threads):
+        folder = state["folder"]
+        env = dict(os.environ, FSLOUTPUTTYPE="NIFTI", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        cmd = [self.path, "-i", str(folder / "data.nii"), "-o", str(folder / "out"),
+               "-d", str(folder / "design.mat"), "-t", str(folder / "design.con"),
+               "-m", str(folder / "mask.nii"), "-T", "-n", str(k + 1), "--seed=1", "--quiet"]
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        return float(k)
+
+
 PEER_CLASSES = {c.name: c for c in (VoxstatsPeer, TfcePackagePeer, MnePeer,
-                                    NilearnPeer)}
+                                    NilearnPeer, RandomisePeer)}
 
 
 # --------------------------------------------------------------------------
@@ -339,13 +398,15 @@ PEER_CLASSES = {c.name: c for c in (VoxstatsPeer, TfcePackagePeer, MnePeer,
 
 def _cpu_seconds():
     """CPU seconds (user + sys) of this process and of each child (joblib
-    workers), by pid."""
+    workers), by pid; children that ended and were waited for (randomise)
+    under the key ``"ended"``."""
+    ended = os.times()
     try:
         import psutil
     except ImportError:
-        return {os.getpid(): time.process_time()}
+        return {os.getpid(): time.process_time(), "ended": ended.children_user + ended.children_system}
     me = psutil.Process()
-    out = {}
+    out = {"ended": ended.children_user + ended.children_system}
     for proc in [me] + me.children(recursive=True):
         try:
             cpu = proc.cpu_times()
@@ -426,6 +487,8 @@ def tfce_pass(peers, t3d, prob, *, threads):
         elif peer.name == "mne":
             adj = grid_adjacency(mask)  # built outside the timed call
             jobs.append(("mne", functools.partial(peer.tfce, adjacency=adj)))
+        elif not hasattr(peer, "tfce"):  # randomise: no TFCE of a given map
+            continue
         else:
             jobs.append((peer.name, peer.tfce))
     for label, fn in jobs:
@@ -607,7 +670,7 @@ def check_targets(prob, threads=2):
     memory = prob.get("memory", {}).get(str(threads), {})
     vox = timing.get("voxstats", {}).get("per_perm_s")
     out = []
-    for name, target in (("tfce", 7.0), ("nilearn", 250.0)):
+    for name, target in (("tfce", 7.0), ("nilearn", 250.0), ("randomise", 200.0)):
         if not vox or name not in timing:
             continue
         speedup = timing[name]["per_perm_s"] / vox
@@ -668,7 +731,9 @@ def _get_parser():
     p.add_argument("--tiny", action="store_true",
                    help="a cropped 13^3-voxel problem, n=12, for tests")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
-    p.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
+    p.add_argument("--randomise", metavar="PATH", default=None,
+                   help="also time FSL randomise, this executable (e.g. /work/oracles/bin/randomise)")
+    p.add_argument("--worker", choices=PEERS + OPTIONAL_PEERS, help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     return p
 
@@ -687,6 +752,9 @@ def main(argv=None):
         sizes, box, effect = args.n, None, 0.5
 
     peers, skipped = [], {}
+    if args.randomise is not None:
+        os.environ[_RANDOMISE_ENV] = str(Path(args.randomise).resolve())
+        args.peers = list(args.peers) + ["randomise"]
     for name in args.peers:
         peer = PEER_CLASSES[name]()
         reason = peer.missing()

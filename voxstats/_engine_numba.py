@@ -13,7 +13,6 @@ import numpy as np
 
 from ._numba import JIT_STRICT, njit, prange
 
-VOXEL_BLOCK = 4096  # voxels per parallel task of :func:`exceedances`
 
 
 @njit(nogil=True, **JIT_STRICT)
@@ -83,36 +82,35 @@ def t_components(proj, sum_sq, df, p, effect_out, var_out):
                 var_out[b, v] = rss / df
 
 
-@njit(parallel=True, **JIT_STRICT)
-def exceedances(values, observed, absolute, active, counts, maxima):
-    """Add #{rows with values >= observed} per voxel to ``counts``; row maxima.
+@njit(nogil=True, **JIT_STRICT)
+def exceedances(values, observed, absolute, active, lo, hi, counts, maxima):
+    """For voxels ``lo`` to ``hi - 1``: add #{rows with values >= observed} to ``counts``.
 
-    With ``absolute`` both sides are compared in absolute value. Only voxels
-    with ``active[v]`` take part in the maxima (0 when none does, the value of
-    the inactive voxels); counts are added for every voxel.
+    ``maxima[b]`` becomes the larger of itself and row b's maximum over the
+    active voxels of the block (start from -inf; the maxima of blocks combine
+    in any order, and a row with no active voxel anywhere keeps -inf, which
+    the caller reads as 0, the value of inactive voxels). With ``absolute``
+    both sides are compared in absolute value. Counts are added for every
+    voxel. Releases the GIL: the engine deals blocks to its threads.
     """
-    n_maps, n_vox = values.shape
-    n_blocks = (n_vox + VOXEL_BLOCK - 1) // VOXEL_BLOCK
-    for block in prange(n_blocks):
-        lo = block * VOXEL_BLOCK
-        hi = min(lo + VOXEL_BLOCK, n_vox)
+    n_maps = values.shape[0]
+    for v in range(lo, hi):
+        ref = abs(observed[v]) if absolute else observed[v]
+        c = 0
+        for b in range(n_maps):
+            x = abs(values[b, v]) if absolute else values[b, v]
+            if x >= ref:
+                c += 1
+        counts[v] += c
+    for b in range(n_maps):
+        best = maxima[b]
         for v in range(lo, hi):
-            ref = abs(observed[v]) if absolute else observed[v]
-            c = 0
-            for b in range(n_maps):
-                x = abs(values[b, v]) if absolute else values[b, v]
-                if x >= ref:
-                    c += 1
-            counts[v] += c
-    for b in prange(n_maps):
-        best = -np.inf
-        for v in range(n_vox):
             if not active[v]:
                 continue
             x = abs(values[b, v]) if absolute else values[b, v]
             if x > best:
                 best = x
-        maxima[b] = best if best > -np.inf else 0.0
+        maxima[b] = best
 
 
 @njit(nogil=True, **JIT_STRICT)

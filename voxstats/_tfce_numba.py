@@ -45,7 +45,7 @@ result never depends on which thread computes it.
 
 import numpy as np
 
-from ._numba import JIT, njit, prange, prefetch
+from ._numba import JIT, njit, prefetch
 
 _AHEAD = 16  # visits between a prefetch and the use of the data
 JIT_NOGIL = dict(JIT, nogil=True)
@@ -319,123 +319,58 @@ def _label_root(x, parent):
     return x
 
 
-@njit(parallel=True, **JIT)
-def cluster_maxima_batch(stats, threshold, two_sided, neighbours, weights, max_extent, max_mass, n_threads):
-    """Largest cluster extent and mass of every row of ``stats`` beyond ``threshold``.
+@njit(**JIT_NOGIL)
+def cluster_maxima_rows(stats, lo, hi, threshold, two_sided, neighbours, weights, max_extent, max_mass):
+    """Largest cluster extent and mass of rows ``lo`` to ``hi - 1`` of ``stats`` beyond ``threshold``.
 
     Clusters hold voxels > threshold (and, when two-sided, voxels < -threshold,
     never mixed with positive ones). Extent is the number of voxels and mass
     the sum of |statistic|; with ``weights`` (non-empty), the sums of the
     weights and of weight * |statistic| (area-weighted, e.g. mm^2 on a mesh).
+    Releases the GIL (the engine deals groups of rows to threads).
     """
-    n_maps, n_vox = stats.shape
+    n_vox = stats.shape[1]
     degree = neighbours.shape[1]
     weighted = weights.shape[0] > 0
-    for t in prange(n_threads):
-        parent = np.empty(n_vox, np.int64)
-        size = np.empty(n_vox, np.int64)
-        extent = np.empty(n_vox)
-        mass = np.empty(n_vox)
-        for b in range(t, n_maps, n_threads):
-            row = stats[b]
-            for v in range(n_vox):
-                x = row[v]
-                if x > threshold or (two_sided and x < -threshold):
-                    parent[v] = v
-                    size[v] = 1
-                    w = weights[v] if weighted else 1.0
-                    extent[v] = w
-                    mass[v] = w * abs(x)
-                else:
-                    parent[v] = -1
-            for v in range(n_vox):
-                if parent[v] < 0:
-                    continue
-                positive = row[v] > 0
-                for k in range(degree):
-                    nb = neighbours[v, k]
-                    if nb < 0 or nb >= v or parent[nb] < 0 or (row[nb] > 0) != positive:
-                        continue
-                    r = _label_root(nb, parent)
-                    rv = _label_root(v, parent)
-                    if r == rv:
-                        continue
-                    if size[r] < size[rv]:
-                        r, rv = rv, r
-                    parent[rv] = r
-                    size[r] += size[rv]
-                    extent[r] += extent[rv]
-                    mass[r] += mass[rv]
-            best_e = 0.0
-            best_m = 0.0
-            for v in range(n_vox):
-                if parent[v] == v:
-                    best_e = max(best_e, extent[v])
-                    best_m = max(best_m, mass[v])
-            max_extent[b] = best_e
-            max_mass[b] = best_m
-
-
-@njit(nogil=True, **JIT)
-def stats_from_projection(proj, sum_sq, df, p, q, f_test, out):
-    """t or F statistics of a group of rearrangements from their projections.
-
-    ``proj`` is (n_maps * p, n_voxels): for map b, rows b*p .. b*p+p-1 hold the
-    data's coordinates g on the basis [tested (q vectors), nuisance]; ``sum_sq``
-    is each voxel's sum of squares, so RSS = sum_sq - |g|^2. Then
-    t = g0 / sqrt(RSS / df) (q = 1) or F = (|g[:q]|^2 / q) / (RSS / df), and 0
-    where RSS is not positive. Releases the GIL: callers run blocks of voxels
-    on several threads.
-    """
-    n_maps, n_vox = out.shape
-    fitted = np.empty(n_vox)
-    effect = np.empty(n_vox)
-    for b in range(n_maps):
-        fitted[:] = 0.0
-        effect[:] = 0.0
-        for k in range(p):
-            row = proj[b * p + k]
-            for v in range(n_vox):
-                g = np.float64(row[v])
-                fitted[v] += g * g
-            if k < q:
-                for v in range(n_vox):
-                    effect[v] = fitted[v]
-        first = proj[b * p]
+    parent = np.empty(n_vox, np.int64)
+    size = np.empty(n_vox, np.int64)
+    extent = np.empty(n_vox)
+    mass = np.empty(n_vox)
+    for b in range(lo, hi):
+        row = stats[b]
         for v in range(n_vox):
-            ss = sum_sq[v]
-            rss = ss - fitted[v]
-            if not (rss > 1e-12 * ss and ss > 0):
-                out[b, v] = 0.0
-            elif f_test:
-                out[b, v] = (effect[v] / q) / (rss / df)
+            x = row[v]
+            if x > threshold or (two_sided and x < -threshold):
+                parent[v] = v
+                size[v] = 1
+                w = weights[v] if weighted else 1.0
+                extent[v] = w
+                mass[v] = w * abs(x)
             else:
-                out[b, v] = first[v] / np.sqrt(rss / df)
-
-
-@njit(parallel=True, **JIT)
-def exceedances(values, observed, absolute, counts, maxima):
-    """Add #{rows with values >= observed} per voxel to ``counts``; row maxima.
-
-    With ``absolute`` both sides are compared in absolute value.
-    """
-    n_maps, n_vox = values.shape
-    n_blocks = (n_vox + 4095) // 4096
-    for block in prange(n_blocks):
-        lo = block * 4096
-        hi = min(lo + 4096, n_vox)
-        for v in range(lo, hi):
-            ref = abs(observed[v]) if absolute else observed[v]
-            c = 0
-            for b in range(n_maps):
-                x = abs(values[b, v]) if absolute else values[b, v]
-                if x >= ref:
-                    c += 1
-            counts[v] += c
-    for b in prange(n_maps):
-        best = -np.inf
+                parent[v] = -1
         for v in range(n_vox):
-            x = abs(values[b, v]) if absolute else values[b, v]
-            if x > best:
-                best = x
-        maxima[b] = best
+            if parent[v] < 0:
+                continue
+            positive = row[v] > 0
+            for k in range(degree):
+                nb = neighbours[v, k]
+                if nb < 0 or nb >= v or parent[nb] < 0 or (row[nb] > 0) != positive:
+                    continue
+                r = _label_root(nb, parent)
+                rv = _label_root(v, parent)
+                if r == rv:
+                    continue
+                if size[r] < size[rv]:
+                    r, rv = rv, r
+                parent[rv] = r
+                size[r] += size[rv]
+                extent[r] += extent[rv]
+                mass[r] += mass[rv]
+        best_e = 0.0
+        best_m = 0.0
+        for v in range(n_vox):
+            if parent[v] == v:
+                best_e = max(best_e, extent[v])
+                best_m = max(best_m, mass[v])
+        max_extent[b] = best_e
+        max_mass[b] = best_m

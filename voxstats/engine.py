@@ -35,12 +35,12 @@ then float32 (about twice as fast).
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _engine_numba, _tfce_numba
+from ._pool import AdaptivePool
 from .glm import f_to_z
 from .tfce import fsl_step as _fsl_step
 from .tfce import _check_params, batch_tfce, extent_total, kernel_options
@@ -52,6 +52,8 @@ GROUP = 32  # rearrangements per matrix product
 CONSTANT_BLOCK = 65536  # voxels per pass of the constant-voxel test
 PRECISE_LIMIT = 10**9  # distinct rearrangements up to which ties are worth float64 products
 VOXEL_BLOCK = 4096  # voxels per matrix product (its projections stay in cache)
+EXCEEDANCE_BLOCK = 32768  # voxels per task of the exceedance counts
+TASK_VOXELS = 1 << 18  # voxels (rows x voxels) per task of cluster labelling
 
 
 @dataclass(frozen=True)
@@ -406,39 +408,74 @@ def _active(job):
     return np.ones(job.n_voxels, dtype=bool) if job.active is None else job.active
 
 
-def _exceedances(job, maps, observed):
-    """Per-voxel counts of maps >= observed, and each map's maximum (|.| if two-sided)."""
-    counts = np.zeros(maps.shape[1], dtype=np.int64)
-    maxima = np.empty(maps.shape[0], dtype=np.float32)
-    _engine_numba.exceedances(maps, np.ascontiguousarray(observed, dtype=np.float32),
-                              job.tests_both_signs, _active(job), counts, maxima)
-    return counts, maxima.astype(np.float64)
+def _exceedances(job, maps, observed, pool=None):
+    """Per-voxel counts of maps >= observed, and each map's maximum (|.| if two-sided).
+
+    Voxels go in blocks of EXCEEDANCE_BLOCK, dealt to ``pool``'s threads; block
+    maxima combine by max, so the result does not depend on the threads. Only
+    active voxels take part in the maxima (0 when none does).
+    """
+    n_maps, n_vox = maps.shape
+    counts = np.zeros(n_vox, dtype=np.int64)
+    observed = np.ascontiguousarray(observed, dtype=np.float32)
+    active = _active(job)
+    starts = range(0, n_vox, EXCEEDANCE_BLOCK)
+    maxima = np.full((max(len(starts), 1), n_maps), -np.inf, dtype=np.float32)
+
+    def block(i):
+        lo = starts[i]
+        _engine_numba.exceedances(maps, observed, job.tests_both_signs, active, lo,
+                                  min(lo + EXCEEDANCE_BLOCK, n_vox), counts, maxima[i])
+
+    _deal(pool, block, range(len(starts)))
+    best = maxima.max(axis=0)
+    return counts, np.where(np.isfinite(best), best, 0.0).astype(np.float64)
 
 
-def _cluster_maxima(job, stats, threshold, n_threads):
-    """Largest cluster extent and mass of each map (sums of the graph's weights, if any)."""
-    extent = np.zeros(stats.shape[0])
-    mass = np.zeros(stats.shape[0])
+def _cluster_maxima(job, stats, threshold, pool=None):
+    """Largest cluster extent and mass of each map (sums of the graph's weights, if any).
+
+    Groups of maps are dealt to ``pool``'s threads (same results whatever the threads).
+    """
+    n_maps, n_vox = stats.shape
+    extent = np.zeros(n_maps)
+    mass = np.zeros(n_maps)
     weights, _ = kernel_options(job.cluster_graph, False)
-    _tfce_numba.cluster_maxima_batch(stats, inclusive_threshold(threshold), job.tests_both_signs,
-                                     job.cluster_graph.neighbours, weights, extent, mass, n_threads)
+    step = max(1, -(-TASK_VOXELS // max(n_vox, 1)))
+    limit = inclusive_threshold(threshold)
+
+    def rows(lo):
+        _tfce_numba.cluster_maxima_rows(stats, lo, min(lo + step, n_maps), limit, job.tests_both_signs,
+                                        job.cluster_graph.neighbours, weights, extent, mass)
+
+    _deal(pool, rows, range(0, n_maps, step))
     return extent, mass
+
+
+def _deal(pool, task, items):
+    """Run ``task`` on every item, on ``pool``'s threads (dynamically) or here."""
+    items = list(items)
+    if pool is None or len(items) < 2:
+        for item in items:
+            task(item)
+    else:
+        list(pool.map(task, items))
 
 
 def run_chunk(job, schedule, start, stop, observed, n_threads, pool=None):
     """Reduce rearrangements ``start`` to ``stop - 1`` to maxima and exceedance counts."""
     stats = statistics(job, schedule, start, stop, pool)
     result = {}
-    result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat)
+    result["counts"], result["null_max"] = _exceedances(job, stats, observed.stat, pool)
     enhanced = None
     if job.tfce:
         enhanced = tfce_maps(job, stats, pool)
-        result["tfce_counts"], result["null_max_tfce"] = _exceedances(job, enhanced, observed.tfce)
+        result["tfce_counts"], result["null_max_tfce"] = _exceedances(job, enhanced, observed.tfce, pool)
     if job.clusters is not None:
         extent_thr, mass_thr = job.clusters
-        extent, mass = _cluster_maxima(job, stats, extent_thr, n_threads)
+        extent, mass = _cluster_maxima(job, stats, extent_thr, pool)
         if mass_thr != extent_thr:
-            _, mass = _cluster_maxima(job, stats, mass_thr, n_threads)
+            _, mass = _cluster_maxima(job, stats, mass_thr, pool)
         result["null_max_extent"], result["null_max_mass"] = extent, mass
     if job.twopass:
         from . import twopass
@@ -546,5 +583,10 @@ def default_chunk_size(n_voxels):
 
 
 def make_pool(n_threads):
-    """Threads for the blocks of the matrix products (None for one thread)."""
-    return ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
+    """Threads for the engine's tasks (None for one thread).
+
+    An :class:`~voxstats._pool.AdaptivePool`: it runs a batch of tasks on its
+    threads only while that is faster than one thread (a busy machine may give
+    the process no more CPU for more threads); results are the same either way.
+    """
+    return AdaptivePool(n_threads) if n_threads > 1 else None

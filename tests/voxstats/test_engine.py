@@ -6,6 +6,7 @@ relative tolerance there) and ``scipy.ndimage.label``.
 """
 
 import gc
+import importlib
 import itertools
 import sys
 import weakref
@@ -284,3 +285,32 @@ def test_constant_voxels_left_out_of_the_maxima_under_freedman_lane(sign_flip):
         t = permuted_t_reference(y, design, con, perm[0], signs[0] if sign_flip else None)
         assert c.null_max[i] == pytest.approx(t[keep].max(), rel=1e-5, abs=1e-6)
     assert (c.null_max < 0).any()  # the case where a 0 would have won
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("tfce_mode", ["exact", "fsl"])
+def test_bit_identical_whatever_threads_tasks_and_chunks(smooth_noise, monkeypatch, tfce_mode):
+    rng = np.random.default_rng(8)
+    shape, n = (9, 8, 7), 14
+    x = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2), rng.standard_normal(n)])
+    y = smooth_noise(rng, shape, n, sigma=1.0) * 2 + 0.5 * np.outer(x[:, 1], np.ones(np.prod(shape)))
+    options = dict(mask=np.ones(shape, bool), n_perm=40, tfce=True, tfce_mode=tfce_mode, cluster_threshold=1.0,
+                   rng=5)
+
+    def fields(res):
+        c = res[0]
+        return [c.null_max, c.null_max_tfce, c.null_max_extent, c.null_max_mass, c.p, c.tfce_p, c.tfce]
+
+    serial = fields(permuted_glm(y, x, [0, 1, 0], n_jobs=1, **options))
+    # tiny tasks, so that every kernel's work is split between the threads
+    tfce_module = importlib.import_module("voxstats.tfce")
+    monkeypatch.setattr(tfce_module, "_TASK_VOXELS", 1)
+    monkeypatch.setattr(engine, "EXCEEDANCE_BLOCK", 37)
+    monkeypatch.setattr(engine, "TASK_VOXELS", 1)
+    for n_jobs, chunk_size in ((2, None), (2, 7), (3, 13)):
+        got = fields(permuted_glm(y, x, [0, 1, 0], n_jobs=n_jobs, chunk_size=chunk_size, **options))
+        for a, b in zip(got, serial):
+            np.testing.assert_array_equal(a, b)
+    assert np.any(serial[2] > 0) and np.all(np.isfinite(serial[1]))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from voxstats import _tfce_numba, engine, make_schedule, permuted_glm, tfce
+from voxstats import _engine_numba, _tfce_numba, engine, make_schedule, permuted_glm, tfce
 from voxstats._reference import cluster_sizes_reference, permuted_t_reference, tfce_reference
 from voxstats.design import make_contrasts, make_design
 from voxstats.glm import contrast_statistic
@@ -79,8 +79,8 @@ def test_cluster_kernel(two_sided):
     for w in (None, weights):
         extent = np.zeros(4)
         mass = np.zeros(4)
-        _tfce_numba.cluster_maxima_batch(maps, 1.0, two_sided, grid_graph(mask, 6).neighbours,
-                                         np.zeros(0) if w is None else w, extent, mass, 2)
+        _tfce_numba.cluster_maxima_rows(maps, 0, 4, 1.0, two_sided, grid_graph(mask, 6).neighbours,
+                                        np.zeros(0) if w is None else w, extent, mass)
         for i in range(4):
             e, m = cluster_sizes_reference(maps[i].reshape(shape), 1.0, 6, two_sided=two_sided,
                                            weights=None if w is None else w.reshape(shape))
@@ -94,8 +94,10 @@ def test_exceedance_kernel():
     observed = maps[0].copy()
     for absolute in (True, False):
         counts = np.zeros(10, dtype=np.int64)
-        maxima = np.empty(6, dtype=np.float32)
-        _tfce_numba.exceedances(maps, observed, absolute, counts, maxima)
+        maxima = np.full(6, -np.inf, dtype=np.float32)
+        everywhere = np.ones(10, bool)
+        _engine_numba.exceedances(maps, observed, absolute, everywhere, 0, 4, counts, maxima)  # two blocks
+        _engine_numba.exceedances(maps, observed, absolute, everywhere, 4, 10, counts, maxima)
         values = np.abs(maps) if absolute else maps
         np.testing.assert_array_equal(counts, (values >= values[0]).sum(axis=0))
         np.testing.assert_array_equal(maxima, values.max(axis=1))
@@ -156,8 +158,6 @@ def test_kernels_without_jit_in_a_subprocess():
 
 
 def test_engine_exceedances_with_inactive_voxels():
-    from voxstats import _engine_numba
-
     rng = np.random.default_rng(1)
     maps = (rng.standard_normal((6, 10)) - 3).astype(np.float32)  # mostly negative
     observed = maps[0].copy()
@@ -165,14 +165,14 @@ def test_engine_exceedances_with_inactive_voxels():
     active[[2, 7]] = False
     for absolute in (True, False):
         counts = np.zeros(10, dtype=np.int64)
-        maxima = np.empty(6, dtype=np.float32)
-        _engine_numba.exceedances(maps, observed, absolute, active, counts, maxima)
+        maxima = np.full(6, -np.inf, dtype=np.float32)
+        _engine_numba.exceedances(maps, observed, absolute, active, 0, 10, counts, maxima)
         values = np.abs(maps) if absolute else maps
         np.testing.assert_array_equal(counts, (values >= values[0]).sum(axis=0))
         np.testing.assert_array_equal(maxima, values[:, active].max(axis=1))
-    maxima = np.empty(6, dtype=np.float32)
-    _engine_numba.exceedances(maps, observed, False, np.zeros(10, bool), np.zeros(10, np.int64), maxima)
-    np.testing.assert_array_equal(maxima, 0.0)  # no active voxel
+    maxima = np.full(6, -np.inf, dtype=np.float32)
+    _engine_numba.exceedances(maps, observed, False, np.zeros(10, bool), 0, 10, np.zeros(10, np.int64), maxima)
+    np.testing.assert_array_equal(maxima, -np.inf)  # no active voxel: the block leaves the maxima alone
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
