@@ -535,7 +535,7 @@ def _run_randomise(args):
     groups = None
     if args.vg == "auto":
         if blocks is None:
-            raise CLIError("--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS.")
+            raise CLIError("--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS or --eb CSV.")
         groups = resolve_variance_groups("auto", n_subjects, exchangeability_blocks=blocks,
                                          whole_blocks=args.whole_blocks)
     elif args.vg:
