@@ -338,9 +338,11 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     if zstat:
         logger.info("Contrasts of different kinds or ranks: statistics are converted to z to be corrected "
                     "across contrasts (as PALM -corrcon -zstat)")
+    # subjects are interchangeable when they share their design row and, with variance groups, their group
+    rows = design.matrix if groups is None else np.column_stack([design.matrix, groups.codes])
     schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
                              exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
-                             design=design, rng=rng)
+                             design=rows, rng=rng)
     if schedule.exhaustive:
         logger.info("Exhaustive: all %d distinct rearrangements used", schedule.n_perm)
     chunk_size = engine.default_chunk_size(data.shape[1]) if chunk_size is None else int(chunk_size)

@@ -165,3 +165,37 @@ def test_products_are_float64_only_where_rearrangements_can_tie(rng):
     assert make_welch_job(cell_means, tie, groups).dtype == np.float64  # equal rows in one group
     assert make_welch_job(continuous, free, groups).dtype == np.float32  # every row distinct
     assert make_welch_job(continuous, free, groups, sign_flip=True).dtype == np.float64  # flipping all signs
+
+
+def test_g_ties_between_equal_groups_are_exact():
+    """G over three groups of two is invariant to relabelling the groups: counts come in sixes.
+
+    (PALM counts some of these exact ties and misses others; see test_palm_values.)
+    """
+    rng = np.random.default_rng(8)
+    g = np.repeat([0, 1, 2], 2)
+    x = (g[:, None] == np.arange(3)).astype(float)
+    y = rng.standard_normal((6, 20)) * np.array([0.5, 1.0, 2.0])[g][:, None]
+    contrast = [[1, -1, 0], [0, 1, -1]]
+    res = permuted_glm(y, x, None, f_contrasts=[contrast], variance_groups=g, n_perm=10**6, rng=0)
+    assert res.exhaustive and res.n_perm == 90 and res[0].kind == "G"  # distinct relabellings
+    z = []
+    for order in set(itertools.permutations(g.tolist())):  # the 90 distinct relabellings
+        label = np.array(order)
+        stat, df2 = welch_statistic(y, (label[:, None] == np.arange(3)).astype(float), contrast, label)
+        z.append(g_to_z(stat, 2, df2))
+    z = np.array(z)
+    stat, df2 = welch_statistic(y, x, contrast, g)
+    observed = g_to_z(stat, 2, df2)
+    counts = np.sum(z >= observed - 1e-9 * np.abs(observed), axis=0)
+    np.testing.assert_array_equal(res[0].p * 90, counts)
+    assert np.all(counts % 6 == 0)
+
+
+def test_exhaustive_enumeration_tells_variance_groups_apart():
+    """Equal design rows in different variance groups are not interchangeable: more rearrangements."""
+    g = np.repeat([0, 1], 3)
+    x = np.column_stack([np.ones(6), [0.0, 1, 2, 0, 1, 2]])  # each row twice, once in each group
+    y = np.random.default_rng(1).standard_normal((6, 3))
+    assert permuted_glm(y, x, [[0, 1]], n_perm=10**6, rng=0).n_perm == 90  # 6! / 2!^3
+    assert permuted_glm(y, x, [[0, 1]], variance_groups=g, n_perm=10**6, rng=0).n_perm == 720
