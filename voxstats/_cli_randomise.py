@@ -289,7 +289,7 @@ def _variance_groups(args, blocks, n_subjects):
 
     if args.vg == "auto":
         if blocks is None:
-            raise CLIError("--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS.")
+            raise CLIError("--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS or --eb CSV.")
         return resolve_variance_groups("auto", n_subjects, exchangeability_blocks=blocks,
                                        whole_blocks=args.whole_blocks)
     if args.vg:

@@ -240,6 +240,90 @@ def to_z(stat, df1, df2, kind, table, x0, hx, c0, hc, log_df):
 
 
 @njit(**JIT)
+def _interpolate(table, x0, hx, c0, hc, x, c):
+    """Cubic Lagrange interpolation at (x, c), clamped to the grid (no branches)."""
+    nx, nl = table.shape
+    fx = min(max((x - x0) / hx, 0.0), nx - 1.0)
+    fl = min(max((c - c0) / hc, 0.0), nl - 1.0)
+    ix = min(max(np.int64(fx) - 1, 0), nx - 4)
+    il = min(max(np.int64(fl) - 1, 0), nl - 4)
+    fx -= ix
+    fl -= il
+    f1 = fx - 1.0
+    f2 = fx - 2.0
+    f3 = fx - 3.0
+    g1 = fl - 1.0
+    g2 = fl - 2.0
+    g3 = fl - 3.0
+    b0 = -g1 * g2 * g3
+    b1 = 3.0 * fl * g2 * g3
+    b2 = -3.0 * fl * g1 * g3
+    b3 = fl * g1 * g2
+    r0 = table[ix, il] * b0 + table[ix, il + 1] * b1 + table[ix, il + 2] * b2 + table[ix, il + 3] * b3
+    r1 = (table[ix + 1, il] * b0 + table[ix + 1, il + 1] * b1 + table[ix + 1, il + 2] * b2
+          + table[ix + 1, il + 3] * b3)
+    r2 = (table[ix + 2, il] * b0 + table[ix + 2, il + 1] * b1 + table[ix + 2, il + 2] * b2
+          + table[ix + 2, il + 3] * b3)
+    r3 = (table[ix + 3, il] * b0 + table[ix + 3, il + 1] * b1 + table[ix + 3, il + 2] * b2
+          + table[ix + 3, il + 3] * b3)
+    return (-f1 * f2 * f3 * r0 + 3.0 * fx * f2 * f3 * r1 - 3.0 * fx * f1 * f3 * r2 + fx * f1 * f2 * r3) / 36.0
+
+
+@njit(**JIT)
+def coordinate(df2, log_df):
+    """The table's second coordinate of ``df2``: log(df2) or 1/df2."""
+    return math.log(df2) if log_df else 1.0 / df2
+
+
+@njit(**JIT)
+def convert_many(stats, coords, df1, kind, table, x0, hx, c0, hc, log_df, out):
+    """z of ``stats[i]`` whose degrees of freedom have table coordinate ``coords[i]``; 0 stays 0.
+
+    ``coords`` is :func:`coordinate` of df2 (1/df2 or log df2 as the table
+    says). Two passes: the table for every value, without branches (the
+    compiler vectorises it), then the exact path for the few values outside
+    the grid. Gives :func:`to_z`'s values.
+    """
+    n = stats.shape[0]
+    if table.shape[0] < 4:
+        for i in range(n):
+            df2 = math.exp(coords[i]) if log_df else 1.0 / coords[i]
+            out[i] = 0.0 if stats[i] == 0.0 else to_z(stats[i], df1, df2, kind, table, x0, hx, c0, hc, log_df)
+        return
+    nx, nl = table.shape
+    x_hi = x0 + hx * (nx - 1)
+    c_lo = c0 - 1e-6 * hc
+    c_hi = c0 + hc * (nl - 1 + 1e-6)
+    outside = 0
+    if kind == T_KIND:
+        for i in range(n):
+            value = np.float64(stats[i])
+            x = abs(value)
+            z = _interpolate(table, x0, hx, c0, hc, x, coords[i])
+            out[i] = -z if value < 0.0 else z
+            outside += (x > x_hi) | (coords[i] < c_lo) | (coords[i] > c_hi)
+    else:
+        for i in range(n):
+            value = np.float64(stats[i])
+            x = math.log(value) if value > 0.0 else -np.inf
+            out[i] = _interpolate(table, x0, hx, c0, hc, x, coords[i])
+            outside += (x < x0) | (x > x_hi) | (coords[i] < c_lo) | (coords[i] > c_hi)
+    if outside:
+        for i in range(n):
+            value = np.float64(stats[i])
+            c = coords[i]
+            x = abs(value) if kind == T_KIND else (math.log(value) if value > 0.0 else -np.inf)
+            if not (x >= x0 and x <= x_hi and c >= c_lo and c <= c_hi):
+                df2 = math.exp(c) if log_df else 1.0 / c
+                if value == 0.0:
+                    out[i] = 0.0
+                elif kind == T_KIND:
+                    out[i] = t_to_z_exact(value, df2)
+                else:
+                    out[i] = f_to_z_exact(value, df1, df2)
+
+
+@njit(**JIT)
 def table_lookup_array(table, x0, hx, c0, hc, xs, cs, out):
     """:func:`table_lookup` over arrays."""
     for i in range(xs.shape[0]):
@@ -248,17 +332,20 @@ def table_lookup_array(table, x0, hx, c0, hc, xs, cs, out):
 
 @njit(**JIT)
 def to_z_array(stats, df1, df2, kind, table, x0, hx, c0, hc, log_df, out):
-    """:func:`to_z` over arrays (``df2`` per element)."""
-    for i in range(stats.shape[0]):
-        out[i] = to_z(stats[i], df1, df2[i], kind, table, x0, hx, c0, hc, log_df)
+    """:func:`to_z` over arrays (``df2`` per element), through :func:`convert_many`."""
+    coords = np.empty(df2.shape[0])
+    for i in range(df2.shape[0]):
+        coords[i] = coordinate(df2[i], log_df)
+    convert_many(stats, coords, df1, kind, table, x0, hx, c0, hc, log_df, out)
 
 
 @njit(nogil=True, **JIT)
 def to_z_block(values, df1, df2, kind, table, x0, hx, c0, hc, log_df):
     """:func:`to_z` in place over a 2D block of float32 statistics with one ``df2`` (0 stays 0)."""
     rows, cols = values.shape
+    coords = np.full(cols, coordinate(df2, log_df))
+    row = np.empty(cols)
     for i in range(rows):
+        convert_many(values[i], coords, df1, kind, table, x0, hx, c0, hc, log_df, row)
         for j in range(cols):
-            x = np.float64(values[i, j])
-            if x != 0.0:
-                values[i, j] = to_z(x, df1, df2, kind, table, x0, hx, c0, hc, log_df)
+            values[i, j] = row[j]

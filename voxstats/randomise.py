@@ -339,6 +339,9 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         if rows.shape[0] != design.n_subjects:
             raise ValueError(f"effective_design: expected {design.n_subjects} rows (one per subject), "
                              f"got {rows.shape[0]}")
+    # subjects are interchangeable when they share their design row and, with variance groups, their group
+    if groups is not None:
+        rows = np.column_stack([rows, groups.codes])
     schedule = make_schedule(design.n_subjects, n_perm, permute=permute, sign_flip=sign_flip,
                              exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks,
                              design=rows, rng=rng)

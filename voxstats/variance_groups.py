@@ -58,6 +58,17 @@ class WelchJob:
         Residual degrees of freedom (``sum of diag(R)``) and size of each group.
     table : voxstats.zscore.ZTable
         z conversion for the contrast's range of degrees of freedom.
+    dtype : numpy dtype
+        Precision of the matrix products: float64 when two subjects share
+        both their design row and their variance group (then distinct
+        rearrangements can give statistics that are equal in exact
+        arithmetic, and float64 products rounded to float32 keep them equal),
+        float32 otherwise (no such ties exist; twice as fast).
+    two : tuple or None
+        Two groups and a rank-1 contrast: the constants of the closed form
+        (:func:`voxstats._welch_numba.welch_z_two`): Q_1 over the projected
+        coordinates, the coefficients of the eigenvalues 0 and 1 of Q_2, the
+        other eigenvalues and their coefficients.
     """
 
     kind: str
@@ -69,6 +80,8 @@ class WelchJob:
     d_r: np.ndarray
     sizes: np.ndarray
     table: object
+    dtype: object = np.float64
+    two: tuple | None = None
 
     @property
     def n_groups(self):
@@ -229,8 +242,24 @@ def make_welch_job(design, contrast, groups, *, sign_flip=False):
     table = z_table("t" if kind == "v" else "F", q, lo, hi)
     for array in (basis, masks, gram, d_r):
         array.setflags(write=False)
-    return WelchJob(kind=kind, q=q, basis=basis, drop_constant=bool(leads and not sign_flip), masks=masks,
-                    gram=gram, d_r=d_r, sizes=groups.sizes.astype(np.float64), table=table)
+    drop = bool(leads and not sign_flip)
+    two = _two_group_constants(gram, drop) if groups.n_groups == 2 and q == 1 else None
+    rows = np.column_stack([design.matrix, groups.codes])
+    repeated = np.unique(rows, axis=0).shape[0] < rows.shape[0]
+    return WelchJob(kind=kind, q=q, basis=basis, drop_constant=drop, masks=masks, gram=gram, d_r=d_r,
+                    sizes=groups.sizes.astype(np.float64), table=table,
+                    dtype=np.float64 if repeated or sign_flip else np.float32, two=two)
+
+
+def _two_group_constants(gram, drop):
+    """Constants of the two-group, rank-1 closed form (see :class:`WelchJob`)."""
+    lam, vectors = np.linalg.eigh(gram[1])
+    coef = vectors[-1] ** 2  # squared tested component of each eigenvector
+    low, high = lam < 1e-10, lam > 1 - 1e-10
+    general = ~(low | high)
+    q1 = np.ascontiguousarray(gram[0][int(drop):, int(drop):])
+    return (q1, float(coef[low].sum()), float(coef[high].sum()), np.ascontiguousarray(lam[general]),
+            np.ascontiguousarray(coef[general]))
 
 
 def _rows(welch, perms, signs):
@@ -248,7 +277,8 @@ def _rows(welch, perms, signs):
         for grp in range(n_groups - 1):
             proj_rows.append(rows * masks[grp])
         mask_rows.append(masks[:-1])
-    return (np.ascontiguousarray(np.vstack(proj_rows)), np.ascontiguousarray(np.vstack(mask_rows)))
+    return (np.ascontiguousarray(np.vstack(proj_rows), dtype=welch.dtype),
+            np.ascontiguousarray(np.vstack(mask_rows), dtype=welch.dtype))
 
 
 def welch_maps(welch, data, sum_sq, perms, signs, pool, out):
@@ -256,11 +286,11 @@ def welch_maps(welch, data, sum_sq, perms, signs, pool, out):
 
     ``data`` is the (n_subjects, n_voxels) float32 residualised data and
     ``sum_sq`` its column sums of squares. Voxels are taken in fixed blocks
-    (one thread each when ``pool`` is a thread pool). Products and statistics
-    are float64, rounded to float32 at the end, so that rearrangements equal
-    in exact arithmetic (relabellings of equal design rows within one
-    variance group, or the sign-symmetric relabellings of a balanced design)
-    give equal z.
+    (one thread each when ``pool`` is a thread pool). Statistics are float64,
+    rounded to float32 at the end; products are float64 when rearrangements
+    can tie in exact arithmetic (relabellings of equal design rows within one
+    variance group, or the sign-symmetric relabellings of a balanced design),
+    so that they give equal z, and float32 otherwise (``welch.dtype``).
     """
     a, m = _rows(welch, perms, signs)
     n_vox = data.shape[1]
@@ -268,11 +298,16 @@ def welch_maps(welch, data, sum_sq, perms, signs, pool, out):
 
     def block(start):
         stop = min(start + VOXEL_BLOCK, n_vox)
-        y = data[:, start:stop].astype(np.float64)
+        y = data[:, start:stop].astype(welch.dtype, copy=False)
         proj = a @ y
         usq = m @ (y * y)
-        _welch_numba.welch_z(proj, usq, sum_sq[start:stop], welch.width, welch.gram, welch.d_r,
-                             welch.sizes, welch.q, welch.kind == "G", *zargs, out[:, start:stop])
+        if welch.two is not None:
+            d_r, sizes = welch.d_r, welch.sizes
+            _welch_numba.welch_z_two(proj, usq, sum_sq[start:stop], welch.width, *welch.two, d_r[0], d_r[1],
+                                     sizes[0], sizes[1], welch.kind == "G", *zargs, out[:, start:stop])
+        else:
+            _welch_numba.welch_z(proj, usq, sum_sq[start:stop], welch.width, welch.gram, welch.d_r,
+                                 welch.sizes, welch.q, welch.kind == "G", *zargs, out[:, start:stop])
 
     starts = range(0, n_vox, VOXEL_BLOCK)
     if pool is None:

@@ -693,7 +693,7 @@ def test_variance_group_option_errors(study, tmp_path, capsys):
     base = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "x"), "-d", str(root / "design.mat"),
             "-t", str(root / "design.con")]
     assert main(base + ["--vg", "auto"]) == 1
-    assert "--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS." in capsys.readouterr().err
+    assert "--vg auto derives variance groups from exchangeability blocks: give -e BLOCKS or --eb CSV." in capsys.readouterr().err
     (tmp_path / "short.csv").write_text("1\n2\n")
     assert main(base + ["--vg", str(tmp_path / "short.csv")]) == 1
     assert f"short.csv: expected {N} variance group labels (one per input image), got 2." in capsys.readouterr().err
