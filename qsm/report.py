@@ -411,8 +411,8 @@ def report_sections(*, config, participants, group_table, clinical_table, voxelw
     if coverage is not None and coverage.excluded:
         left_out = (f" ({len(coverage.excluded)} more left out: see *Data coverage and "
                     "exclusions*)")
-    intro = (f"{len(participants)} subjects{left_out} in {len(config.groups)} patient/control pairs "
-             f"({', '.join(f'{p} / {c}' for p, c in config.groups.items())}). Config "
+    intro = (f"{len(participants)} subjects{left_out} in {len(config.groups)} patient/control "
+             f"pairs ({', '.join(f'{p} / {c}' for p, c in config.groups.items())}). Config "
              f"`{config.source}` (rerun: `qsm run {config.source} --out OTHER`). Total run time "
              f"{total:.1f} s ({parts}). χ in ppb throughout.")
     sections = [Section(config.study.name, [intro], level=1)]
