@@ -12,7 +12,10 @@ exactly in any order, so the maps are bit-identical whatever runs them.
     thread. The residualised data, the schedule and the observed maps are
     scattered to every worker once per contrast, not sent with each chunk.
     Without a scheduler address a ``LocalCluster`` of ``n_jobs`` worker
-    processes is started (and closed at the end). Needs the ``distributed``
+    processes is started (and closed at the end). Only a window of chunks
+    (two per worker thread) is submitted at a time, the next ones as these
+    finish, so that a run of millions of chunks never holds millions of tasks.
+    Needs the ``distributed``
     extra: ``pip install "voxstats[distributed]"``.
 
 Failures of the cluster end the run with :class:`ExecutorLost` (one line),
@@ -23,6 +26,7 @@ finished before are kept when the run is checkpointed, so it can resume.
 """
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -39,6 +43,8 @@ EXECUTORS = ("local", "dask")
 #: Seconds to reach a scheduler, and to wait for a lost scheduler or a worker to come back.
 TIMEOUT = 30.0
 _POLL = 1.0  # seconds between health checks while waiting for chunks
+#: Chunks submitted to Dask ahead of their collection, per worker thread.
+WINDOW_PER_THREAD = 2
 
 
 class ExecutorLost(RuntimeError):
@@ -108,6 +114,7 @@ class DaskExecutor:
         distributed = _import_distributed()
         self._cluster = None
         self._owns_client = True
+        self._window = None  # (chunks, when it was asked)
         if scheduler is None:
             logger.info("Starting a Dask LocalCluster with %d worker processes", n_workers)
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
@@ -127,10 +134,15 @@ class DaskExecutor:
                             f"a distributed.Client or None, got {type(scheduler).__name__}")
 
     def map(self, job, schedule, observed, bounds):
-        """Yield the ChunkResult of each (start, stop) in ``bounds`` as it finishes (any order)."""
+        """Yield the ChunkResult of each (start, stop) in ``bounds`` as it finishes (any order).
+
+        At most :meth:`window` chunks are submitted at a time; the next ones
+        are submitted as these finish, so that neither this process nor the
+        scheduler holds a task per chunk (``-n 2e9`` has millions of chunks).
+        """
         import distributed
 
-        if not bounds:
+        if not len(bounds):
             return
         client = self.client
         # Once per worker, not per chunk: the data are the big part.
@@ -140,9 +152,16 @@ class DaskExecutor:
         except Exception as exc:  # no worker, or the scheduler went away
             raise ExecutorLost(f"could not send the data to the Dask workers within {TIMEOUT:.0f} s "
                                f"({_describe(exc)})") from None
-        pending = {client.submit(_dask_chunk, *shared, start, stop, pure=False) for start, stop in bounds}
+        chunks = iter(bounds)
+        pending = set()
+
+        def refill():
+            for start, stop in itertools.islice(chunks, max(0, self.window() - len(pending))):
+                pending.add(client.submit(_dask_chunk, *shared, start, stop, pure=False))
+
         lost_since = None
         try:
+            refill()
             while pending:
                 try:
                     done, _ = distributed.wait(list(pending), timeout=_POLL, return_when="FIRST_COMPLETED")
@@ -161,6 +180,7 @@ class DaskExecutor:
                     yield result
                 if done:
                     lost_since = None
+                    refill()
                     continue
                 problem = _health(client)
                 if problem is None:
@@ -175,6 +195,24 @@ class DaskExecutor:
                 if pending:
                     client.cancel(list(pending))
                 client.cancel(shared)
+
+    def window(self):
+        """How many chunks may be submitted and not yet collected: twice the workers' threads.
+
+        Each thread runs one chunk and has the next waiting, so no worker
+        idles between chunks; workers that join later widen the window. The
+        count is asked of the scheduler at most every :data:`_POLL` seconds.
+        """
+        now = time.monotonic()
+        if self._window is None or now - self._window[1] > _POLL:
+            try:
+                info = self.client.sync(self.client.scheduler.identity, n_workers=0,
+                                        callback_timeout=TIMEOUT)
+                threads = int(info.get("total_threads", 0))
+            except Exception:  # the cluster's health is checked elsewhere
+                threads = 0
+            self._window = (max(WINDOW_PER_THREAD * threads, WINDOW_PER_THREAD), now)
+        return self._window[0]
 
     def close(self):
         with contextlib.suppress(Exception):  # closing a cluster that is already gone
@@ -312,8 +350,9 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
     job : voxstats.engine.ContrastJob
     schedule : voxstats.permutation.PermutationSchedule
     observed : voxstats.engine.Observed
-    bounds : list of (start, stop)
-        The chunks, tiling 0..schedule.n_perm - 1.
+    bounds : voxstats.engine.ChunkBounds or sequence of (start, stop)
+        The chunks, tiling 0..schedule.n_perm - 1. With a store, the chunks
+        still to run are passed on as a :class:`voxstats.checkpoint.ChunkRanges`.
     store : checkpoint store of this contrast, optional
         Finished chunks are read from it and new ones written to it.
     flag : optional
@@ -331,14 +370,12 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
     if store is None:
         todo = bounds  # a lazy sequence: no list of millions of chunks
     else:
-        todo = []
-        for item in store.iter_load(bounds):
-            if isinstance(item, engine.ChunkResult):
-                merged.add(item)  # counted at once, then dropped: memory does not grow
-                if bar is not None:
-                    bar.update(item.stop - item.start)
-            else:
-                todo.append(item)
+        def add(chunk):  # counted at once, then dropped: memory does not grow
+            merged.add(chunk)
+            if bar is not None:
+                bar.update(chunk.stop - chunk.start)
+
+        todo = store.resume(bounds, add)  # ranges of chunk indices, not a list of chunks
         if len(todo) < len(bounds):
             logger.info("Contrast %s: %d of %d chunks found in the checkpoint", job.name,
                         len(bounds) - len(todo), len(bounds))

@@ -89,6 +89,30 @@ def test_data_are_scattered_once_per_contrast(problem, client, monkeypatch):
     assert not any(isinstance(a, np.ndarray) for args in submitted for a in args)
 
 
+def test_only_a_window_of_chunks_is_submitted_at_a_time(problem, local, client, monkeypatch):
+    """40 chunks per contrast, 2 worker threads: at most 4 submitted and not yet collected."""
+    from voxstats import executor
+
+    in_flight, most = [0], [0]
+    submit, result = client.submit, executor._result
+
+    def spy_submit(*args, **kwargs):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        return submit(*args, **kwargs)
+
+    def spy_result(future):
+        in_flight[0] -= 1
+        return result(future)
+
+    monkeypatch.setattr(client, "submit", spy_submit)
+    monkeypatch.setattr(executor, "_result", spy_result)
+    runner = executor.DaskExecutor(client)
+    assert runner.window() == 2 * 2  # two single-threaded workers
+    assert_same(_run(problem, executor="dask", scheduler=client, chunk_size=3), local)
+    assert most[0] == 4 and in_flight[0] == 0
+
+
 def test_checkpoint_started_locally_resumes_on_dask(problem, local, client, tmp_path):
     _run(problem, checkpoint_dir=tmp_path)
     files = sorted(tmp_path.glob("*/chunk-*.npz"))
