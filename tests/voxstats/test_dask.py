@@ -278,7 +278,7 @@ def test_losing_the_cluster_gives_one_line_with_the_resume_command(problem, tmp_
 
     # Only the wait for a lost cluster to come back is shortened; reaching the scheduler, sending
     # the data and collecting chunks keep their 30 s, which a loaded machine (CI with -n 2) may need.
-    monkeypatch.setattr(executor, "GRACE", 3.0)
+    monkeypatch.setattr(executor, "GRACE", 10.0)
     common = _study(problem, tmp_path)
     real_save = checkpoint._ContrastStore.save
     saved, killed = [], []
