@@ -390,6 +390,10 @@ def _normalize(args, log: _Logging, argv) -> int:
                          f"({', '.join(SPACE_TEMPLATES)}).")
     if (args.reference == "mask") != (args.reference_mask is not None):
         raise ValueError("--reference mask and --reference-mask IMG go together.")
+    if args.drive != "structural" and args.template_chi is None:
+        raise ValueError(f"--drive {args.drive} matches χ against the template's χ channel: "
+                         "give it with --template-chi IMG (ppb, on the template's grid), or "
+                         "use --drive structural.")
     from voxstats.image import check_img
 
     for flag, value in (("--template", None if packaged else args.template),

@@ -23,9 +23,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -219,28 +221,62 @@ class _ContrastStore:
                 if array.size and (array.min() < 0 or (kind == "voxel" and array.max() > k)):
                     raise ValueError(f"{name}: counts outside 0..{k}")
 
-    def load(self, bounds):
-        """Split ``bounds`` into valid stored chunks and the (start, stop) pairs still to run."""
-        done, todo = [], []
-        for item in self.iter_load(bounds):
-            (done if isinstance(item, engine.ChunkResult) else todo).append(item)
-        return done, todo
+    def _stored_indices(self, bounds):
+        """Sorted indices into ``bounds`` of the chunks that have a file here (one directory listing).
 
-    def iter_load(self, bounds):
-        """For each (start, stop) of ``bounds``, in order: its valid stored ChunkResult, or the pair.
-
-        A generator, so that a caller merging chunks as they come holds one
-        chunk's arrays at a time.
+        Files of other chunkings (which a resumed run never produces) and
+        temporary files left by an interrupted write are ignored; the latter
+        are removed.
         """
-        for stale in self.folder.glob(_TMP_PREFIX + "*"):
-            logger.debug("Removing %s, left by an interrupted write", stale)
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        for start, stop in bounds:
+        chunk_size = getattr(bounds, "chunk_size", None)
+        if chunk_size is None:  # a plain list of bounds (small): look each one up
+            where = {tuple(b): i for i, b in enumerate(bounds)}
+        found = []
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(_TMP_PREFIX):
+                    logger.debug("Removing %s, left by an interrupted write", entry.path)
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                    continue
+                match = _CHUNK_RE.match(entry.name)
+                if match is None:
+                    continue
+                start, stop = int(match[1]), int(match[2])
+                if chunk_size is None:
+                    index = where.get((start, stop))
+                elif start % chunk_size == 0 and start // chunk_size < len(bounds):
+                    index = start // chunk_size
+                else:
+                    index = None
+                if index is None or tuple(bounds[index]) != (start, stop):
+                    logger.debug("Ignoring %s: not a chunk of this run's chunking", entry.path)
+                    continue
+                found.append(index)
+        return np.unique(np.asarray(found, dtype=np.int64))
+
+    def resume(self, bounds, add):
+        """Pass each valid stored chunk of ``bounds`` to ``add``; return the chunks still to run.
+
+        Parameters
+        ----------
+        bounds : voxstats.engine.ChunkBounds or sequence of (start, stop)
+        add : callable
+            Called with each valid stored :class:`voxstats.engine.ChunkResult`,
+            one at a time (so a caller merging them holds one chunk's arrays).
+
+        Returns
+        -------
+        ChunkRanges
+            The (start, stop) pairs of ``bounds`` without a valid file, held
+            as ranges of chunk indices: its size grows with the number of
+            gaps, not with the number of chunks (``-n 2e9`` has millions).
+            Corrupt files are reported, removed and counted as still to run.
+        """
+        valid = []
+        for index in self._stored_indices(bounds):
+            start, stop = bounds[int(index)]
             path = self.path(start, stop)
-            if not path.exists():
-                yield (start, stop)
-                continue
             try:
                 chunk = self._read(path, start, stop)
             except _ForeignChunk as exc:
@@ -248,9 +284,62 @@ class _ContrastStore:
             except ValueError as exc:
                 logger.warning("Checkpoint chunk %s is corrupt (%s); recomputing it", path, exc)
                 path.unlink()
-                yield (start, stop)
                 continue
-            yield chunk
+            add(chunk)
+            del chunk
+            valid.append(index)
+        return ChunkRanges.complement(bounds, np.asarray(valid, dtype=np.int64))
+
+
+class ChunkRanges(Sequence):
+    """Some chunks of a :class:`voxstats.engine.ChunkBounds`, held as ranges of chunk indices.
+
+    A sequence of (start, stop) pairs like the bounds it is taken from, in
+    order, but its memory grows with the number of ranges, not of chunks.
+
+    Parameters
+    ----------
+    bounds : voxstats.engine.ChunkBounds or sequence of (start, stop)
+    ranges : (n_ranges, 2) int array
+        Half-open ranges [first, last) of chunk indices into ``bounds``, sorted and disjoint.
+    """
+
+    def __init__(self, bounds, ranges):
+        self.bounds = bounds
+        self.ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        self._ends = np.cumsum(self.ranges[:, 1] - self.ranges[:, 0])
+
+    @classmethod
+    def complement(cls, bounds, indices):
+        """The chunks of ``bounds`` whose index is not in ``indices`` (sorted, unique)."""
+        edges = np.concatenate([[-1], indices, [len(bounds)]])
+        gaps = np.flatnonzero(np.diff(edges) > 1)
+        return cls(bounds, np.column_stack([edges[gaps] + 1, edges[gaps + 1]]))
+
+    def __len__(self):
+        return int(self._ends[-1]) if self._ends.size else 0
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("chunk index out of range")
+        r = int(np.searchsorted(self._ends, i, side="right"))
+        before = int(self._ends[r - 1]) if r else 0
+        return self.bounds[int(self.ranges[r, 0]) + i - before]
+
+    def __iter__(self):
+        for first, last in self.ranges:
+            for index in range(int(first), int(last)):
+                yield self.bounds[index]
+
+    def __repr__(self):
+        shown = ", ".join(f"{a}..{b - 1}" for a, b in self.ranges[:5])
+        more = ", ..." if len(self.ranges) > 5 else ""
+        return f"ChunkRanges({len(self)} chunks: indices {shown}{more})"
 
 
 class _ForeignChunk(ValueError):

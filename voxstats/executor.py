@@ -12,17 +12,21 @@ exactly in any order, so the maps are bit-identical whatever runs them.
     thread. The residualised data, the schedule and the observed maps are
     scattered to every worker once per contrast, not sent with each chunk.
     Without a scheduler address a ``LocalCluster`` of ``n_jobs`` worker
-    processes is started (and closed at the end). Needs the ``distributed``
+    processes is started (and closed at the end). Only a window of chunks
+    (two per worker thread) is submitted at a time, the next ones as these
+    finish, so that a run of millions of chunks never holds millions of tasks.
+    Needs the ``distributed``
     extra: ``pip install "voxstats[distributed]"``.
 
 Failures of the cluster end the run with :class:`ExecutorLost` (one line),
 never a hang: an address that does not answer as a Dask scheduler within
 :data:`TIMEOUT` seconds (a web server, the dashboard's port 8787), a scheduler
-that stops answering, or no worker left for :data:`TIMEOUT` seconds. Chunks
+that stops answering, or no worker left, for :data:`GRACE` seconds. Chunks
 finished before are kept when the run is checkpointed, so it can resume.
 """
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -36,9 +40,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["DaskExecutor", "ExecutorLost", "LocalExecutor", "open_executor", "run_chunks"]
 
 EXECUTORS = ("local", "dask")
-#: Seconds to reach a scheduler, and to wait for a lost scheduler or a worker to come back.
+#: Seconds to reach a scheduler, and for each request to it (sending the data, collecting a chunk).
 TIMEOUT = 30.0
+#: Seconds a lost scheduler, or the last worker, may take to come back before the run stops.
+GRACE = 30.0
 _POLL = 1.0  # seconds between health checks while waiting for chunks
+#: Chunks submitted to Dask ahead of their collection, per worker thread.
+WINDOW_PER_THREAD = 2
+_REFRESH = 5.0  # seconds between health checks (and thread counts) while chunks keep arriving
 
 
 class ExecutorLost(RuntimeError):
@@ -108,6 +117,7 @@ class DaskExecutor:
         distributed = _import_distributed()
         self._cluster = None
         self._owns_client = True
+        self._threads, self._asked = 0, None  # worker threads, when the scheduler was last asked
         if scheduler is None:
             logger.info("Starting a Dask LocalCluster with %d worker processes", n_workers)
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
@@ -127,10 +137,15 @@ class DaskExecutor:
                             f"a distributed.Client or None, got {type(scheduler).__name__}")
 
     def map(self, job, schedule, observed, bounds):
-        """Yield the ChunkResult of each (start, stop) in ``bounds`` as it finishes (any order)."""
+        """Yield the ChunkResult of each (start, stop) in ``bounds`` as it finishes (any order).
+
+        At most :meth:`window` chunks are submitted at a time; the next ones
+        are submitted as these finish, so that neither this process nor the
+        scheduler holds a task per chunk (``-n 2e9`` has millions of chunks).
+        """
         import distributed
 
-        if not bounds:
+        if not len(bounds):
             return
         client = self.client
         # Once per worker, not per chunk: the data are the big part.
@@ -140,41 +155,69 @@ class DaskExecutor:
         except Exception as exc:  # no worker, or the scheduler went away
             raise ExecutorLost(f"could not send the data to the Dask workers within {TIMEOUT:.0f} s "
                                f"({_describe(exc)})") from None
-        pending = {client.submit(_dask_chunk, *shared, start, stop, pure=False) for start, stop in bounds}
+        chunks = iter(bounds)
+        pending = set()
+
+        def refill():
+            for start, stop in itertools.islice(chunks, max(0, self.window() - len(pending))):
+                pending.add(client.submit(_dask_chunk, *shared, start, stop, pure=False))
+
         lost_since = None
         try:
+            refill()
             while pending:
                 try:
                     done, _ = distributed.wait(list(pending), timeout=_POLL, return_when="FIRST_COMPLETED")
                 except (TimeoutError, distributed.TimeoutError):
                     done = ()
                 except Exception as exc:
-                    raise ExecutorLost(_health(client) or f"the Dask cluster failed ({_describe(exc)})") \
+                    raise ExecutorLost(self._check() or f"the Dask cluster failed ({_describe(exc)})") \
                         from None
                 for future in done:
                     try:
                         result = _result(future)
                     except ExecutorLost as exc:
-                        raise ExecutorLost(_health(client) or str(exc)) from None
+                        raise ExecutorLost(self._check() or str(exc)) from None
                     pending.discard(future)  # dropping the last reference frees the worker's copy
                     del future
                     yield result
                 if done:
                     lost_since = None
-                    continue
-                problem = _health(client)
-                if problem is None:
-                    lost_since = None
-                elif lost_since is None:
-                    lost_since = time.monotonic()
-                    logger.warning("Dask: %s; waiting up to %.0f s for it to come back", problem, TIMEOUT)
-                elif time.monotonic() - lost_since > TIMEOUT:
-                    raise ExecutorLost(f"{problem} for {TIMEOUT:.0f} s")
+                if not done or time.monotonic() - self._asked > _REFRESH:
+                    problem = self._check()  # also counts the workers' threads for the window
+                    if problem is None:
+                        lost_since = None
+                    elif lost_since is None:
+                        lost_since = time.monotonic()
+                        logger.warning("Dask: %s; waiting up to %.0f s for it to come back", problem, GRACE)
+                    elif time.monotonic() - lost_since > GRACE:
+                        raise ExecutorLost(f"{problem} for {GRACE:.0f} s")
+                refill()  # while the cluster is lost, the tasks wait with the client (as before a window)
         finally:
             with contextlib.suppress(Exception):
                 if pending:
                     client.cancel(list(pending))
                 client.cancel(shared)
+
+    def _check(self):
+        """Ask the scheduler how the cluster is (see :func:`_health`); keep its thread count."""
+        problem, threads = _health(self.client)
+        self._asked = time.monotonic()
+        if problem is None:
+            self._threads = threads
+        return problem
+
+    def window(self):
+        """How many chunks may be submitted and not yet collected: twice the workers' threads.
+
+        Each thread runs one chunk and has the next waiting, so no worker
+        idles between chunks. The threads are counted by the health checks
+        (while chunks keep arriving, every few seconds), so workers that join
+        later widen the window; a lost cluster never blocks here.
+        """
+        if self._asked is None:
+            self._check()
+        return max(WINDOW_PER_THREAD * self._threads, WINDOW_PER_THREAD)
 
     def close(self):
         with contextlib.suppress(Exception):  # closing a cluster that is already gone
@@ -210,16 +253,21 @@ def _result(future):
 
 
 def _health(client):
-    """None if the scheduler answers and has a worker, else what is wrong."""
+    """(None, worker threads) if the scheduler answers and has a worker, else (what is wrong, 0).
+
+    The scheduler must answer within :data:`GRACE` seconds (at most
+    :data:`TIMEOUT`): a scheduler killed a moment ago may leave the request
+    unanswered rather than refused.
+    """
     if client.status != "running":
-        return f"the Dask scheduler is unreachable (client {client.status})"
+        return f"the Dask scheduler is unreachable (client {client.status})", 0
     try:
-        info = client.sync(client.scheduler.identity, n_workers=0, callback_timeout=TIMEOUT)
+        info = client.sync(client.scheduler.identity, n_workers=0, callback_timeout=min(TIMEOUT, GRACE))
     except Exception as exc:
-        return f"the Dask scheduler stopped answering ({_describe(exc)})"
+        return f"the Dask scheduler stopped answering ({_describe(exc)})", 0
     if not info.get("n_workers", len(info.get("workers", ()))):
-        return "no Dask worker is left"
-    return None
+        return "no Dask worker is left", 0
+    return None, int(info.get("total_threads", 1))
 
 
 def _check_scheduler(address, timeout):
@@ -312,8 +360,9 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
     job : voxstats.engine.ContrastJob
     schedule : voxstats.permutation.PermutationSchedule
     observed : voxstats.engine.Observed
-    bounds : list of (start, stop)
-        The chunks, tiling 0..schedule.n_perm - 1.
+    bounds : voxstats.engine.ChunkBounds or sequence of (start, stop)
+        The chunks, tiling 0..schedule.n_perm - 1. With a store, the chunks
+        still to run are passed on as a :class:`voxstats.checkpoint.ChunkRanges`.
     store : checkpoint store of this contrast, optional
         Finished chunks are read from it and new ones written to it.
     flag : optional
@@ -331,14 +380,12 @@ def run_chunks(runner, job, schedule, observed, bounds, *, store=None, flag=None
     if store is None:
         todo = bounds  # a lazy sequence: no list of millions of chunks
     else:
-        todo = []
-        for item in store.iter_load(bounds):
-            if isinstance(item, engine.ChunkResult):
-                merged.add(item)  # counted at once, then dropped: memory does not grow
-                if bar is not None:
-                    bar.update(item.stop - item.start)
-            else:
-                todo.append(item)
+        def add(chunk):  # counted at once, then dropped: memory does not grow
+            merged.add(chunk)
+            if bar is not None:
+                bar.update(chunk.stop - chunk.start)
+
+        todo = store.resume(bounds, add)  # ranges of chunk indices, not a list of chunks
         if len(todo) < len(bounds):
             logger.info("Contrast %s: %d of %d chunks found in the checkpoint", job.name,
                         len(bounds) - len(todo), len(bounds))

@@ -142,6 +142,42 @@ def test_resume_computes_only_missing_chunks(problem, reference, tmp_path, count
     assert len(_chunk_files(tmp_path)) == len(files)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_chunk_ranges_equal_filtering_the_list(seed):
+    rng = np.random.default_rng(seed)
+    bounds = engine.chunk_bounds(int(rng.integers(1, 200)), int(rng.integers(1, 9)))
+    kept = np.flatnonzero(rng.random(len(bounds)) < [0.0, 0.3, 0.5, 0.9, 1.0, 0.5][seed])
+    want = [b for i, b in enumerate(bounds) if i not in set(kept.tolist())]
+    for over in (bounds, list(bounds)):  # a ChunkBounds or a plain list
+        todo = checkpoint.ChunkRanges.complement(over, kept)
+        assert list(todo) == want and len(todo) == len(want) and bool(todo) == bool(want)
+        assert [todo[i] for i in range(-len(want), len(want))] == want + want
+        assert todo[1:4] == want[1:4]
+        with pytest.raises(IndexError):
+            todo[len(want)]
+
+
+def test_what_is_left_of_a_huge_run_is_ranges_not_a_list(tmp_path):
+    """-n 2e9 in chunks of 256 is 7.8 million chunks: a resume holds what is left as index ranges."""
+    bounds = engine.chunk_bounds(2_000_000_000, 256)
+    n = len(bounds)
+    store = checkpoint._ContrastStore(tmp_path / "c", "fingerprint", n_voxels=3)
+    done = [0, 1, 2, 5, n - 1]
+    for i in done:
+        start, stop = bounds[i]
+        store.save(engine.ChunkResult(start, stop, null_max=np.zeros(stop - start),
+                                      counts=np.zeros(3, np.int64)))
+    (store.folder / "chunk-0000003-0000007.npz").write_bytes(b"")  # not a chunk of this chunking
+    (store.folder / ".tmp-chunk-x").write_bytes(b"")  # left by an interrupted write
+    seen = []
+    todo = store.resume(bounds, lambda chunk: seen.append((chunk.start, chunk.stop)))
+    assert sorted(seen) == [bounds[i] for i in done]
+    assert len(todo) == n - len(done)
+    assert todo.ranges.tolist() == [[3, 5], [6, n - 1]]
+    assert todo[:3] == [bounds[3], bounds[4], bounds[6]] and todo[-1] == bounds[n - 2]
+    assert not (store.folder / ".tmp-chunk-x").exists()
+
+
 def test_resume_keeps_the_recorded_chunk_size(problem, reference, tmp_path, count_chunks, caplog):
     _run(problem, checkpoint_dir=tmp_path, chunk_size=16)
     count_chunks.clear()

@@ -89,6 +89,30 @@ def test_data_are_scattered_once_per_contrast(problem, client, monkeypatch):
     assert not any(isinstance(a, np.ndarray) for args in submitted for a in args)
 
 
+def test_only_a_window_of_chunks_is_submitted_at_a_time(problem, local, client, monkeypatch):
+    """40 chunks per contrast, 2 worker threads: at most 4 submitted and not yet collected."""
+    from voxstats import executor
+
+    in_flight, most = [0], [0]
+    submit, result = client.submit, executor._result
+
+    def spy_submit(*args, **kwargs):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        return submit(*args, **kwargs)
+
+    def spy_result(future):
+        in_flight[0] -= 1
+        return result(future)
+
+    monkeypatch.setattr(client, "submit", spy_submit)
+    monkeypatch.setattr(executor, "_result", spy_result)
+    runner = executor.DaskExecutor(client)
+    assert runner.window() == 2 * 2  # two single-threaded workers
+    assert_same(_run(problem, executor="dask", scheduler=client, chunk_size=3), local)
+    assert most[0] == 4 and in_flight[0] == 0
+
+
 def test_checkpoint_started_locally_resumes_on_dask(problem, local, client, tmp_path):
     _run(problem, checkpoint_dir=tmp_path)
     files = sorted(tmp_path.glob("*/chunk-*.npz"))
@@ -175,7 +199,7 @@ def _start(args, tmp_path, name):
                                 cwd=tmp_path)
 
 
-def _wait_for(path, timeout=60.0):
+def _wait_for(path, timeout=180.0):
     import time
 
     deadline = time.monotonic() + timeout
@@ -209,10 +233,10 @@ def own_cluster(tmp_path):
         name = f"worker{len(procs)}"
         preload = ["--preload", str(slow)] if slow_chunks else []
         procs[name] = _start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
-                              "--no-dashboard", "--death-timeout", "60", *preload], tmp_path, name)
-        with distributed.Client(address, timeout="60s") as c:
+                              "--no-dashboard", "--death-timeout", "180", *preload], tmp_path, name)
+        with distributed.Client(address, timeout="180s") as c:
             alive = sum(1 for k, p in procs.items() if k.startswith("worker") and p.poll() is None)
-            c.wait_for_workers(alive, timeout=60)
+            c.wait_for_workers(alive, timeout=180)
         return procs[name]
 
     add_worker(slow_chunks=True)  # the 40 chunks of a run take 20 s: it is still running when the cluster goes
@@ -252,10 +276,12 @@ def test_losing_the_cluster_gives_one_line_with_the_resume_command(problem, tmp_
     from voxstats import checkpoint, executor
     from voxstats.cli import main
 
-    monkeypatch.setattr(executor, "TIMEOUT", 3.0)
+    # Only the wait for a lost cluster to come back is shortened; reaching the scheduler, sending
+    # the data and collecting chunks keep their 30 s, which a loaded machine (CI with -n 2) may need.
+    monkeypatch.setattr(executor, "GRACE", 10.0)
     common = _study(problem, tmp_path)
     real_save = checkpoint._ContrastStore.save
-    saved = []
+    saved, killed = [], []
 
     def save_then_break(store, chunk):
         real_save(store, chunk)
@@ -266,14 +292,14 @@ def test_losing_the_cluster_gives_one_line_with_the_resume_command(problem, tmp_
             for proc in victims:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
+            killed.append(time.monotonic())
 
     monkeypatch.setattr(checkpoint._ContrastStore, "save", save_then_break)
     ckpt = tmp_path / "ckpt"
     argv = common + ["-o", str(tmp_path / "dask"), "--executor", "dask", "--scheduler",
                      own_cluster["address"], "--checkpoint-dir", str(ckpt)]
-    start = time.monotonic()
     assert main(argv) == 1
-    elapsed = time.monotonic() - start
+    after_the_loss = time.monotonic() - killed[0]
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("voxstats")]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -281,7 +307,8 @@ def test_losing_the_cluster_gives_one_line_with_the_resume_command(problem, tmp_
     what = "no Dask worker is left" if lose == "workers" else "the Dask scheduler"
     assert line.startswith("voxstats randomise: error: ") and what in line, line
     assert f"finished chunks are kept in {ckpt}. To continue: voxstats " in line
-    assert elapsed < 120, elapsed
+    # no hang: the run stops once the grace period is over (plus closing the client, at most TIMEOUT)
+    assert after_the_loss < executor.GRACE + 2 * executor.TIMEOUT, after_the_loss
     resume = shlex.split(line.split("To continue: voxstats ", 1)[1])
     assert resume == argv + ["--resume"]
     assert 1 <= len(sorted(ckpt.glob("*/chunk-*.npz"))) < 40
