@@ -224,9 +224,9 @@ def transfer_atlas(atlas, target, *, source_template=None, structure="thalamus",
                    f"{qc.get('dice_direct', float('nan')):.2f}, centroid shift "
                    f"{qc.get('centroid_shift_mm', float('nan')):.1f} mm"
                    + (f"; Dice vs reference {qc['dice_reference']:.2f}"
-                      if "dice_reference" in qc else "")
-                   + "\nyellow: transferred, cyan: resampled without registration"
-                   + (", magenta: reference" if len(outlines) > 2 else "")))
+                      if "dice_reference" in qc else "")),
+            names=["transferred", "resampled without registration", "reference"][
+                :len(outlines)])
     logger.info("Atlas transfer QC: %s", {k: (round(v, 3) if isinstance(v, float) else v)
                                           for k, v in qc.items()})
     return AtlasTransfer(atlas=moved, registration=reg, source_space=atlas.space, qc=qc,

@@ -19,14 +19,27 @@ __all__ = ["configure", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``qsm atlas`` sub-commands to ``parser``."""
-    sub = parser.add_subparsers(dest="atlas_command", required=True)
-    tr = sub.add_parser("transfer", help="carry an atlas to another template space "
-                        "(register the templates, move labels by nearest neighbour, QC)")
+    from qsm.cli import _common_options, _float_in, _HelpFormatter
+
+    sub = parser.add_subparsers(dest="atlas_command", required=True, metavar="COMMAND")
+    tr = sub.add_parser(
+        "transfer", formatter_class=_HelpFormatter, parents=[_common_options(top_level=False)],
+        help="carry an atlas to another template space (register the templates, move labels "
+             "by nearest neighbour, QC)",
+        description="Carry a thalamic atlas (THOMAS or Najdenovska by name, or your labels "
+                    "image) to another template space: register the atlas space's T1 template "
+                    "to the target template, move the labels by nearest neighbour, and report "
+                    "QC (Dice of the whole thalamus against resampling without registration, "
+                    "centroid shift in mm, a PNG close-up). Writes the labels, the label table, "
+                    "a _dseg.json sidecar (nuclear groups, QC, provenance) and the transforms "
+                    "into --out, and prints the [atlas] lines of a study config.")
     src = tr.add_argument_group("atlas (a published one by name, or your files)")
     src.add_argument("--atlas", choices=("thomas", "najdenovska"),
                      help="published atlas (extra voxstats[atlases] or --atlas-files)")
     src.add_argument("--atlas-space", help="which packaged copy (MNI152NLin2009cAsym or "
-                     "MNI152NLin6Asym), or the space of --atlas-files / --labels-img")
+                     "MNI152NLin6Asym), or the space of --atlas-files / --labels-img "
+                     "(default: thomas MNI152NLin2009cAsym, najdenovska MNI152NLin6Asym; with "
+                     "--atlas-files the space of the original release)")
     src.add_argument("--atlas-files", help="files of the original release (see "
                      "qsm.published_atlases)")
     src.add_argument("--labels-img", help="your atlas: labels image")
@@ -40,16 +53,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dst.add_argument("--to-template", help="target T1 template image (e.g. a study template)")
     dst.add_argument("--to-mask", help="brain mask of --to-template")
     dst.add_argument("--to-space", help="space name of --to-template (BIDS label)")
-    dst.add_argument("--to-resolution", type=float, metavar="MM",
+    dst.add_argument("--to-resolution", type=_float_in(0.0, low_open=True), metavar="MM",
                      help="output voxel size (default: the target grid)")
     dst.add_argument("--reference-labels", help="a segmentation in the target space to compare "
                      "with (QC)")
     reg = tr.add_argument_group("registration")
-    reg.add_argument("--registration-resolution", type=float, default=2.0, metavar="MM",
-                     help="working grid of the registration (default 2 mm)")
+    reg.add_argument("--registration-resolution", type=_float_in(0.0, low_open=True),
+                     default=2.0, metavar="MM", help="working grid of the registration in mm")
     reg.add_argument("--affine-only", action="store_true", help="no nonlinear (SyN) stage")
-    reg.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", required=True, help="output folder")
+    reg.add_argument("--seed", type=int, default=0, help="seed of the registration sampling")
+    tr.add_argument("--out", required=True, metavar="DIR",
+                    help="output folder (labels, label table, sidecar, transforms, QC PNG)")
 
 
 def _atlas(args):

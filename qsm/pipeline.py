@@ -111,7 +111,7 @@ def _drop_incomplete(config: StudyConfig, rows, crops, tables, coverage):
     region = config.voxelwise.region if config.voxelwise.enabled else "thalamus"
     bad = incomplete_subjects(coverage, region, r.max_missing_fraction)
     if not bad:
-        return rows, crops, tables, []
+        return rows, crops, tables, {}
     listed = ", ".join(f"{k} ({v:.0%})" for k, v in bad.items())
     if r.on_missing == "stop":
         raise ValueError(f"{config.source}: subject(s) without data in more than "
@@ -124,7 +124,41 @@ def _drop_incomplete(config: StudyConfig, rows, crops, tables, coverage):
     check_participants(config, rows)
     crops = [c for c, k in zip(crops, keep) if k]
     tables = [t for t, k in zip(tables, keep) if k]
-    return rows, crops, tables, list(bad)
+    return rows, crops, tables, bad
+
+
+def _coverage_summary(config, selected, rows, coverage, excluded, vox_info, atlas, native):
+    """What the report says about coverage and the subjects left out (qsm.report_coverage)."""
+    from qsm.report_coverage import CoverageSummary
+
+    s, r = config.study, config.roi
+    ids = [str(x) for x in selected[s.id_column]]
+    groups = dict(zip(ids, selected[s.group_column].astype(str)))
+    region = config.voxelwise.region if config.voxelwise.enabled else "thalamus"
+    left_out = []
+    if native is not None:   # invalid inputs skipped, or subjects not normalized
+        reasons = {k.subject: k.reason for k in native.cohort.skipped}
+        done = {_subject_key(x) for x in rows[s.id_column]}
+        for sub in ids:
+            if _subject_key(sub) not in done:
+                left_out.append({"subject": sub, "group": groups[sub], "reason": reasons.get(
+                    _subject_key(sub), "not normalized (see qsm.log)")})
+    for sub, fraction in excluded.items():
+        left_out.append({"subject": sub, "group": groups.get(sub, ""), "reason":
+                         f"no data in {fraction:.1%} of the {region} (more than [roi] "
+                         f"max_missing_fraction = {r.max_missing_fraction:.0%})"})
+    flagged = []
+    if "registration_outlier" in rows.columns:
+        for _, row in rows[rows["registration_outlier"].astype(bool)].iterrows():
+            flagged.append({"subject": str(row[s.id_column]), "group": str(row[s.group_column]),
+                            "reason": f"registration QC: r = {row['registration_correlation']:.2f}"
+                                      f", NMI = {row['registration_nmi']:.3f} (below the floor "
+                                      "or an outlier; normalization_quality.tsv)"})
+    return CoverageSummary(
+        table=coverage, region=region, groups=groups, label_regions=list(atlas.labels["name"]),
+        max_missing_fraction=r.max_missing_fraction, on_missing=r.on_missing,
+        ignore_zeros=r.ignore_zeros, voxelwise_mask=vox_info, excluded=left_out,
+        flagged=flagged, n_listed=len(selected))
 
 
 def _rereference(data, affine, region_mask, statistic, path):
@@ -482,6 +516,7 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     truth = load_truth(config)
     out.mkdir(parents=True, exist_ok=True)
     normalization = None
+    selected = rows
     if native is not None:
         rows, normalization = _normalize(config, rows, native, out, verbose)
         timings["normalization"] = time.perf_counter() - t0
@@ -589,12 +624,15 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         background_img=native.template.img if native is not None else None)
     timings["figures"] = time.perf_counter() - t4
     timings["total"] = time.perf_counter() - t0 + sum(earlier.values())
+    summary = _coverage_summary(config, selected, rows, coverage, excluded, vox_info, atlas,
+                                native)
     provenance = {"config": config.to_dict(), "config_source": config.source,
                   "n_subjects": int(len(rows)), "timings_s": timings,
                   "referencing": _referencing_summary(rows, config, ref_description),
                   "units": {"declared": s.units, "analysed": "ppb"},
                   "coverage": {"table": "coverage.tsv", "voxelwise_mask": vox_info,
-                               "excluded_subjects": excluded,
+                               "excluded_subjects": list(excluded),
+                               "left_out": summary.excluded,
                                "max_missing_fraction": config.roi.max_missing_fraction},
                   "normalization": _normalization_summary(normalization, native, out),
                   "versions": report.versions()}
@@ -602,7 +640,7 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     report_path = report.write_report(out / "report.md", config=config, participants=rows,
                                       group_table=group_table, clinical_table=clinical_table,
                                       voxelwise_table=vox_table, figures=figs, timings=timings,
-                                      truth=truth)
+                                      truth=truth, coverage=summary)
     logger.info("Study finished in %.1f s; report: %s", timings["total"], report_path)
     return StudyResult(out, rows, roi_table, group_table, clinical_table, vox_table, figs,
                        report_path, timings)

@@ -403,20 +403,29 @@ def _timings_table(timings: dict) -> Table:
 
 
 def report_sections(*, config, participants, group_table, clinical_table, voxelwise_table,
-                    figures, timings, report_dir, truth=None) -> list[Section]:
+                    figures, timings, report_dir, truth=None, coverage=None) -> list[Section]:
     """Every section of the report, in order."""
     total = timings.get("total", float("nan"))
     parts = ", ".join(f"{_stage(k)} {v:.1f} s" for k, v in timings.items() if k != "total")
-    intro = (f"{len(participants)} subjects in {len(config.groups)} patient/control pairs "
-             f"({', '.join(f'{p} / {c}' for p, c in config.groups.items())}). Config "
+    left_out = ""
+    if coverage is not None and coverage.excluded:
+        left_out = (f" ({len(coverage.excluded)} more left out: see *Data coverage and "
+                    "exclusions*)")
+    intro = (f"{len(participants)} subjects{left_out} in {len(config.groups)} patient/control "
+             f"pairs ({', '.join(f'{p} / {c}' for p, c in config.groups.items())}). Config "
              f"`{config.source}` (rerun: `qsm run {config.source} --out OTHER`). Total run time "
              f"{total:.1f} s ({parts}). χ in ppb throughout.")
     sections = [Section(config.study.name, [intro], level=1)]
     if truth is not None:
         sections.append(_truth_section(config, truth, group_table, clinical_table,
                                        voxelwise_table))
-    sections.append(Section("Cohort", ["Patients next to their matched controls.",
+    sections.append(Section("Cohort", ["Patients next to their matched controls (the "
+                                       "subjects analysed).",
                                        cohort_table(config, participants)]))
+    if coverage is not None:
+        from qsm.report_coverage import coverage_section
+
+        sections.append(coverage_section(coverage, n_analysed=len(participants)))
     if voxelwise_table is not None:
         sections.append(_voxelwise_section(config, voxelwise_table))
     sections += _regression_sections(config, group_table, clinical_table)
@@ -469,7 +478,7 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def write_report(path, *, config, participants, group_table, clinical_table,
-                 voxelwise_table, figures, timings, truth=None) -> Path:
+                 voxelwise_table, figures, timings, truth=None, coverage=None) -> Path:
     """Write ``report.md`` and the self-contained ``report.html`` beside it.
 
     Parameters
@@ -486,6 +495,10 @@ def write_report(path, *, config, participants, group_table, clinical_table,
         Seconds per stage, with ``total``.
     truth : dict, optional
         A simulation's ``ground_truth.json``: adds "planted vs found vs paper".
+    coverage : qsm.report_coverage.CoverageSummary, optional
+        Adds "Data coverage and exclusions": the voxel-wise mask's voxels left
+        out for lack of data, subjects without data where, and the subjects
+        left out or flagged, with the reason.
 
     Returns
     -------
@@ -498,7 +511,8 @@ def write_report(path, *, config, participants, group_table, clinical_table,
     sections = report_sections(config=config, participants=participants,
                                group_table=group_table, clinical_table=clinical_table,
                                voxelwise_table=voxelwise_table, figures=figures,
-                               timings=timings, report_dir=path.parent, truth=truth)
+                               timings=timings, report_dir=path.parent, truth=truth,
+                               coverage=coverage)
     _atomic_write_text(path, render_markdown(sections, path.parent))
     _atomic_write_text(path.with_suffix(".html"),
                        render_html(sections, title=config.study.name, report_dir=path.parent))

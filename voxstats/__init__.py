@@ -22,6 +22,7 @@ _EXPORTS = {
     "PermutationSchedule": "permutation",
     "RandomiseResult": "randomise",
     "RunInterrupted": "checkpoint",
+    "compile_in_background": "precompile",
     "make_contrasts": "design",
     "make_design": "design",
     "make_schedule": "permutation",

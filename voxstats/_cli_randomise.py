@@ -58,7 +58,8 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
         help="permutation GLM with FSL randomise's options and outputs",
         description="Permutation inference with FSL randomise 2.9's options, output names and value "
         "conventions: t contrasts are one-sided (positive), maps store 1-p, TFCE is randomise's "
-        "stepped sum (--tfce-mode exact for the exact integral), clusters are 26-connected.",
+        "stepped sum in volumes (--tfce-mode exact for the exact integral) and the exact integral on "
+        "surfaces and CIFTI (randomise has none), clusters are 26-connected.",
     )
     add = r.add_argument
     add("-i", dest="input", required=True, metavar="IN",
@@ -132,9 +133,9 @@ def add_parser(sub, formatter_class=argparse.HelpFormatter):
         add(flag, dest=dest, action="store_true", help=argparse.SUPPRESS)
     # voxstats' additions
     add("--tfce-mode", choices=("fsl", "exact"), default=None,
-        help="TFCE integral: fsl (randomise's stepped sum without the step factor; default in volumes) or "
-        "exact (no step error; default on surfaces and CIFTI, where it is PALM's dh-weighted sum without "
-        "the step error)")
+        help="TFCE integral: fsl (randomise's sum over steps of max/100 fixed from the unpermuted map, not "
+        "multiplied by the step; the default in volumes) or exact (the integral, no step error; the default "
+        "on surfaces and CIFTI: PALM's surface TFCE is a sum multiplied by the step, which approximates it)")
     add("--cluster-connectivity", type=int, choices=(6, 18, 26), default=26,
         help="cluster neighbourhood (randomise: 26, whatever --tfce_C)")
     add("--n-jobs", type=int, default=1,

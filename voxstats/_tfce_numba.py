@@ -33,7 +33,9 @@ Visiting by value jumps around memory. Per voxel the union-find keeps one
 16-byte record (parent and open-interval position as uint32, extent as
 float64); per visit position the contribution, the closing link and the sign
 (positions close to each other in time are close in memory). The record and
-the neighbour row of the voxel visited a few steps ahead are prefetched.
+the neighbour row of the voxel visited 16 steps ahead are prefetched, and 8
+steps ahead the records of its neighbours (their union-find lookups are the
+sweep's cache misses: 6-16 % less CPU per map on the 2 mm brain).
 Indices are unsigned so that no negative-index wraparound is compiled in.
 
 Threads
@@ -48,6 +50,7 @@ import numpy as np
 from ._numba import JIT, njit, prefetch
 
 _AHEAD = 16  # visits between a prefetch and the use of the data
+_NEAR = 8  # visits between the prefetch of the neighbours' records and their use
 JIT_NOGIL = dict(JIT, nogil=True)
 
 
@@ -163,6 +166,12 @@ def _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H,
             if weighted:
                 prefetch(weights, ahead)
             prefetch(nbr, degree * ahead)
+        if j + _NEAR < n_active:  # its neighbour row has arrived: fetch the neighbours' records
+            near = degree * visit[j + _NEAR]
+            for k in range(degree):
+                nb = nbr[near + k]
+                if nb >= 0:
+                    prefetch(node, 2 * nb)
         v = visit[j]
         term = _height_term(np.float64(visit_height[j]), H, fsl, thresholds, cumulative)
         val[j] = term

@@ -51,7 +51,8 @@ _FLAGS = {
         "threshold": "--threshold", "sign": "--sign", "connectivity": "--connectivity",
         "min_size": "--min-size", "atlas_img": "--atlas", "atlas_labels": "--atlas-labels",
         "output": "-o/--out-index", "surf": "--surf", "areas": "--area", "min_area": "--min-size",
-        "mask_img": "--mask",
+        "mask_img": "--mask", "left_surf": "--left-surf", "right_surf": "--right-surf",
+        "left_area": "--left-area", "right_area": "--right-area",
     },
 }
 # Options whose value may start with '-' (argparse would read "-1" as an option).
@@ -92,10 +93,10 @@ def _get_parser():
 
     t = sub.add_parser(
         "tfce", formatter_class=_HelpFormatter, help="TFCE transform of a map (like fslmaths -tfce)",
-        description="Threshold-free cluster enhancement (Smith & Nichols 2009) of one 3D statistic map, "
-        "written as a NIfTI image in the input's space. The exact integral by default; --mode fsl gives "
-        "fslmaths -tfce's stepped sum. Both signs are enhanced (negative values keep their sign) unless "
-        "--positive-only.")
+        description="Threshold-free cluster enhancement (Smith & Nichols 2009) of one statistic map (3D "
+        "NIfTI, surface or CIFTI), written in the input's format and space. The exact integral by default "
+        "(volumes, surfaces and CIFTI alike); --mode fsl gives fslmaths -tfce's stepped sum (not multiplied "
+        "by the step). Both signs are enhanced (negative values keep their sign) unless --positive-only.")
     t.add_argument("input", metavar="IN", help="3D statistic map, or one map on a surface (GIFTI, curv, "
                    "MGH/MGZ, with --surf) or CIFTI (.dscalar.nii, with --left-surf/--right-surf)")
     t.add_argument("output", metavar="OUT", help="output TFCE map, in IN's format (.nii/.nii.gz, .func.gii, "
@@ -118,12 +119,13 @@ def _get_parser():
 
     c = sub.add_parser(
         "cluster", formatter_class=_HelpFormatter, help="cluster table of a statistic map and a p map",
-        description="Table the connected clusters of a 3D statistic map (TSV, one row per cluster, "
+        description="Table the connected clusters of a statistic map (TSV, one row per cluster, "
         "largest first), like FSL's cluster. A voxel is in a cluster when its statistic has the "
         "chosen sign, |STAT| exceeds --threshold (if given) and its p on PMAP is below --alpha (if "
         "--p is given). How PMAP stores p is read from its JSON sidecar ('p_convention') or from "
         "the voxstats randomise record beside it; otherwise --p-convention is required.")
-    c.add_argument("input", metavar="STAT", help="3D statistic map")
+    c.add_argument("input", metavar="STAT", help="3D statistic map, a surface map (GIFTI, curv, MGH/MGZ, with "
+                   "--surf) or a CIFTI map (.dscalar.nii, with --left-surf/--right-surf)")
     c.add_argument("--p", dest="p_img", metavar="PMAP", help="p map in the space of STAT")
     c.add_argument("--p-convention", choices=("p", "1-p", "-log10(p)", "logp"), default=None,
                    help="how PMAP stores p: p, randomise's 1-p, or -log10(p) (logp: the same) "
@@ -141,12 +143,17 @@ def _get_parser():
     c.add_argument("--area", metavar="AREA", help="surface STAT: vertex areas (file or number) for the "
                    "cluster areas (default: the mesh's)")
     c.add_argument("--mask", metavar="MASK", help="surface STAT: vertices that may join clusters "
-                   "(per-vertex file or .label)")
+                   "(per-vertex file or .label); CIFTI: a .dscalar.nii")
+    c.add_argument("--left-surf", metavar="SURF", help="CIFTI STAT: the left hemisphere's mesh")
+    c.add_argument("--right-surf", metavar="SURF", help="CIFTI STAT: the right hemisphere's mesh")
+    c.add_argument("--left-area", metavar="AREA", help="CIFTI STAT: the left mesh's vertex areas")
+    c.add_argument("--right-area", metavar="AREA", help="CIFTI STAT: the right mesh's vertex areas")
     c.add_argument("--atlas", metavar="LABELS", help="integer atlas image, to name each peak's region "
-                   "(surfaces: FreeSurfer .annot or .label.gii)")
+                   "(surfaces: FreeSurfer .annot or .label.gii; CIFTI: .dlabel.nii)")
     c.add_argument("--atlas-labels", metavar="LUT", help="TSV with 'index' and 'name' columns")
     c.add_argument("-o", "--output", metavar="TSV", help="output table (default: stdout)")
-    c.add_argument("--out-index", metavar="IMG", help="write the cluster index image (surfaces: .label.gii)")
+    c.add_argument("--out-index", metavar="IMG", help="write the cluster index image (surfaces: .label.gii; "
+                   "CIFTI: .dlabel.nii or .dscalar.nii)")
     c.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     c.set_defaults(func=_run_cluster)
     return parser
@@ -337,9 +344,35 @@ def _run_cluster(args):
     from voxstats.surface_loading import input_kind
 
     kind = input_kind(args.input, name="STAT")
+    if kind != "cifti":
+        for flag, value in (("--left-surf", args.left_surf), ("--right-surf", args.right_surf),
+                            ("--left-area", args.left_area), ("--right-area", args.right_area)):
+            if value is not None:
+                raise CLIError(f"{flag}: only for a CIFTI STAT (.dscalar.nii)")
     if kind == "cifti":
-        raise CLIError("STAT: cluster tables of CIFTI maps are not supported; separate the cortical "
-                       "structures (wb_command -cifti-separate) and give each with its --surf")
+        from voxstats.cifti_clusters import cifti_cluster_table
+
+        for flag, value in (("--surf", args.surf), ("--area", args.area)):
+            if value is not None:
+                raise CLIError(f"{flag}: a CIFTI STAT takes one mesh per hemisphere: --left-surf, --right-surf")
+        if args.out_index and not str(args.out_index).lower().endswith((".dlabel.nii", ".dscalar.nii")):
+            raise CLIError(f"--out-index: CIFTI clusters are written over the grayordinates: give a name ending "
+                           f"in .dlabel.nii or .dscalar.nii, got {args.out_index}")
+        res = cifti_cluster_table(
+            args.input, left_surf=args.left_surf, right_surf=args.right_surf,
+            left_area=_area_value(args.left_area, "--left-area"),
+            right_area=_area_value(args.right_area, "--right-area"), p_img=args.p_img,
+            p_convention=args.p_convention, alpha=args.alpha, threshold=args.threshold, sign=args.sign,
+            mask_img=args.mask, connectivity=args.connectivity,
+            min_size=0.0 if args.min_size is None else args.min_size, atlas_img=args.atlas,
+            atlas_labels=None if args.atlas_labels is None else _lut(args.atlas_labels))
+        if args.out_index:
+            res.save_labels(args.out_index)
+        if args.output:
+            res.to_tsv(args.output)
+        else:
+            sys.stdout.write(res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+        return 0
     if kind == "surface":
         from voxstats.surface_clusters import surface_cluster_table
 

@@ -120,13 +120,34 @@ def _read_blocks(blocks):
     return blocks
 
 
+def _read_tree(tree, blocks):
+    """``exchangeability_tree`` as an ExchangeabilityTree (PALM's ``-eb``: file, matrix or tree)."""
+    from .exchangeability import ExchangeabilityTree
+
+    if blocks is not None:
+        raise ValueError("exchangeability_tree and exchangeability_blocks: give one of them "
+                         "(exchangeability_blocks also takes a tree or PALM's matrix)")
+    if isinstance(tree, ExchangeabilityTree):
+        return tree
+    if isinstance(tree, (str, os.PathLike)):
+        from .design_files import read_exchangeability_blocks
+
+        if not os.path.isfile(tree):
+            raise ValueError(f"exchangeability_tree: no such file {str(tree)!r} (a string names PALM's -eb CSV)")
+        tree = read_exchangeability_blocks(tree)
+    try:
+        return ExchangeabilityTree.from_matrix(np.asarray(tree))
+    except ValueError as err:
+        raise ValueError(f"exchangeability_tree: {str(err).removeprefix('exchangeability_blocks: ')}") from None
+
+
 def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, adjacency=None,
                  connectivity=6, cluster_connectivity=None, n_perm=5000, tfce=False, tfce_E=0.5,
                  tfce_H=2.0, tfce_mode="exact", tfce_dh=None, cluster_threshold=None,
                  cluster_threshold_f=None, cluster_mass_threshold=None, cluster_mass_threshold_f=None,
                  two_sided=True, demean=False, sign_flip=False, permute=None,
-                 exchangeability_blocks=None, whole_blocks=False, tail_approximation=False,
-                 variance_groups=None, correct_across_contrasts=False, effective_design=None,
+                 exchangeability_blocks=None, exchangeability_tree=None, whole_blocks=False,
+                 tail_approximation=False, variance_groups=None, correct_across_contrasts=False, effective_design=None,
                  variance_smoothing=None, voxel_size=None, voxelwise_evs=None, glm_output=False,
                  twopass=False, rng=None, n_jobs=1,
                  chunk_size=None, checkpoint_dir=None, resume=False, executor="local",
@@ -198,6 +219,12 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
         PALM's ``(n_subjects, n_levels)`` multi-level ``-eb`` matrix, or a
         :class:`voxstats.exchangeability.ExchangeabilityTree`. A file name is
         read as ``-e`` (``design.grp``).
+    exchangeability_tree : ExchangeabilityTree, (n_subjects, n_levels) array-like, str or path, optional
+        PALM's multi-level exchangeability blocks (``-eb``) by their own name:
+        a tree, PALM's matrix (negative indices shuffle within, positive as
+        whole blocks), or PALM's ``-eb`` CSV. The same as passing it as
+        ``exchangeability_blocks``; give one of the two (Winkler et al. 2015,
+        NeuroImage 123:253-268, doi:10.1016/j.neuroimage.2015.05.092).
     whole_blocks : bool
         With a block vector: shuffle whole blocks as units instead.
     tail_approximation : bool
@@ -325,6 +352,8 @@ def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, a
     permute, sign_flip = _resolve_scheme(design, permute, sign_flip)
     _check_option("correct_across_contrasts", correct_across_contrasts, (True, False))
     exchangeability_blocks = _read_blocks(exchangeability_blocks)
+    if exchangeability_tree is not None:
+        exchangeability_blocks = _read_tree(exchangeability_tree, exchangeability_blocks)
     groups = resolve_variance_groups(variance_groups, design.n_subjects,
                                      exchangeability_blocks=exchangeability_blocks, whole_blocks=whole_blocks)
     if groups is not None and (variance_smoothing is not None or voxelwise_evs is not None):

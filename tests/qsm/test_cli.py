@@ -84,6 +84,12 @@ def test_common_options_before_and_after_the_subcommand():
     assert parser.parse_args(["demo", "--out", "x"]).quiet is False
     assert parser.parse_args(["normalize", "src", "out", "--quiet"]).quiet is True
     assert parser.parse_args(["normalize", "src", "out", "--n-jobs", "-1"]).n_jobs == -1
+    transfer = ["atlas", "transfer", "--atlas", "thomas", "--to", "MNI152NLin2009aSym",
+                "--out", "x"]
+    assert parser.parse_args([*transfer, "-q"]).quiet is True
+    assert parser.parse_args(["-q", *transfer]).quiet is True
+    assert parser.parse_args(["atlas", "-q", *transfer[1:]]).quiet is True
+    assert parser.parse_args(transfer).quiet is False
 
 
 def test_version(capsys):
@@ -97,10 +103,21 @@ def _subparsers(parser):
     return action.choices
 
 
+def _all_subcommands(parser, prefix=()):
+    """(name, parser) of every subcommand, nested ones (``atlas transfer``) included."""
+    if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+        return []
+    out = []
+    for name, sub in _subparsers(parser).items():
+        out.append((" ".join((*prefix, name)), sub))
+        out += _all_subcommands(sub, (*prefix, name))
+    return out
+
+
 def test_every_subcommand_has_a_description_and_every_option_its_default():
     parser = _get_parser()
-    subs = _subparsers(parser)
-    assert {"run", "demo", "normalize"} <= set(subs)
+    subs = dict(_all_subcommands(parser))
+    assert {"run", "demo", "normalize", "atlas", "atlas transfer"} <= set(subs)
     for name, sub in subs.items():
         assert sub.description and len(sub.description) > 40, name
         text = " ".join(sub.format_help().split())
@@ -113,6 +130,8 @@ def test_every_subcommand_has_a_description_and_every_option_its_default():
         assert "(default: 2)" in text if name == "normalize" else True
     normalize = " ".join(subs["normalize"].format_help().split())
     assert "--outlier-z Z" in normalize and "(default: 3.5)" in normalize
+    transfer = " ".join(subs["atlas transfer"].format_help().split())
+    assert "working grid of the registration in mm (default: 2.0)" in transfer
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -124,6 +143,8 @@ def test_every_subcommand_has_a_description_and_every_option_its_default():
     (["normalize", "s", "o", "--qc-floor", "2"], "argument --qc-floor: must be in [0.0, 1.0]"),
     (["normalize", "s", "o", "--resolution", "0"], "argument --resolution: must be > 0"),
     (["demo"], "the following arguments are required: --out"),
+    (["atlas", "transfer", "--atlas", "thomas", "--to", "x", "--out", "o",
+      "--to-resolution", "0"], "argument --to-resolution: must be > 0"),
 ])
 def test_usage_errors_name_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -33,6 +33,12 @@ def _config(root, **sections):
     return load_config(raw, base_dir=root)
 
 
+def _section(path, title):
+    """The text of one ``## title`` section of a Markdown report."""
+    text = path.read_text()
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def _patch(root, table, k, n=89):
     """Zero an n-voxel patch of subject k's left pulvinar (a masked vein, say)."""
     masks = region_masks(demo_thalamus_atlas())
@@ -70,6 +76,15 @@ def test_voxels_without_data_leave_the_voxelwise_mask(cohort, tmp_path):
     roi = pd.read_csv(tmp_path / "a" / "cohort_qsmstats.tsv", sep="\t")
     r = roi[(roi.subject == sub) & (roi.roi == "pulvinar_left")].iloc[0]
     assert r.num_voxels == pul.sum() - 89
+    # the report says it: the mask's voxels left out, and who lacks data where
+    n_thal = int(region_masks(demo_thalamus_atlas())["thalamus"].sum())
+    section = _section(tmp_path / "a" / "report.md", "Data coverage and exclusions")
+    assert (f"{n_thal - 89} of {n_thal} voxels of `thalamus` analysed; **89 "
+            f"({89 / n_thal:.1%}) left out**") in section
+    assert f"{len(table)} of {len(table)} analysed; none left out" in section
+    group = table.group[0]
+    assert (f"| {sub} | {group} | 89 | {n_thal} | {100 * 89 / n_thal:.1f} | "
+            "pulvinar_left 89 | analysed |") in section
     # a subject missing more than the limit of the thalamus is named and stops the run...
     with pytest.raises(ValueError, match=rf"without data in more than 1% of the thalamus.*{sub} "):
         run_study(_config(root, roi={"max_missing_fraction": 0.01}), tmp_path / "b",
@@ -81,6 +96,13 @@ def test_voxels_without_data_leave_the_voxelwise_mask(cohort, tmp_path):
     assert sub not in set(res.participants.participant_id) and len(res.participants) == 11
     prov = json.loads((tmp_path / "c" / "provenance.json").read_text())
     assert prov["coverage"]["excluded_subjects"] == [sub]
+    section = _section(tmp_path / "c" / "report.md", "Data coverage and exclusions")
+    assert f"{len(table) - 1} of {len(table)} analysed; 1 left out" in section
+    assert (f"| {sub} | {group} | no data in {89 / n_thal:.1%} of the thalamus (more than "
+            "[roi] max_missing_fraction = 1%) |") in section
+    assert f"| {sub} | {group} | 89 | {n_thal} |" in section and "| excluded |" in section
+    assert "(1 more left out: see *Data coverage and exclusions*)" in (
+        tmp_path / "c" / "report.md").read_text()
     assert prov["coverage"]["voxelwise_mask"]["dropped_no_data"] == 0
 
 

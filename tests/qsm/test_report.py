@@ -191,3 +191,56 @@ def test_html_report_in_headless_chromium(study):
         assert driver.execute_script("return document.title") == "QSM thalamus study"
     finally:
         driver.quit()
+
+
+def test_coverage_section_lists_the_incomplete_first_and_says_who_was_left_out():
+    from qsm.report import render_markdown
+    from qsm.report_coverage import MAX_LISTED, CoverageSummary, coverage_section
+
+    rng = np.random.default_rng(5)
+    n_sub = MAX_LISTED + 5
+    subjects = [f"sub-{i:03d}" for i in range(n_sub)]
+    missing = rng.permutation(np.arange(1, n_sub + 1))  # every subject lacks 1..n_sub voxels
+    missing[0] = 0                                       # ...but one has full data
+    rows = []
+    for sub, n in zip(subjects, missing):
+        left = min(int(n), 40)
+        rows += [(sub, "pulvinar_left", 90, left, left / 90),
+                 (sub, "medial_left", 200, int(n) - left, (int(n) - left) / 200),
+                 (sub, "thalamus", 1000, int(n), n / 1000)]
+    table = pd.DataFrame(rows, columns=["subject", "roi", "num_voxels", "num_no_data",
+                                        "fraction_no_data"])
+    worst = subjects[int(np.argmax(missing))]
+    summary = CoverageSummary(
+        table=table, region="thalamus", groups={s: "RRMS" for s in subjects},
+        label_regions=["pulvinar_left", "medial_left"], max_missing_fraction=0.04,
+        on_missing="exclude",
+        voxelwise_mask={"region": "thalamus", "region_voxels": 1000, "analysed_voxels": 900,
+                        "dropped_no_data": 100},
+        excluded=[{"subject": worst, "group": "RRMS", "reason": "too little data"},
+                  {"subject": "sub-999", "group": "HC_RRMS", "reason": "χ map unreadable"}],
+        flagged=[{"subject": subjects[1], "group": "RRMS", "reason": "registration QC"}],
+        n_listed=n_sub + 1)
+    text = render_markdown([coverage_section(summary, n_analysed=n_sub - 1)], Path("."))
+    assert f"{n_sub - 1} of {n_sub + 1} analysed; 2 left out" in text
+    assert "900 of 1000 voxels of `thalamus` analysed; **100 (10.0%) left out**" in text
+    assert f"| {worst} | RRMS | too little data |" in text
+    assert "| sub-999 | HC_RRMS | χ map unreadable |" in text
+    assert f"| {subjects[1]} | RRMS | registration QC |" in text
+    assert "more than 4% of `thalamus`" in text and "is left out" in text
+    # the incomplete subjects, most incomplete first, at most MAX_LISTED, with where
+    listed = re.findall(r"^\| (sub-\d+) \| RRMS \| (\d+) \| 1000 \| ([\d.]+) \| (.*) \| "
+                        r"(analysed|excluded) \|$", text, flags=re.M)
+    assert len(listed) == MAX_LISTED
+    expected = sorted((s for s, n in zip(subjects, missing) if n), key=lambda s: -missing[
+        subjects.index(s)])[:MAX_LISTED]
+    assert [x[0] for x in listed] == expected
+    for sub, n, pct, where, status in listed:
+        k = subjects.index(sub)
+        assert int(n) == missing[k] and float(pct) == round(missing[k] / 10, 1)
+        left = min(int(missing[k]), 40)
+        assert where == f"pulvinar_left {left}" + (
+            f", medial_left {missing[k] - left}" if missing[k] > left else "")
+        assert status == ("excluded" if sub == worst else "analysed")
+    assert f"({n_sub - 1}; the {MAX_LISTED} most incomplete listed" in text
+    assert subjects[int(np.argmin(missing))] not in text.split("most incomplete")[1]

@@ -259,6 +259,15 @@ def test_bad_trees(matrix, match):
         ExchangeabilityTree.from_matrix(np.array(matrix))
 
 
+def test_tree_and_blocks_are_one_option():
+    x = np.column_stack([np.ones(8), np.repeat([0.0, 1.0], 4)])
+    y = np.random.default_rng(0).standard_normal((8, 3))
+    with pytest.raises(ValueError, match="^exchangeability_tree and exchangeability_blocks: give one of them"):
+        permuted_glm(y, x, [0, 1], exchangeability_blocks=np.ones(8), exchangeability_tree=np.array(TREES["T2"]))
+    with pytest.raises(ValueError, match="^exchangeability_tree: no such file 'nowhere.csv'"):
+        permuted_glm(y, x, [0, 1], exchangeability_tree="nowhere.csv")
+
+
 def test_tree_errors_in_context():
     with pytest.raises(ValueError, match=r"the tree has 7 subjects, the data 8"):
         as_tree(np.array(TREES["T3"]), 8)
@@ -276,15 +285,26 @@ def test_tree_survives_pickling():
 # --------------------------------------------------------------------------- exact p-values
 
 
-def test_exhaustive_p_is_exact_on_a_multilevel_tree(allowed):
-    """p over the tree's distinct arrangements equals p over every allowed permutation (float64)."""
+@pytest.mark.parametrize("given", ["blocks", "tree_matrix", "tree", "tree_file"])
+def test_exhaustive_p_is_exact_on_a_multilevel_tree(allowed, given, tmp_path):
+    """p over the tree's distinct arrangements equals p over every allowed permutation (float64).
+
+    The tree given as ``exchangeability_blocks`` or, by its PALM name,
+    ``exchangeability_tree`` (a matrix, a tree, or PALM's -eb CSV).
+    """
+    matrix = np.array(TREES["T2"])
+    csv = tmp_path / "eb.csv"
+    csv.write_text("".join(",".join(str(int(v)) for v in row) + "\n" for row in matrix))
+    how = {"blocks": {"exchangeability_blocks": matrix}, "tree_matrix": {"exchangeability_tree": matrix},
+           "tree": {"exchangeability_tree": ExchangeabilityTree.from_matrix(matrix)},
+           "tree_file": {"exchangeability_tree": str(csv)}}[given]
     rng = np.random.default_rng(8)
     n = 8
     group = np.array([0, 1, 0, 1, 1, 0, 1, 0], dtype=float)
     x = np.column_stack([np.ones(n), group])
     y = rng.standard_normal((n, 5))
     y[:, 0] += 2 * group
-    res = permuted_glm(y, x, [0, 1], n_perm=0, exchangeability_blocks=np.array(TREES["T2"]), rng=0)
+    res = permuted_glm(y, x, [0, 1], n_perm=0, rng=0, **how)
     design = make_design(x)
     (con,) = make_contrasts([0, 1], design)
     perms = allowed["T2"]
