@@ -39,7 +39,7 @@ from .outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "RunInterrupted", "handle_signals", "open_checkpoint", "recorded_seed"]
+__all__ = ["Checkpoint", "ChunkRanges", "RunInterrupted", "handle_signals", "open_checkpoint", "recorded_seed"]
 
 FORMAT = "voxstats-checkpoint-1"
 MANIFEST = "manifest.json"
