@@ -51,3 +51,23 @@ def test_a_duplicate_in_a_list_is_reported_once(study, tmp_path, caplog):
             "-t", str(study / "design.con"), "-n", "5", "--seed", "1", "--quiet", "-x"]
     assert main(argv) == 0
     assert len(_duplicate_warnings(caplog)) == 1
+
+
+@pytest.mark.parametrize("problem", ["missing", "other_space"])
+def test_inputs_are_checked_before_any_warning(study, tmp_path, capsys, caplog, problem):
+    """Before: 'Warning! No output options selected...' (and --norcmask's warning) came before -m's error."""
+    mask = tmp_path / "mask.nii.gz"
+    if problem == "other_space":
+        nib.save(nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), AFFINE), mask)
+    argv = ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(tmp_path / "r"), "-d", str(study / "design.mat"),
+            "-t", str(study / "design.con"), "-m", str(mask), "--norcmask"]
+    caplog.set_level(logging.WARNING)
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and not caplog.records
+    assert err.count("\n") == 1
+    if problem == "missing":
+        assert err == f"voxstats randomise: error: -m: file not found: {mask}\n"
+    else:
+        assert "not in the same space: shapes (3, 3, 3) and (5, 4, 3)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["mask.nii.gz"] if problem == "other_space" else [])
