@@ -177,6 +177,8 @@ def _check_flags(args):
                        "implemented.")
     if args.twopass and not (args.tfce or args.tfce2d or args.cluster_e is not None):
         raise CLIError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
+    if args.seed is not None and args.seed < 0:
+        raise CLIError(f"--seed: expected an integer >= 0, got {args.seed}.")
     if args.n_perm < 0:
         raise CLIError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
     if args.eb and (args.blocks or args.whole_blocks):
@@ -461,8 +463,6 @@ def run(args):
     any_output = (args.vox_corrp or tfce is not None
                   or any(v is not None for v in (args.cluster_e, args.cluster_m, args.cluster_e_f, args.cluster_m_f)))
     n_perm = args.n_perm if any_output else 1
-    if not any_output and not args.quiet:
-        print("Warning! No output options selected. Outputing raw tstat only")
     seed = args.seed
     if seed is None and args.resume:
         seed = recorded_seed(args.checkpoint_dir)
@@ -499,6 +499,8 @@ def run(args):
         print(f"voxstats randomise: error: {lost}; {kept}", file=sys.stderr)
         return 1
 
+    if not any_output and not args.quiet:  # randomise's words, once every input has been read
+        print("Warning! No output options selected. Outputing raw tstat only")
     # results come t first then F; randomise's order (and numbering) is F first, then t
     by_key = {}
     t_results = [c for c in res.contrasts if c.kind in ("t", "v")]

@@ -235,7 +235,7 @@ def test_refuses_to_overwrite(study, tmp_path, capsys):
         (["-n=-5"], "-n: expected a number of permutations >= 0 (0: all distinct ones), got -5."),
         (["-T", "--tfce_D", "1e-9", "--quiet"], "Invalid value for --tfce_D: a step of 1e-09 makes"),
         (["-T", "--tfce_H", "400", "--quiet"], "Invalid value for --tfce_H: with H=400 and E=0.5, TFCE values"),
-        (["--n-jobs", "0"], "Invalid value for --n-jobs: got 0, expected >= 1 or -1"),
+        (["--n-jobs", "0"], "Invalid value for --n-jobs: got 0, expected >= 1, or -1 for all"),
     ],
 )
 def test_option_errors(study, tmp_path, capsys, extra, message):

@@ -2,10 +2,12 @@
 before warnings, negative numbers reaching our range checks, usage errors naming the
 subcommand, plain progress in logs and one contrast order."""
 
+import json
 import logging
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from voxstats.cli import main
@@ -71,3 +73,106 @@ def test_inputs_are_checked_before_any_warning(study, tmp_path, capsys, caplog, 
     else:
         assert "not in the same space: shapes (3, 3, 3) and (5, 4, 3)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == (["mask.nii.gz"] if problem == "other_space" else [])
+
+
+@pytest.fixture(scope="module")
+def stat_map(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stat")
+    data = np.random.default_rng(2).normal(size=(6, 6, 5))
+    data[1:4, 1:4, 1:3] += 3
+    nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), root / "stat.nii.gz")
+    return root / "stat.nii.gz"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    # randomise (the 4D study follows); before: "argument -n: expected one argument", and so on
+    (["-n", "-5"], "-n: expected a number of permutations >= 0 (0: all distinct ones), got -5."),
+    (["-n", "-1"], "-n: expected a number of permutations >= 0 (0: all distinct ones), got -1."),
+    (["-c", "-2"], "-c: expected a cluster-forming threshold > 0, got -2.0."),
+    (["-C", "-2.5"], "-C: expected a cluster-forming threshold > 0, got -2.5."),
+    (["-f", "FTS", "-F", "-1e1"], "-F: expected a cluster-forming threshold > 0, got -10.0."),
+    (["-f", "FTS", "-S", "-.5"], "-S: expected a cluster-forming threshold > 0, got -0.5."),
+    (["-T", "--tfce_H", "-2"], "Invalid value for --tfce_H: expected a finite number >= 0, got -2.0"),
+    (["-T", "--tfce_E", "-1"], "Invalid value for --tfce_E: expected a finite number >= 0, got -1.0"),
+    (["-T", "--tfce_D", "-0.1"], "--tfce_D: expected a step > 0, got -0.1."),
+    (["-v", "-3"], "-v: expected a sigma > 0 mm, got -3.0."),
+    (["--seed", "-4"], "--seed: expected an integer >= 0, got -4."),
+    (["--skipTo", "-1"], "--skipTo -1: expected 1..2 (F contrasts first, then t)."),
+    (["-U", "-1"], "-U -1: only Freedman-Lane (-U 1, randomise's default) is implemented."),
+    (["--n-jobs", "-999"], "Invalid value for --n-jobs: got -999, expected >= 1, or -1 for all"),
+    (["--area", "-2"], "--area: expected a file or a number > 0, got -2"),
+    (["--left-area", "-2"], "--left-area: expected a file or a number > 0, got -2"),
+    (["--surf", "lh.white", "-2"], "--surf: expected a file or a number > 0, got -2"),
+    # tfce and cluster (the statistic map follows)
+    (["tfce", "-E", "-1"], "Invalid value for -E: expected a finite number >= 0, got -1.0"),
+    (["tfce", "-H", "-2"], "Invalid value for -H: expected a finite number >= 0, got -2.0"),
+    (["tfce", "--mode", "fsl", "--dh", "-0.5"], "Invalid value for --dh: expected a step > 0, got -0.5"),
+    (["tfce", "--area", "-3"], "--area: expected a file or a number > 0, got -3"),
+    (["cluster", "--threshold", "-2"], "Invalid value for --threshold: expected a number >= 0, got -2.0."),
+    (["cluster", "--threshold", "1", "--min-size", "-3"], "Invalid value for --min-size: expected an integer >= 1, got -3."),
+    (["cluster", "--p", "STAT", "--p-convention", "p", "--alpha", "-0.1"],
+     "Invalid value for --alpha: expected 0 < alpha <= 1, got -0.1."),
+])
+def test_negative_numbers_reach_the_range_checks(study, stat_map, tmp_path, capsys, argv, message):
+    """Every numeric option of every command: a negative value is read as a value and refused in one line."""
+    argv = [str(study / "design.fts") if a == "FTS" else str(stat_map) if a == "STAT" else a for a in argv]
+    if argv[0] in ("tfce", "cluster"):
+        command, argv = argv[0], [argv[0], str(stat_map)] + (["--threshold", "1"] if argv[0] == "cluster"
+                                                             and "--threshold" not in argv else []) + argv[1:]
+        if command == "tfce":
+            argv.insert(2, str(tmp_path / "out.nii.gz"))
+    else:
+        command = "randomise"
+        argv = ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(tmp_path / "r"),
+                "-d", str(study / "design.mat"), "-t", str(study / "design.con")] + argv
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"voxstats {command}: error: {message}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_minus_one_is_still_the_one_sample_flag(study, tmp_path, capsys):
+    argv = ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(tmp_path / "r"), "-1", "-n", "8", "--seed", "2",
+            "--quiet", "-x"]
+    assert main(argv) == 0
+    design = json.loads((tmp_path / "r.json").read_text())
+    assert design["seed"] == 2 and (tmp_path / "r_vox_corrp_tstat1.nii.gz").exists()
+
+
+@pytest.mark.parametrize("command", ["randomise", "tfce", "cluster"])
+def test_usage_errors_name_the_subcommand(command, capsys):
+    """Before: 'voxstats: error: unrecognized arguments: 1' for a subcommand's stray argument."""
+    argv = {"randomise": ["randomise", "-i", "x", "-o", "y", "stray"], "tfce": ["tfce", "a", "b", "stray"],
+            "cluster": ["cluster", "a", "--threshold", "1", "stray"]}[command]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: voxstats {command} ")
+    assert err.splitlines()[-1] == f"voxstats {command}: error: unrecognized arguments: stray"
+
+
+def test_cluster_surf_takes_surf_and_area(tmp_path, capsys):
+    """cluster --surf SURF [AREA], as randomise and tfce: every vertex weighs AREA mm²."""
+    from voxstats.surface import icosphere
+    from voxstats.surface_clusters import surface_cluster_table
+
+    mesh = icosphere(2, radius=50.0)
+    surf = tmp_path / "lh.white.surf.gii"
+    nib.save(nib.gifti.GiftiImage(darrays=[
+        nib.gifti.GiftiDataArray(mesh.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
+        nib.gifti.GiftiDataArray(mesh.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), surf)
+    values = np.exp(-0.5 * (np.linalg.norm(mesh.coordinates - mesh.coordinates[0], axis=1) / 20) ** 2) * 4
+    stat = tmp_path / "stat.func.gii"
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(values.astype(np.float32))]), stat)
+    out = tmp_path / "clusters.tsv"
+    assert main(["cluster", str(stat), "--surf", str(surf), "2", "--threshold", "1", "-o", str(out)]) == 0
+    want = surface_cluster_table(str(stat), str(surf), threshold=1.0, areas=2.0).table
+    got = pd.read_csv(out, sep="\t")
+    n_vertices = int((values > 1).sum())
+    assert len(got) == 1 and int(got["n_vertices"][0]) == n_vertices
+    np.testing.assert_allclose(got["area_mm2"], [2.0 * n_vertices], rtol=1e-6)  # by hand: 2 mm² per vertex
+    np.testing.assert_allclose(got["area_mm2"], want["area_mm2"], rtol=1e-6)
+    assert main(["cluster", str(stat), "--surf", str(surf), "2", "--area", "3", "--threshold", "1"]) == 1
+    assert "--surf SURF AREA and --area both give vertex areas; give one" in capsys.readouterr().err
