@@ -510,7 +510,7 @@ def run(args):
     for (kind, index), contrast in zip([k for k in contrasts if k[0] == "f"], f_results):
         by_key[(kind, index)] = contrast
     written, p_maps, summary, critical = [], [], [], []
-    for key in sorted(contrasts, key=lambda k: k[0] != "t"):  # t first, as the library's results
+    for key in contrasts:  # randomise's order: F contrasts first, then t (critical values, summary, record)
         contrast, names = by_key[key], outputs[key]
         stat = stat_name(*key, groups is not None)
         for name, values in output_maps(contrast, names, args.logp).items():
@@ -560,8 +560,7 @@ def run(args):
             stale.unlink()
             logger.info("Removed %s, written by the earlier run and not by this one", stale)
     if not args.quiet:
-        # randomise analyses (and prints) the F contrasts first
-        for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
+        for name, value in critical:  # in randomise's order, as the summary below
             print(f"Critical Value for: {name} is: {value:g}")
         print_summary(args, res, seed, record, summary, tfce, json_path, suffix)
     return 0

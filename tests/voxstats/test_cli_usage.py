@@ -33,7 +33,7 @@ def study(tmp_path_factory):
     group = np.repeat([1.0, 0.0], N // 2)
     write_design(root / "design.mat", np.column_stack([group, 1 - group]))
     write_contrasts(root / "design.con", {"A>B": [1.0, -1.0], "B>A": [-1.0, 1.0]})
-    write_f_contrasts(root / "design.fts", [[1, 1]], t_names=["A>B", "B>A"])
+    write_f_contrasts(root / "design.fts", [[1, 0]], t_names=["A>B", "B>A"])
     return root
 
 
@@ -176,3 +176,22 @@ def test_cluster_surf_takes_surf_and_area(tmp_path, capsys):
     np.testing.assert_allclose(got["area_mm2"], want["area_mm2"], rtol=1e-6)
     assert main(["cluster", str(stat), "--surf", str(surf), "2", "--area", "3", "--threshold", "1"]) == 1
     assert "--surf SURF AREA and --area both give vertex areas; give one" in capsys.readouterr().err
+
+
+def test_critical_values_and_summary_in_randomises_order(study, tmp_path, capsys):
+    """FSL randomise 2.9 (checked by hand on this kind of design: -t with two contrasts, -f one, -x -c -F -T)
+    analyses F contrasts first, then t, and prints each contrast's vox, clustere and tfce critical values
+    in turn. Before: critical values F first but the summary t first."""
+    out = tmp_path / "r"
+    argv = ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(out), "-d", str(study / "design.mat"),
+            "-t", str(study / "design.con"), "-f", str(study / "design.fts"), "-n", "10", "--seed", "3",
+            "-x", "-c", "1.5", "-F", "2", "-T"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    critical = [line.split()[3].removeprefix(f"{out}_") for line in lines if line.startswith("Critical Value for:")]
+    assert critical == [f"{kind}_{stat}" for stat in ("fstat1", "tstat1", "tstat2")
+                        for kind in ("vox", "clustere", "tfce")]
+    summary = [line.split()[0] for line in lines if line.split()[0] in ("fstat1", "tstat1", "tstat2")]
+    assert summary == ["fstat1", "tstat1", "tstat2"]
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert [s["output"] for s in record["summary"]] == summary
