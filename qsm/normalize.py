@@ -484,7 +484,7 @@ def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="st
 
 
 def _run_parallel(jobs, *, n_jobs, verbose):
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     bar = tqdm(total=len(jobs), desc="normalize", unit="subject", disable=not _show_progress(verbose))
     try:

@@ -499,7 +499,7 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     -------
     result : StudyResult
     """
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     if not isinstance(config, StudyConfig):
         config = load_config(config)
@@ -652,7 +652,7 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
     crop_affine = _crop_affine(affine, box)
     mask_crop = vox_mask[box]
     results, pmaps = [], {}
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     bar = tqdm(total=len(config.groups) * v.n_perm, disable=not verbose, unit="perm",
                desc="voxel-wise permutations")

@@ -195,3 +195,16 @@ def test_critical_values_and_summary_in_randomises_order(study, tmp_path, capsys
     assert summary == ["fstat1", "tstat1", "tstat2"]
     record = json.loads((tmp_path / "r.json").read_text())
     assert [s["output"] for s in record["summary"]] == summary
+
+
+def test_progress_in_a_log_is_a_few_plain_lines(study, tmp_path, capsys):
+    """stderr captured (not a terminal): no carriage returns, at most 11 lines per contrast's bar
+    (the 70 distinct relabellings of 4 + 4 subjects, exhaustive instead of 200)."""
+    argv = ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(tmp_path / "r"), "-d", str(study / "design.mat"),
+            "-t", str(study / "design.con"), "-n", "200", "--seed", "4", "-x"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    for name in ("A>B (1/2)", "B>A (2/2)"):
+        lines = [line for line in err.splitlines() if line.startswith(f"{name}:")]
+        assert 1 <= len(lines) <= 11 and lines[-1].startswith(f"{name}: 100% (70/70 perm)")  # 8!/(4!4!)
