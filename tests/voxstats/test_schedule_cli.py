@@ -92,3 +92,17 @@ def test_eb_reader_accepts_header_and_whitespace(tmp_path):
     path = tmp_path / "eb.txt"
     path.write_text("level1 level2\n-1 1\n-1 2\n")
     np.testing.assert_array_equal(read_exchangeability_blocks(path), [[-1, 1], [-1, 2]])
+
+
+@pytest.mark.parametrize("labels, named", [
+    ("1\n2\n3\n4\n5\n6\n7\n8\n", "1 (subject 1), 2 (subject 2), 3 (subject 3)"),  # eight groups of one
+    ("1\n1\n1\n2\n2\n2\n2\n3\n", "3 (subject 8)"),  # one lone subject
+])
+def test_vg_groups_of_one_subject_are_a_one_line_error(study, tmp_path, capsys, labels, named):
+    vg = tmp_path / "vg.txt"
+    vg.write_text(labels)
+    assert _run(study, tmp_path, "-n", "20", "--vg", str(vg)) == 1
+    err = capsys.readouterr().err
+    assert f"--vg: variance groups of one subject: {named}" in err and err.count("\n") == 1
+    assert "at least 2 subjects per group" in err
+    assert not (tmp_path / "out.json").exists()
