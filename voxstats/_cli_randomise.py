@@ -353,13 +353,52 @@ def _inputs(args):
     return imgs, len(imgs)
 
 
-def _print_how_many(n_possible, contrasts, flipping):
+def _print_how_many(n_possible, contrasts, flipping, randomise_counts=None):
+    """randomise's ``-q`` lines, then a note where randomise would count differently (see _randomise_counts)."""
+    from voxstats.permutation import MANY_REARRANGEMENTS
+
     if flipping:
         print("One-sample design detected; sign-flipping instead of permuting.")
     what = "sign-flips" if flipping else "permutations"
     for kind, index in contrasts:
         test = "t-test" if kind == "t" else "f-test"
         print(f"{n_possible} {what} required for exhaustive test of {test} {index}")
+    differ = {key: count for key, count in (randomise_counts or {}).items() if count != n_possible}
+    if differ:
+        theirs = ", ".join(f"{count} for {'t-test' if kind == 't' else 'f-test'} {index}"
+                           for (kind, index), count in differ.items())
+        print(f"Note: voxstats (as PALM) counts the distinct rearrangements of the whole design's rows; randomise "
+              f"counts those of the tested regressors only and would report {theirs}. They differ because the "
+              "design has regressors besides the tested ones whose values differ between subjects (e.g. a "
+              "continuous covariate such as age); --effective_design with the tested regressors counts as "
+              "randomise does.")
+    if n_possible > MANY_REARRANGEMENTS:
+        print(f"Note: -n 0 (or -n {n_possible} or more) would enumerate all {n_possible} rearrangements; "
+              "give -n N (e.g. -n 5000) for a random subset.")
+
+
+def _randomise_counts(design, blocks, whole_blocks, tcons, fcons, contrasts):
+    """randomise's count for each contrast: distinct rearrangements of the rows of ``(X - mean(X)) C'``.
+
+    randomise v2.9 (``randomise.cc``) builds its permutation scheme from
+    ``remmean(dm) * inputContrast.t()``, the tested regressors only. None with
+    PALM's multi-level blocks (``--eb``), which randomise does not have.
+    """
+    import numpy as np
+
+    from voxstats.exchangeability import ExchangeabilityTree, as_tree
+
+    if isinstance(blocks, ExchangeabilityTree):
+        return None
+    matrix = np.asarray(design, dtype=float)
+    tree = as_tree(blocks, matrix.shape[0], whole_blocks=whole_blocks)
+    centred = matrix - matrix.mean(axis=0)
+    t_list, f_list = list(tcons.values()), list(fcons.values())
+    counts = {}
+    for kind, index in contrasts:
+        weights = np.atleast_2d(np.asarray((t_list if kind == "t" else f_list)[index - 1], dtype=float))
+        counts[(kind, index)] = tree.count(centred @ weights.T)
+    return counts
 
 
 def _n_possible(args, design, blocks):
@@ -409,7 +448,9 @@ def run(args):
                            f"got {len(effective)}.")
     if args.how_many:
         n_possible, flipping = _n_possible(args, design if effective is None else effective, blocks)
-        _print_how_many(n_possible, contrasts, flipping)
+        theirs = (None if flipping or effective is not None
+                  else _randomise_counts(design, blocks, args.whole_blocks, tcons, fcons, contrasts))
+        _print_how_many(n_possible, contrasts, flipping, theirs)
         return 0
     groups = _variance_groups(args, blocks, n_subjects)
     voxelwise = _voxelwise(args, design)

@@ -220,7 +220,9 @@ def test_effective_design_decides_the_distinct_rearrangements(toy, tmp_path, cap
     write_design(tmp_path / "eff.mat", toy["x"])
     base = ["randomise", "-i", str(root / "data.nii.gz"), "-d", str(tmp_path / "cov.mat"), "-t", str(tmp_path / "cov.con")]
     assert main(base + ["-o", str(tmp_path / "a"), "-q"]) == 0
-    assert capsys.readouterr().out == f"{math.factorial(8)} permutations required for exhaustive test of t-test 1\n"
+    first, note = capsys.readouterr().out.splitlines()
+    assert first == f"{math.factorial(8)} permutations required for exhaustive test of t-test 1"
+    assert f"randomise counts those of the tested regressors only and would report {math.comb(8, 4)}" in note
     assert main(base + ["-o", str(tmp_path / "b"), "-q", "--effective_design", str(tmp_path / "eff.mat")]) == 0
     assert capsys.readouterr().out == f"{math.comb(8, 4)} permutations required for exhaustive test of t-test 1\n"
     assert main(base + ["-o", str(tmp_path / "c"), "-x", "-n", "0", "--effective_design", str(tmp_path / "eff.mat"),
