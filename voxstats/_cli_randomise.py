@@ -548,6 +548,8 @@ def run(args):
                 critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
         index, xyz = peak(res.masker, np.asarray(contrast.stat))
         index = None if index is None else _jsonable_index(index)
+        peak_at, peak_xyz = peak(res.masker, np.asarray(contrast.stat), contrast.tail)
+        peak_at = None if peak_at is None else _jsonable_index(peak_at)
         summary.append({
             "name": contrast.name, "output": stat, "kind": contrast.kind, "statistic": contrast.kind,
             "tail": contrast.tail,
@@ -557,6 +559,10 @@ def run(args):
             "max_stat": float(np.max(contrast.stat)) if contrast.stat.size else None,
             "max_voxel": index,
             "max_mm": None if xyz is None else [round(float(v), 3) for v in xyz],
+            # the peak the test refers to: two-sided, the signed value of largest |stat|; one-sided, the max
+            "peak_stat": contrast.peak,
+            "peak_voxel": peak_at,
+            "peak_mm": None if peak_xyz is None else [round(float(v), 3) for v in peak_xyz],
             "tfce_dh": contrast.tfce_dh,
         })
     if res.glm is not None:

@@ -231,3 +231,29 @@ def test_effective_design_decides_the_distinct_rearrangements(toy, tmp_path, cap
     assert record["n_perm"] == 70 and record["exhaustive"]
     res = voxstats.permuted_glm(toy["data"].reshape(-1, 8).T, x, [1.0, -1, 0], effective_design=toy["x"], n_perm=0)
     assert res.n_perm == res.n_possible == 70
+
+
+@pytest.mark.parametrize("twotail", [False, True])
+def test_summary_line_reports_the_peak_the_test_refers_to(toy, tmp_path, capsys, twotail):
+    """g1>g2 peaks positive, g2>g1 (its negation) negative: with --twotail the peak of tstat2 is the
+    signed t of largest |t| (SciPy), one-sided it is the maximum; the JSON records the same peak."""
+    from scipy import stats
+
+    out = tmp_path / "pk"
+    assert main(_argv(toy, out, "-x", "-n", "20", *(["--twotail"] if twotail else []))) == 0
+    text = capsys.readouterr().out
+    data = toy["data"].reshape(-1, 8)
+    t1 = stats.ttest_ind(data[:, :4], data[:, 4:], axis=1).statistic  # g1>g2, independent of voxstats
+    record = json.loads((tmp_path / "pk.json").read_text())
+    for line_name, t, entry in (("tstat1 (g1>g2)", t1, record["summary"][0]),
+                                ("tstat2 (g2>g1)", -t1, record["summary"][1])):
+        k = int(np.argmax(np.abs(t))) if twotail else int(np.argmax(t))
+        ijk = np.unravel_index(k, SHAPE)
+        word = "peak" if twotail else "max"
+        expected = f"{line_name}: FWE p<0.05 voxels: voxel "
+        (line,) = [v for v in text.splitlines() if v.startswith(expected)]
+        assert line.endswith(f"; {word} {t[k]:.4g} at voxel {tuple(int(v) for v in ijk)} = "
+                             + "({:.1f}, {:.1f}, {:.1f}) mm".format(*(AFFINE[:3, :3] @ ijk)))
+        assert entry["peak_stat"] == pytest.approx(t[k], rel=1e-5) and entry["peak_voxel"] == list(ijk)
+        assert entry["max_stat"] == pytest.approx(t.max(), rel=1e-5)
+    assert (f"peak {-t1.max():.4g}" in text) == twotail  # tstat2's peak is negative only two-sided
