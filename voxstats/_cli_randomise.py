@@ -415,6 +415,20 @@ def _n_possible(args, design, blocks):
     return schedule.n_possible, flipping
 
 
+def _critical_scale(label, on_z):
+    """What a critical value of the ``label`` null (vox, tfce, clustere, ...) is measured in.
+
+    With ``on_z`` the statistics were converted to z before any comparison
+    (v and G, or ``--corrcon`` across contrasts of different kinds or ranks,
+    as PALM's ``-zstat``): the voxel critical value is a z, TFCE is of z, and
+    cluster masses are sums of z. Cluster extents are voxel counts either way.
+    """
+    stat = "z" if on_z else "statistic"
+    return {"vox": stat, "tfce": f"TFCE of {stat}", "tfcen": f"normalised TFCE of {stat}",
+            "clusterm": f"cluster mass of {stat}", "clustere": "cluster extent (voxels)",
+            "clustern": "normalised cluster extent"}[label]
+
+
 def run(args):
     """Run ``voxstats randomise`` with parsed arguments; returns the exit code."""
     import numpy as np
@@ -545,7 +559,8 @@ def run(args):
                                      ("tfcen", "null_max_tfcen", "tfcen_corrp" in names)):
             source = contrast.twopass if label in ("clustern", "tfcen") else contrast
             if wanted and res.n_perm > 1:
-                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
+                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field)),
+                                 _critical_scale(label, contrast.z is not None)))
         index, xyz = peak(res.masker, np.asarray(contrast.stat))
         index = None if index is None else _jsonable_index(index)
         peak_at, peak_xyz = peak(res.masker, np.asarray(contrast.stat), contrast.tail)
@@ -581,8 +596,10 @@ def run(args):
             logger.info("Removed %s, written by the earlier run and not by this one", stale)
     if not args.quiet:
         # randomise analyses (and prints) the F contrasts first
-        for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
-            print(f"Critical Value for: {name} is: {value:g}")
+        for name, value, scale in sorted(critical, key=lambda item: "_fstat" not in item[0]
+                                         and "_gstat" not in item[0]):
+            # randomise's line; statistics converted to z (--corrcon across kinds, --vg) say so
+            print(f"Critical Value for: {name} is: {value:g}" + (f" ({scale})" if "z" in scale.split() else ""))
         print_summary(args, res, seed, record, summary, tfce, json_path, suffix)
     return 0
 

@@ -230,7 +230,8 @@ def run_record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, w
         "t_contrasts": {k: np.asarray(v).tolist() for k, v in tcons.items()},
         "f_contrasts": None if not fcons else {k: np.asarray(v).tolist() for k, v in fcons.items()},
         "p_convention": "-log10(p)" if args.logp else "1-p",
-        "critical_values": {name: value for name, value in critical},
+        "critical_values": {name: value for name, value, _ in critical},
+        "critical_value_scales": {name: scale for name, _, scale in critical},  # 'z' when compared on z
         "versions": _versions(),
         "sha256": {str(p): _sha256(p) for p in inputs},
         "outputs": written,

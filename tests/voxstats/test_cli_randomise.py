@@ -257,3 +257,38 @@ def test_summary_line_reports_the_peak_the_test_refers_to(toy, tmp_path, capsys,
         assert entry["peak_stat"] == pytest.approx(t[k], rel=1e-5) and entry["peak_voxel"] == list(ijk)
         assert entry["max_stat"] == pytest.approx(t.max(), rel=1e-5)
     assert (f"peak {-t1.max():.4g}" in text) == twotail  # tstat2's peak is negative only two-sided
+
+
+def test_corrcon_critical_values_are_on_z_and_say_so(toy, tmp_path, capsys):
+    """--corrcon with t and F contrasts compares z: the critical values (randomise's rule, ceil(0.95 N)-th
+    null maximum) equal SciPy's z of t(6) and F(1, 6) maxima over the -P relabellings, and are marked (z)."""
+    from scipy import stats
+
+    root = toy["root"]
+    out = tmp_path / "cc"
+    assert main(_argv(toy, out, "-f", str(root / "design.fts"), "--corrcon", "-x", "-P", "-n", "30")) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "cc.json").read_text())
+    y = toy["data"].reshape(-1, 8).T.astype(np.float64)
+    x = toy["x"]
+    for stat, c, kind in (("tstat1", np.array([1.0, -1]), "t"), ("tstat2", np.array([-1.0, 1]), "t"),
+                          ("fstat1", np.array([1.0, -1]), "F")):
+        perms = np.loadtxt(tmp_path / f"cc_perm_{stat}.txt").astype(int) - 1
+        maxima = []
+        for p in perms:
+            xp = x[p]
+            beta, rss = np.linalg.lstsq(xp, y, rcond=None)[:2]
+            t = (c @ beta) / np.sqrt(rss / 6 * (c @ np.linalg.inv(xp.T @ xp) @ c))
+            z = stats.norm.isf(stats.t.sf(t, 6) if kind == "t" else stats.f.sf(t ** 2, 1, 6))
+            maxima.append(z.max())
+        want = np.sort(maxima)[int(np.ceil(0.95 * len(maxima))) - 1]
+        name = f"{out}_vox_{stat}"
+        assert record["critical_values"][name] == pytest.approx(want, rel=1e-4)
+        assert record["critical_value_scales"][name] == "z"
+        assert f"Critical Value for: {name} is: {record['critical_values'][name]:g} (z)\n" in printed
+    # without --corrcon (t only): the statistic itself, no mark
+    assert main(_argv(toy, tmp_path / "plain", "-x", "-n", "30")) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "plain.json").read_text())
+    assert set(record["critical_value_scales"].values()) == {"statistic"}
+    assert "(z)" not in printed and f"Critical Value for: {tmp_path / 'plain'}_vox_tstat1 is: " in printed
