@@ -353,13 +353,52 @@ def _inputs(args):
     return imgs, len(imgs)
 
 
-def _print_how_many(n_possible, contrasts, flipping):
+def _print_how_many(n_possible, contrasts, flipping, randomise_counts=None):
+    """randomise's ``-q`` lines, then a note where randomise would count differently (see _randomise_counts)."""
+    from voxstats.permutation import MANY_REARRANGEMENTS
+
     if flipping:
         print("One-sample design detected; sign-flipping instead of permuting.")
     what = "sign-flips" if flipping else "permutations"
     for kind, index in contrasts:
         test = "t-test" if kind == "t" else "f-test"
         print(f"{n_possible} {what} required for exhaustive test of {test} {index}")
+    differ = {key: count for key, count in (randomise_counts or {}).items() if count != n_possible}
+    if differ:
+        theirs = ", ".join(f"{count} for {'t-test' if kind == 't' else 'f-test'} {index}"
+                           for (kind, index), count in differ.items())
+        print(f"Note: voxstats (as PALM) counts the distinct rearrangements of the whole design's rows; randomise "
+              f"counts those of the tested regressors only and would report {theirs}. They differ because the "
+              "design has regressors besides the tested ones whose values differ between subjects (e.g. a "
+              "continuous covariate such as age); --effective_design with the tested regressors counts as "
+              "randomise does.")
+    if n_possible > MANY_REARRANGEMENTS:
+        print(f"Note: -n 0 (or -n {n_possible} or more) would enumerate all {n_possible} rearrangements; "
+              "give -n N (e.g. -n 5000) for a random subset.")
+
+
+def _randomise_counts(design, blocks, whole_blocks, tcons, fcons, contrasts):
+    """randomise's count for each contrast: distinct rearrangements of the rows of ``(X - mean(X)) C'``.
+
+    randomise v2.9 (``randomise.cc``) builds its permutation scheme from
+    ``remmean(dm) * inputContrast.t()``, the tested regressors only. None with
+    PALM's multi-level blocks (``--eb``), which randomise does not have.
+    """
+    import numpy as np
+
+    from voxstats.exchangeability import ExchangeabilityTree, as_tree
+
+    if isinstance(blocks, ExchangeabilityTree):
+        return None
+    matrix = np.asarray(design, dtype=float)
+    tree = as_tree(blocks, matrix.shape[0], whole_blocks=whole_blocks)
+    centred = matrix - matrix.mean(axis=0)
+    t_list, f_list = list(tcons.values()), list(fcons.values())
+    counts = {}
+    for kind, index in contrasts:
+        weights = np.atleast_2d(np.asarray((t_list if kind == "t" else f_list)[index - 1], dtype=float))
+        counts[(kind, index)] = tree.count(centred @ weights.T)
+    return counts
 
 
 def _n_possible(args, design, blocks):
@@ -374,6 +413,20 @@ def _n_possible(args, design, blocks):
                              exchangeability_blocks=blocks, whole_blocks=args.whole_blocks, design=matrix,
                              rng=0)
     return schedule.n_possible, flipping
+
+
+def _critical_scale(label, on_z):
+    """What a critical value of the ``label`` null (vox, tfce, clustere, ...) is measured in.
+
+    With ``on_z`` the statistics were converted to z before any comparison
+    (v and G, or ``--corrcon`` across contrasts of different kinds or ranks,
+    as PALM's ``-zstat``): the voxel critical value is a z, TFCE is of z, and
+    cluster masses are sums of z. Cluster extents are voxel counts either way.
+    """
+    stat = "z" if on_z else "statistic"
+    return {"vox": stat, "tfce": f"TFCE of {stat}", "tfcen": f"normalised TFCE of {stat}",
+            "clusterm": f"cluster mass of {stat}", "clustere": "cluster extent (voxels)",
+            "clustern": "normalised cluster extent"}[label]
 
 
 def run(args):
@@ -409,7 +462,9 @@ def run(args):
                            f"got {len(effective)}.")
     if args.how_many:
         n_possible, flipping = _n_possible(args, design if effective is None else effective, blocks)
-        _print_how_many(n_possible, contrasts, flipping)
+        theirs = (None if flipping or effective is not None
+                  else _randomise_counts(design, blocks, args.whole_blocks, tcons, fcons, contrasts))
+        _print_how_many(n_possible, contrasts, flipping, theirs)
         return 0
     groups = _variance_groups(args, blocks, n_subjects)
     voxelwise = _voxelwise(args, design)
@@ -504,9 +559,12 @@ def run(args):
                                      ("tfcen", "null_max_tfcen", "tfcen_corrp" in names)):
             source = contrast.twopass if label in ("clustern", "tfcen") else contrast
             if wanted and res.n_perm > 1:
-                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
+                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field)),
+                                 _critical_scale(label, contrast.z is not None)))
         index, xyz = peak(res.masker, np.asarray(contrast.stat))
         index = None if index is None else _jsonable_index(index)
+        peak_at, peak_xyz = peak(res.masker, np.asarray(contrast.stat), contrast.tail)
+        peak_at = None if peak_at is None else _jsonable_index(peak_at)
         summary.append({
             "name": contrast.name, "output": stat, "kind": contrast.kind, "statistic": contrast.kind,
             "tail": contrast.tail,
@@ -516,6 +574,10 @@ def run(args):
             "max_stat": float(np.max(contrast.stat)) if contrast.stat.size else None,
             "max_voxel": index,
             "max_mm": None if xyz is None else [round(float(v), 3) for v in xyz],
+            # the peak the test refers to: two-sided, the signed value of largest |stat|; one-sided, the max
+            "peak_stat": contrast.peak,
+            "peak_voxel": peak_at,
+            "peak_mm": None if peak_xyz is None else [round(float(v), 3) for v in peak_xyz],
             "tfce_dh": contrast.tfce_dh,
         })
     if res.glm is not None:
@@ -534,8 +596,10 @@ def run(args):
             logger.info("Removed %s, written by the earlier run and not by this one", stale)
     if not args.quiet:
         # randomise analyses (and prints) the F contrasts first
-        for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
-            print(f"Critical Value for: {name} is: {value:g}")
+        for name, value, scale in sorted(critical, key=lambda item: "_fstat" not in item[0]
+                                         and "_gstat" not in item[0]):
+            # randomise's line; statistics converted to z (--corrcon across kinds, --vg) say so
+            print(f"Critical Value for: {name} is: {value:g}" + (f" ({scale})" if "z" in scale.split() else ""))
         print_summary(args, res, seed, record, summary, tfce, json_path, suffix)
     return 0
 
