@@ -353,6 +353,30 @@ def _inputs(args):
     return imgs, len(imgs)
 
 
+def _check_input_files(args, imgs, surface):
+    """Files the library reads only later (-m, meshes, area files), checked before anything is printed.
+
+    -m on volumes is read as the mask it is (3D, on the inputs' grid, not empty).
+    """
+    from voxstats.errors import MissingFileError
+    from voxstats.image import check_img
+    from voxstats.loading import check_mask
+    from voxstats.surface_loading import input_kind
+
+    flags = {"surf": "--surf", "areas": "--area", "left_surf": "--left-surf", "right_surf": "--right-surf",
+             "left_area": "--left-area", "right_area": "--right-area"}
+    for key, value in surface.items():
+        if isinstance(value, str) and not Path(value).exists():
+            raise MissingFileError(flags[key], value)
+    if args.mask is None:
+        return
+    if not Path(args.mask).exists():
+        raise MissingFileError("-m", args.mask)
+    if input_kind(imgs, name="-i") == "volume":
+        first = imgs if isinstance(imgs, str) else imgs[0]
+        check_mask(args.mask, name="-m", reference=check_img(first, name="-i"), reference_name="-i")
+
+
 def _print_how_many(n_possible, contrasts, flipping, randomise_counts=None):
     """randomise's ``-q`` lines, then a note where randomise would count differently (see _randomise_counts)."""
     from voxstats.permutation import MANY_REARRANGEMENTS
@@ -485,6 +509,7 @@ def run(args):
              + [p for names in texts.values() for p in names.values()] + list(glm_paths.values()) + [json_path])
     check_outputs(every, overwrite=args.overwrite, flag="-o")
     earlier = _earlier_outputs(json_path, args.output) if args.overwrite else []
+    _check_input_files(args, imgs, _surface_kwargs(args))  # before any warning is printed
     if args.norcmask and args.mask:
         logger.warning("--norcmask has no effect with -m (as in randomise): the mask is -m's")
 

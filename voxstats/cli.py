@@ -437,6 +437,7 @@ def _message(err, command):
     def flag(match):
         return flags.get(match.group(1), match.group(0))
 
+    text = re.sub(r"\b\w+=True \((--[\w-]+)\)", r"\1", text)  # "resume=True (--resume)" -> "--resume"
     text = re.sub(r"^(\w+):", lambda m: f"{flags[m.group(1)]}:" if m.group(1) in flags else m.group(0), text)
     text = re.sub(r"the '(\w+)' parameter", lambda m: flag(m) if m.group(1) in flags else m.group(0), text)
     text = re.sub(r"'(\w+)'", lambda m: flags[m.group(1)] if m.group(1) in flags else m.group(0), text)
