@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from qsm.errors import N_EXAMPLES, ListedError, summarize
+
 __all__ = ["main"]
 
 LOG_NAME = "qsm.log"
@@ -282,6 +284,18 @@ class _Logging:
         logging.getLogger("qsm").info("qsm %s", " ".join(map(str, argv)))
         return path
 
+    @property
+    def path(self) -> Path | None:
+        """The log file, once :meth:`to_file` has opened it."""
+        return None if self.file is None else Path(self.file.baseFilename)
+
+    def to_file_quietly(self, folder, argv) -> Path | None:
+        """:meth:`to_file`, or None when *folder* is unknown or cannot hold a log."""
+        try:
+            return None if folder is None else self.to_file(Path(folder), argv)
+        except OSError:
+            return None
+
     def close(self):
         logging.captureWarnings(False)
         for handler in (self.console, self.file):
@@ -425,14 +439,19 @@ def _normalize(args, log: _Logging, argv) -> int:
             hybrid_mu=args.hybrid_mu, units=args.units, outlier_z=args.outlier_z,
             qc_floor=args.qc_floor, n_jobs=args.n_jobs, rng=args.seed, verbose=not args.quiet,
             overwrite=args.overwrite)
+    except ListedError as err:
+        raise ListedError(_with_flags(err.head, _NORMALIZE_FLAGS), err.items,
+                          _with_flags(err.tail, _NORMALIZE_FLAGS), sep=err.sep) from None
     except (ValueError, ImportError) as err:
         raise ValueError(_with_flags(str(err), _NORMALIZE_FLAGS)) from None
     table = result.table
     print(f"{len(table)} subject(s): {int((table['status'] == 'normalized').sum())} normalized, "
           f"{int((table['status'] == 'existing').sum())} already complete, "
           f"{int(table['outlier'].sum())} flagged as outliers; quality in {result.quality_path}")
-    for s in cohort.skipped:
-        print(f"skipped: {s.reason}")
+    if cohort.skipped:
+        print(f"skipped {len(cohort.skipped)}: "
+              + summarize(s.reason for s in cohort.skipped)
+              + (f" (all in {log.path})" if len(cohort.skipped) > N_EXAMPLES else ""))
     return 0
 
 
@@ -461,6 +480,11 @@ def _atlas(args, log: _Logging, argv) -> int:
     return cli_atlas.run(args)
 
 
+def _log_folder(args):
+    """The folder that holds (or would hold) the log of a command's run."""
+    return getattr(args, "out", None) or getattr(args, "out_dir", None)
+
+
 _RUNNERS = {"run": _run, "demo": _demo, "normalize": _normalize, "atlas": _atlas}
 
 
@@ -477,6 +501,11 @@ def main(argv=None) -> int:
         return _RUNNERS[args.command](args, log, ["qsm", *argv])
     except (ValueError, OSError) as exc:
         message = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+        if isinstance(exc, ListedError) and len(exc.items) > N_EXAMPLES:
+            path = log.path or log.to_file_quietly(_log_folder(args), argv)
+            if path is not None:
+                logging.getLogger("qsm").error("%s", exc.full_text(), extra={"console": False})
+                message += f" All {len(exc.items)} are listed in {path.resolve()}."
         print(f"qsm {args.command}: error: {message}", file=sys.stderr)
         logging.getLogger("qsm").error("%s", message, extra={"console": False})
         return 1
