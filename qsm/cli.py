@@ -2,8 +2,9 @@
 
 A thin layer over the library (nibabel's pattern): ``_get_parser()`` builds
 argparse, ``main(argv=None) -> int`` calls the library and returns the exit
-code (0 success, 1 bad input or a failed run, 2 a usage error). Every error is
-one line on stderr, naming the command-line flag or the file at fault.
+code (0 success, 1 bad input data or a failed run, 2 a usage error: a flag's
+value or a combination of flags; 130 interrupted), as ``voxstats`` does. Every
+error is one line on stderr, naming the command-line flag or the file at fault.
 
 The console shows one progress bar per stage and warnings; the details (every
 INFO message of qsm, voxstats and the libraries) go to ``qsm.log`` in the
@@ -21,9 +22,14 @@ from pathlib import Path
 
 from qsm.errors import N_EXAMPLES, ListedError, summarize
 
-__all__ = ["main"]
+__all__ = ["main", "UsageError"]
 
 LOG_NAME = "qsm.log"
+
+
+class UsageError(ValueError):
+    """A command line that cannot work whatever the data (a flag's value or a flag
+    combination): one line on stderr, exit code 2, as argparse's own usage errors."""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -87,7 +93,9 @@ def _get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qsm", formatter_class=_HelpFormatter, parents=[_common_options(top_level=True)],
         description="QSM thalamus study (Schweser et al., NeuroImage 2018;167:438-452): "
-                    "simulate, normalize and analyse cohorts of χ maps.")
+                    "simulate, normalize and analyse cohorts of χ maps.",
+        epilog="Exit codes: 0 success; 1 bad input data or a failed run; 2 a usage error "
+               "(a flag's value or a combination of flags); 130 interrupted. Same as voxstats.")
     parser.add_argument("--version", action="version", version=f"qsm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options(top_level=False)
@@ -360,7 +368,7 @@ def _demo(args, log: _Logging, argv) -> int:
     config = load_config(overrides=overrides)  # every setting checked before simulating
     minimum = max(config.study.min_subjects_per_group, 3)
     if n < minimum:
-        raise ValueError(f"--n-per-group must be >= {minimum} (the study's regressions need "
+        raise UsageError(f"--n-per-group must be >= {minimum} (the study's regressions need "
                          f"at least {minimum} subjects per group), got {n}.")
     log.to_file(out, argv)
     _precompile(config)  # compiles on the other core while the cohort is simulated
@@ -396,16 +404,16 @@ def _normalize(args, log: _Logging, argv) -> int:
 
     packaged = args.template in SPACE_TEMPLATES
     if (args.template is None or packaged) and (args.template_mask or args.space):
-        raise ValueError("--template-mask and --space describe a user --template image; give "
+        raise UsageError("--template-mask and --space describe a user --template image; give "
                          "--template IMG too (a bundled or packaged template brings its own).")
     if args.template is not None and not packaged and not (args.template_mask and args.space):
-        raise ValueError("--template needs --template-mask (its brain mask) and --space (its "
+        raise UsageError("--template needs --template-mask (its brain mask) and --space (its "
                          "space name), unless it names a packaged space "
                          f"({', '.join(SPACE_TEMPLATES)}).")
     if (args.reference == "mask") != (args.reference_mask is not None):
-        raise ValueError("--reference mask and --reference-mask IMG go together.")
+        raise UsageError("--reference mask and --reference-mask IMG go together.")
     if args.drive != "structural" and args.template_chi is None:
-        raise ValueError(f"--drive {args.drive} matches χ against the template's χ channel: "
+        raise UsageError(f"--drive {args.drive} matches χ against the template's χ channel: "
                          "give it with --template-chi IMG (ppb, on the template's grid), or "
                          "use --drive structural.")
     from voxstats.image import check_img
@@ -491,14 +499,20 @@ _RUNNERS = {"run": _run, "demo": _demo, "normalize": _normalize, "atlas": _atlas
 def main(argv=None) -> int:
     """Entry point of the ``qsm`` command; returns the exit code.
 
-    0: success; 1: bad input or a failed run (one line on stderr naming the flag
-    or file); 2: a usage error (argparse); 130: interrupted (Ctrl-C).
+    0: success; 1: bad input data or a failed run (one line on stderr naming the
+    file or setting); 2: a usage error, a flag's value or a combination of flags
+    that cannot work whatever the data (argparse's or :class:`UsageError`, one
+    line naming the flag); 130: interrupted (Ctrl-C). ``voxstats`` uses the same
+    codes.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _get_parser().parse_args(argv)
     log = _Logging()
     try:
         return _RUNNERS[args.command](args, log, ["qsm", *argv])
+    except UsageError as exc:
+        print(f"qsm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         message = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
         if isinstance(exc, ListedError) and len(exc.items) > N_EXAMPLES:
