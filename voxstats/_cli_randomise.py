@@ -165,49 +165,56 @@ class CLIError(ValueError):
     """An error reported as one line on stderr, exit code 1 (a ValueError, as ``main`` reports them)."""
 
 
+class UsageError(CLIError):
+    """A command line that cannot work whatever the data (a flag's value or a combination of flags):
+    one line on stderr, exit code 2, as argparse's own usage errors (``qsm`` uses the same codes)."""
+
+
 # --------------------------------------------------------------------------- options
 
 
 def _check_flags(args):
     for dest, (flag, why) in _UNSUPPORTED.items():
         if getattr(args, dest):
-            raise CLIError(f"{flag} {why}.")
+            raise UsageError(f"{flag} {why}.")
     if args.confound_mode != 1:
-        raise CLIError(f"-U {args.confound_mode}: only Freedman-Lane (-U 1, randomise's default) is "
+        raise UsageError(f"-U {args.confound_mode}: only Freedman-Lane (-U 1, randomise's default) is "
                        "implemented.")
     if args.twopass and not (args.tfce or args.tfce2d or args.cluster_e is not None):
-        raise CLIError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
+        raise UsageError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise UsageError(f"Invalid value for --n-jobs: got {args.n_jobs}, expected >= 1 or -1 (all cores).")
     if args.n_perm < 0:
-        raise CLIError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
+        raise UsageError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
     if args.eb and (args.blocks or args.whole_blocks):
-        raise CLIError("--eb defines every level of shuffling itself; do not combine it with -e or --permuteBlocks.")
+        raise UsageError("--eb defines every level of shuffling itself; do not combine it with -e or --permuteBlocks.")
     if args.whole_blocks and not args.blocks:
-        raise CLIError("--permuteBlocks needs -e BLOCKS.")
+        raise UsageError("--permuteBlocks needs -e BLOCKS.")
     if args.resume and not args.checkpoint_dir:
-        raise CLIError("--resume needs --checkpoint-dir DIR.")
+        raise UsageError("--resume needs --checkpoint-dir DIR.")
     if args.scheduler and args.executor != "dask":
-        raise CLIError("--scheduler needs --executor dask.")
+        raise UsageError("--scheduler needs --executor dask.")
     if args.fonly and not args.fcon:
-        raise CLIError("--fonly needs F contrasts (-f).")
+        raise UsageError("--fonly needs F contrasts (-f).")
     if (args.cluster_e_f is not None or args.cluster_m_f is not None) and not args.fcon:
-        raise CLIError("-F and -S need F contrasts (-f).")
+        raise UsageError("-F and -S need F contrasts (-f).")
     if bool(args.vxl) != bool(args.vxf):
-        raise CLIError("--vxl and --vxf go together: give both, with as many entries.")
+        raise UsageError("--vxl and --vxf go together: give both, with as many entries.")
     if args.var_smooth is not None and not args.var_smooth > 0:
-        raise CLIError(f"-v: expected a sigma > 0 mm, got {args.var_smooth}.")
+        raise UsageError(f"-v: expected a sigma > 0 mm, got {args.var_smooth}.")
     for flag, value in (("-c", args.cluster_e), ("-C", args.cluster_m), ("-F", args.cluster_e_f),
                         ("-S", args.cluster_m_f)):
         if value is not None and not value > 0:
-            raise CLIError(f"{flag}: expected a cluster-forming threshold > 0, got {value}.")
+            raise UsageError(f"{flag}: expected a cluster-forming threshold > 0, got {value}.")
 
 
 def _tfce_settings(args):
     if args.tfce and args.tfce2d:
-        raise CLIError("-T and --T2 are exclusive; give one of them.")
+        raise UsageError("-T and --T2 are exclusive; give one of them.")
     tuning = (args.tfce_H, args.tfce_E, args.tfce_C, args.tfce_D, args.tfce_mode)
     if not (args.tfce or args.tfce2d):
         if any(v is not None for v in tuning):
-            raise CLIError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
+            raise UsageError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
         return None
     # E None: by element kind (0.5 in volumes, 1 on surfaces), set once the input is known
     E, H, C = (1.0, 2.0, 26) if args.tfce2d else (None, 2.0, 6)
@@ -215,9 +222,9 @@ def _tfce_settings(args):
     # once the input is known; randomise has no surfaces, and PALM's surface TFCE is the integral)
     mode = "fsl" if args.tfce_D is not None and args.tfce_mode is None else args.tfce_mode
     if args.tfce_D is not None and mode != "fsl":
-        raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default in volumes).")
+        raise UsageError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default in volumes).")
     if args.tfce_D is not None and not args.tfce_D > 0:
-        raise CLIError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
+        raise UsageError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
     return {"tfce_E": E if args.tfce_E is None else args.tfce_E,
             "tfce_H": H if args.tfce_H is None else args.tfce_H,
             "connectivity": C if args.tfce_C is None else args.tfce_C,

@@ -83,7 +83,7 @@ def test_eb_errors_are_one_line(study, tmp_path, capsys, content, extra, message
     eb = tmp_path / "eb.csv"
     eb.write_text(content)
     extra = [e.format(eb=eb) for e in extra]
-    assert _run(study, tmp_path, "--eb", str(eb), *extra) == 1
+    assert _run(study, tmp_path, "--eb", str(eb), *extra) == (2 if extra else 1)  # 2: usage
     err = capsys.readouterr().err
     assert message.format(eb=eb) in err and err.count("\n") == 1
 
