@@ -30,6 +30,7 @@ from pathlib import Path
 
 import voxstats
 from voxstats._cli_randomise import FLAGS as _RANDOMISE_FLAGS
+from voxstats._cli_randomise import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ def _get_parser():
         prog="voxstats",
         description="Voxel-wise permutation inference with exact TFCE. Run 'voxstats COMMAND --help' "
         "for a command's options.",
+        epilog="Exit codes: 0 success; 1 bad input data or a failed run; 2 a usage error (a flag's value "
+        "or a combination of flags); 130 interrupted. Same as qsm.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"voxstats {voxstats.__version__}")
@@ -312,7 +315,7 @@ def _run_tfce(args):
     from voxstats.tfce import tfce
 
     if args.dh is not None and args.mode != "fsl":
-        raise CLIError("--dh sets a fixed step, which needs --mode fsl.")
+        raise UsageError("--dh sets a fixed step, which needs --mode fsl.")
     _check_outputs([args.output], args.overwrite, "OUT")
     from voxstats.surface_loading import input_kind, output_suffix
 
@@ -353,9 +356,9 @@ def _run_cluster(args):
     from voxstats.outputs import save_img_atomic
 
     if args.atlas_labels and not args.atlas:
-        raise CLIError("--atlas-labels needs --atlas.")
+        raise UsageError("--atlas-labels needs --atlas.")
     if args.p_img is None and args.threshold is None:
-        raise CLIError("give --threshold, --p PMAP, or both, to define clusters.")
+        raise UsageError("give --threshold, --p PMAP, or both, to define clusters.")
     _check_outputs([p for p in (args.output, args.out_index) if p], args.overwrite, "-o/--out-index")
     from voxstats.surface_loading import input_kind
 
@@ -415,7 +418,7 @@ def _run_cluster(args):
             raise CLIError(f"{flag}: only for a surface STAT (GIFTI, FreeSurfer curv or MGH/MGZ)")
     min_size = 1 if args.min_size is None else args.min_size
     if int(min_size) != min_size:
-        raise CLIError(f"--min-size: expected a whole number of voxels, got {args.min_size}")
+        raise UsageError(f"--min-size: expected a whole number of voxels, got {args.min_size}")
     res = cluster_table(
         args.input, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
         threshold=args.threshold, sign=args.sign, connectivity=args.connectivity,
@@ -510,9 +513,11 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success, 1 on a reported error (one line on stderr naming the file
-        or the flag), 130 when interrupted; argparse exits with 2 on a usage
-        error.
+        0 on success, 1 on bad input data or a failed run (one line on stderr
+        naming the file or the flag), 2 on a usage error, a flag's value or a
+        combination of flags that cannot work whatever the data (argparse's, or
+        ``UsageError``; one line naming the flag), 130 when interrupted. ``qsm``
+        uses the same codes.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(argv)
@@ -522,6 +527,9 @@ def main(argv=None):
     try:
         with _output_lock(args):
             return args.func(args)
+    except UsageError as err:
+        print(f"voxstats {args.command}: error: {_message(err, args.command)}", file=sys.stderr)
+        return 2
     except (CLIError, ValueError, OSError, ImportError) as err:
         print(f"voxstats {args.command}: error: {_message(err, args.command)}", file=sys.stderr)
         return 1

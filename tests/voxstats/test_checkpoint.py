@@ -567,9 +567,9 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(study):
 
 
 def test_cli_resume_and_scheduler_need_their_partners(study, capsys):
-    assert main(_argv(study, "x", "--resume")) == 1
+    assert main(_argv(study, "x", "--resume")) == 2
     assert "--resume needs --checkpoint-dir DIR" in capsys.readouterr().err
-    assert main(_argv(study, "x", "--scheduler", "tcp://127.0.0.1:1")) == 1
+    assert main(_argv(study, "x", "--scheduler", "tcp://127.0.0.1:1")) == 2
     assert "--scheduler needs --executor dask" in capsys.readouterr().err
 
 

@@ -99,7 +99,7 @@ def stat_map(tmp_path_factory):
     (["--seed", "-4"], "--seed: expected an integer >= 0, got -4."),
     (["--skipTo", "-1"], "--skipTo -1: expected 1..2 (F contrasts first, then t)."),
     (["-U", "-1"], "-U -1: only Freedman-Lane (-U 1, randomise's default) is implemented."),
-    (["--n-jobs", "-999"], "Invalid value for --n-jobs: got -999, expected >= 1, or -1 for all"),
+    (["--n-jobs", "-999"], "Invalid value for --n-jobs: got -999, expected >= 1 or -1 (all cores)."),
     (["--area", "-2"], "--area: expected a file or a number > 0, got -2"),
     (["--left-area", "-2"], "--left-area: expected a file or a number > 0, got -2"),
     (["--surf", "lh.white", "-2"], "--surf: expected a file or a number > 0, got -2"),
@@ -125,7 +125,7 @@ def test_negative_numbers_reach_the_range_checks(study, stat_map, tmp_path, caps
         command = "randomise"
         argv = ["randomise", "-i", str(study / "all.nii.gz"), "-o", str(tmp_path / "r"),
                 "-d", str(study / "design.mat"), "-t", str(study / "design.con")] + argv
-    assert main(argv) == 1
+    assert main(argv) in (1, 2)  # 2: wrong whatever the data, 1: found by the library (before: argparse exited)
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"voxstats {command}: error: {message}")
