@@ -52,7 +52,8 @@ def _run(src, n, n_voxels, n_perm):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", _CHILD,
                           json.dumps({"n": n, "n_voxels": n_voxels, "n_perm": n_perm})],
-                         capture_output=True, text=True, env=env, check=True)
+                         capture_output=True, text=True, env=env, check=True,
+                         cwd=src)  # python -c puts the working directory first on sys.path
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -2,8 +2,9 @@
 
 A thin layer over the library (nibabel's pattern): ``_get_parser()`` builds
 argparse, ``main(argv=None) -> int`` calls the library and returns the exit
-code (0 success, 1 bad input or a failed run, 2 a usage error). Every error is
-one line on stderr, naming the command-line flag or the file at fault.
+code (0 success, 1 bad input data or a failed run, 2 a usage error: a flag's
+value or a combination of flags; 130 interrupted), as ``voxstats`` does. Every
+error is one line on stderr, naming the command-line flag or the file at fault.
 
 The console shows one progress bar per stage and warnings; the details (every
 INFO message of qsm, voxstats and the libraries) go to ``qsm.log`` in the
@@ -19,9 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main"]
+from qsm.errors import N_EXAMPLES, ListedError, summarize
+
+__all__ = ["main", "UsageError"]
 
 LOG_NAME = "qsm.log"
+
+
+class UsageError(ValueError):
+    """A command line that cannot work whatever the data (a flag's value or a flag
+    combination): one line on stderr, exit code 2, as argparse's own usage errors."""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -85,7 +93,9 @@ def _get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qsm", formatter_class=_HelpFormatter, parents=[_common_options(top_level=True)],
         description="QSM thalamus study (Schweser et al., NeuroImage 2018;167:438-452): "
-                    "simulate, normalize and analyse cohorts of χ maps.")
+                    "simulate, normalize and analyse cohorts of χ maps.",
+        epilog="Exit codes: 0 success; 1 bad input data or a failed run; 2 a usage error "
+               "(a flag's value or a combination of flags); 130 interrupted. Same as voxstats.")
     parser.add_argument("--version", action="version", version=f"qsm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options(top_level=False)
@@ -282,6 +292,18 @@ class _Logging:
         logging.getLogger("qsm").info("qsm %s", " ".join(map(str, argv)))
         return path
 
+    @property
+    def path(self) -> Path | None:
+        """The log file, once :meth:`to_file` has opened it."""
+        return None if self.file is None else Path(self.file.baseFilename)
+
+    def to_file_quietly(self, folder, argv) -> Path | None:
+        """:meth:`to_file`, or None when *folder* is unknown or cannot hold a log."""
+        try:
+            return None if folder is None else self.to_file(Path(folder), argv)
+        except OSError:
+            return None
+
     def close(self):
         logging.captureWarnings(False)
         for handler in (self.console, self.file):
@@ -346,7 +368,7 @@ def _demo(args, log: _Logging, argv) -> int:
     config = load_config(overrides=overrides)  # every setting checked before simulating
     minimum = max(config.study.min_subjects_per_group, 3)
     if n < minimum:
-        raise ValueError(f"--n-per-group must be >= {minimum} (the study's regressions need "
+        raise UsageError(f"--n-per-group must be >= {minimum} (the study's regressions need "
                          f"at least {minimum} subjects per group), got {n}.")
     log.to_file(out, argv)
     _precompile(config)  # compiles on the other core while the cohort is simulated
@@ -382,16 +404,16 @@ def _normalize(args, log: _Logging, argv) -> int:
 
     packaged = args.template in SPACE_TEMPLATES
     if (args.template is None or packaged) and (args.template_mask or args.space):
-        raise ValueError("--template-mask and --space describe a user --template image; give "
+        raise UsageError("--template-mask and --space describe a user --template image; give "
                          "--template IMG too (a bundled or packaged template brings its own).")
     if args.template is not None and not packaged and not (args.template_mask and args.space):
-        raise ValueError("--template needs --template-mask (its brain mask) and --space (its "
+        raise UsageError("--template needs --template-mask (its brain mask) and --space (its "
                          "space name), unless it names a packaged space "
                          f"({', '.join(SPACE_TEMPLATES)}).")
     if (args.reference == "mask") != (args.reference_mask is not None):
-        raise ValueError("--reference mask and --reference-mask IMG go together.")
+        raise UsageError("--reference mask and --reference-mask IMG go together.")
     if args.drive != "structural" and args.template_chi is None:
-        raise ValueError(f"--drive {args.drive} matches χ against the template's χ channel: "
+        raise UsageError(f"--drive {args.drive} matches χ against the template's χ channel: "
                          "give it with --template-chi IMG (ppb, on the template's grid), or "
                          "use --drive structural.")
     from voxstats.image import check_img
@@ -425,14 +447,19 @@ def _normalize(args, log: _Logging, argv) -> int:
             hybrid_mu=args.hybrid_mu, units=args.units, outlier_z=args.outlier_z,
             qc_floor=args.qc_floor, n_jobs=args.n_jobs, rng=args.seed, verbose=not args.quiet,
             overwrite=args.overwrite)
+    except ListedError as err:
+        raise ListedError(_with_flags(err.head, _NORMALIZE_FLAGS), err.items,
+                          _with_flags(err.tail, _NORMALIZE_FLAGS), sep=err.sep) from None
     except (ValueError, ImportError) as err:
         raise ValueError(_with_flags(str(err), _NORMALIZE_FLAGS)) from None
     table = result.table
     print(f"{len(table)} subject(s): {int((table['status'] == 'normalized').sum())} normalized, "
           f"{int((table['status'] == 'existing').sum())} already complete, "
           f"{int(table['outlier'].sum())} flagged as outliers; quality in {result.quality_path}")
-    for s in cohort.skipped:
-        print(f"skipped: {s.reason}")
+    if cohort.skipped:
+        print(f"skipped {len(cohort.skipped)}: "
+              + summarize(s.reason for s in cohort.skipped)
+              + (f" (all in {log.path})" if len(cohort.skipped) > N_EXAMPLES else ""))
     return 0
 
 
@@ -461,22 +488,38 @@ def _atlas(args, log: _Logging, argv) -> int:
     return cli_atlas.run(args)
 
 
+def _log_folder(args):
+    """The folder that holds (or would hold) the log of a command's run."""
+    return getattr(args, "out", None) or getattr(args, "out_dir", None)
+
+
 _RUNNERS = {"run": _run, "demo": _demo, "normalize": _normalize, "atlas": _atlas}
 
 
 def main(argv=None) -> int:
     """Entry point of the ``qsm`` command; returns the exit code.
 
-    0: success; 1: bad input or a failed run (one line on stderr naming the flag
-    or file); 2: a usage error (argparse); 130: interrupted (Ctrl-C).
+    0: success; 1: bad input data or a failed run (one line on stderr naming the
+    file or setting); 2: a usage error, a flag's value or a combination of flags
+    that cannot work whatever the data (argparse's or :class:`UsageError`, one
+    line naming the flag); 130: interrupted (Ctrl-C). ``voxstats`` uses the same
+    codes.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _get_parser().parse_args(argv)
     log = _Logging()
     try:
         return _RUNNERS[args.command](args, log, ["qsm", *argv])
+    except UsageError as exc:
+        print(f"qsm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         message = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__
+        if isinstance(exc, ListedError) and len(exc.items) > N_EXAMPLES:
+            path = log.path or log.to_file_quietly(_log_folder(args), argv)
+            if path is not None:
+                logging.getLogger("qsm").error("%s", exc.full_text(), extra={"console": False})
+                message += f" All {len(exc.items)} are listed in {path.resolve()}."
         print(f"qsm {args.command}: error: {message}", file=sys.stderr)
         logging.getLogger("qsm").error("%s", message, extra={"console": False})
         return 1

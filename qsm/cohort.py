@@ -33,6 +33,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from qsm.errors import N_EXAMPLES, summarize
+
 logger = logging.getLogger(__name__)
 
 CORE_COLUMNS = ("subject", "session", "chi_path", "structural_path")
@@ -168,7 +170,11 @@ def load_cohort(source, *, subject_column="participant_id", session_column="sess
         skipped.append(SkippedSubject(row["subject"], row["session"], reason))
     if skipped:
         warnings.warn(f"Skipped {len(skipped)} subject(s) of '{label}': "
-                      + "; ".join(s.reason for s in skipped), UserWarning, stacklevel=2)
+                      + summarize(s.reason for s in skipped)
+                      + (" (all in Cohort.skipped and the log)" if len(skipped) > N_EXAMPLES
+                         else ""), UserWarning, stacklevel=2)
+        logger.info("Skipped %d subject(s) of '%s':\n%s", len(skipped), label,
+                    "\n".join(f"  {s.reason}" for s in skipped))
     table = table.loc[keep].reset_index(drop=True)
     if len(table) == 0:
         raise CohortError(f"No valid subject found in '{label}'.")

@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from qsm.errors import ListedError, counted, summarize
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyConfig", "load_config", "demo_config_path", "read_participants",
@@ -583,14 +585,19 @@ def read_participants(config: StudyConfig) -> pd.DataFrame:
     return df
 
 
-def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.DataFrame:
+def check_participants(config: StudyConfig, participants: pd.DataFrame, *,
+                       whole_table: bool = True) -> pd.DataFrame:
     """Check the participants table against the config; return the analysed rows.
 
-    Checks, each a one-line error naming the table and the column or subject:
+    Checks, each a one-line error naming the table and the column or subject
+    (several subjects: their count and the first few, all of them in the
+    ``items`` of the :class:`qsm.errors.ListedError` raised):
     required columns (id, group, χ paths, covariates, clinical variables, the
     columns the formulas use and, for native space, ``structural_path``);
     unique ids (BIDS labels when they become file names, ``space = "native"``);
-    every patient and control group with at least ``min_subjects_per_group``
+    every ``[groups]`` label present in the group column (unless *whole_table*
+    is False: rows left after excluding subjects); every patient and control
+    group with at least ``min_subjects_per_group``
     subjects; a χ path for every analysed subject, and the file there;
     covariates without missing values; numeric columns (clinical variables, and
     any covariate or formula column holding numbers) without text values; and
@@ -610,17 +617,27 @@ def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.Da
                          f"{list(participants.columns)}.")
     ids = participants[s.id_column]
     if ids.isna().any():
-        raise ValueError(f"Participants table {src}: {s.id_column} is n/a in row(s) "
-                         f"{_rows(ids.isna())}.")
+        rows_na = [str(int(i) + 1) for i in ids[ids.isna()].index]
+        raise ListedError(f"Participants table {src}: {s.id_column} is n/a in row(s) "
+                          f"{counted(len(rows_na), 'rows')}", rows_na,
+                          " (1 = first data row).", sep=", ")
     if ids.duplicated().any():
-        raise ValueError(f"Participants table {src}: {s.id_column} values must be unique; "
-                         f"{sorted(set(ids[ids.duplicated()]))} appear more than once.")
+        dup = sorted(set(map(str, ids[ids.duplicated()])))
+        raise ListedError(f"Participants table {src}: {s.id_column} values must be unique; "
+                          f"{len(dup)} appear more than once: ", dup, sep=", ")
     if s.space == "native":
         for value in ids:
             label = str(value)[4:] if str(value).startswith("sub-") else str(value)
             check_label(label, f"Participants table {src}: participant label")
     wanted = list(config.groups) + list(config.groups.values())
     counts = participants[s.group_column].value_counts()
+    present = sorted(map(str, counts.index))
+    unknown = [g for g in dict.fromkeys(wanted) if g not in counts.index]
+    if unknown and whole_table:
+        raise ValueError(f"{config.source}: [groups] names group(s) "
+                         f"{', '.join(map(repr, unknown))} that the {s.group_column!r} column "
+                         f"of {src} does not hold; its groups are "
+                         f"{summarize(map(repr, present), sep=', ', n=12) or 'none (empty table)'}.")
     small = {g: int(counts.get(g, 0)) for g in wanted
              if counts.get(g, 0) < s.min_subjects_per_group}
     if small:
@@ -630,13 +647,15 @@ def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.Da
     rows = participants[participants[s.group_column].isin(wanted)].reset_index(drop=True)
     no_map = rows[s.chi_column].isna()
     if no_map.any():
-        raise ValueError(f"Participants table {src}: {s.chi_column} is n/a for "
-                         f"{_subjects(rows, no_map, s.id_column)}; every analysed subject "
-                         "needs a χ map.")
+        names = list(map(str, rows.loc[no_map, s.id_column]))
+        raise ListedError(f"Participants table {src}: {s.chi_column} is n/a for "
+                          f"{counted(len(names))}", names, "; every analysed subject needs a χ map.",
+                          sep=", ")
     for col in covariates:
         if rows[col].isna().any():
-            raise ValueError(f"Participants table {src}: covariate {col!r} is n/a for "
-                             f"{_subjects(rows, rows[col].isna(), s.id_column)}.")
+            names = list(map(str, rows.loc[rows[col].isna(), s.id_column]))
+            raise ListedError(f"Participants table {src}: covariate {col!r} is n/a for "
+                              f"{counted(len(names))}", names, sep=", ")
     for col in dict.fromkeys(clinical + covariates + in_formulas):
         if col == s.group_column:
             continue
@@ -649,23 +668,19 @@ def check_participants(config: StudyConfig, participants: pd.DataFrame) -> pd.Da
                              f"every patient ({', '.join(config.groups)}); remove it from "
                              "[regression] clinical or fill it in.")
     folder = src.parent
+    absent = []
     for sub, rel in zip(rows[s.id_column], rows[s.chi_column]):
         p = Path(str(rel)).expanduser()
         p = p if p.is_absolute() else folder / p
         if not p.is_file():
-            raise FileNotFoundError(f"χ map {p} of {sub} listed in {src} does not exist.")
+            absent.append((sub, p))
+    if len(absent) == 1:
+        sub, p = absent[0]
+        raise FileNotFoundError(f"χ map {p} of {sub} listed in {src} does not exist.")
+    if absent:
+        raise ListedError(f"Participants table {src}: the χ maps of {len(absent)} of {len(rows)} "
+                          "subject(s) do not exist: ", [f"{sub} ({p})" for sub, p in absent])
     return rows
-
-
-def _rows(mask: pd.Series) -> str:
-    """Table row numbers (1 = first data row) of a boolean mask, at most 5."""
-    idx = [int(i) + 1 for i in mask[mask].index[:5]]
-    return ", ".join(map(str, idx)) + (" ..." if int(mask.sum()) > 5 else "")
-
-
-def _subjects(rows: pd.DataFrame, mask: pd.Series, id_column: str) -> str:
-    names = [str(x) for x in rows.loc[mask, id_column]]
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _numeric_or_text(rows, col, *, must_be_numeric, src, id_column) -> pd.Series:

@@ -50,6 +50,7 @@ import pandas as pd
 
 from qsm.cohort import Cohort, bids_prefix
 from qsm.drives import DRIVES, HYBRID_MU_PPM, QC_FLOORS, default_nonlinear, support_mask
+from qsm.errors import ListedError, log_listed
 from qsm.qc import save_qc_png, thalamus_region
 from qsm.reference import REGIONS, rereference
 from qsm.registration import register
@@ -432,8 +433,9 @@ def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="st
                          "(--template-chi) or build a study template (--build-template).")
     missing = [s for s, p in zip(cohort.subjects, cohort.table["structural_path"]) if p is None]
     if missing and drive != "chi":
-        raise ValueError(f"drive={drive!r} needs a structural image for every subject; none "
-                         f"for {', '.join(missing)} (use drive='chi').")
+        raise ListedError(f"drive={drive!r} needs a structural image for every subject; none "
+                          f"for {len(missing)} of {len(cohort)}: ", missing,
+                          " (use drive='chi').", sep=", ")
     grid = _grid(template, resolution)
     check_units(list(cohort.table["chi_path"]), units, subjects=cohort.subjects)
     if reference_mask_img is not None:
@@ -469,12 +471,13 @@ def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="st
     quality.insert(0, "participant_id", ["sub-" + s for s in quality.pop("subject")])
     quality_path = out_dir / QUALITY_TSV
     atomic_write_text(quality_path, quality.to_csv(sep="\t", index=False, na_rep="n/a"))
-    if table["below_floor"].any():
-        logger.warning("Failed registrations (|r| below the drive's floor): %s",
-                       ", ".join(cohort.subjects[i] for i in np.flatnonzero(table["below_floor"])))
-    if table["outlier"].any():
-        logger.warning("Registration outliers (below the floor or robust z < -%g): %s", outlier_z,
-                       ", ".join(cohort.subjects[i] for i in np.flatnonzero(table["outlier"])))
+    for column, what in (("below_floor", "Failed registrations (|r| below the drive's floor)"),
+                         ("outlier", f"Registration outliers (below the floor or robust z < "
+                                     f"-{outlier_z:g})")):
+        if table[column].any():
+            flagged = [cohort.subjects[i] for i in np.flatnonzero(table[column])]
+            log_listed(logger, logging.WARNING, f"{what}: {len(flagged)} subject(s): %s",
+                       flagged)
     normalized = table.drop(columns=["chi_path", "structural_path"]).rename(
         columns={"chi_template_path": "chi_path", "structural_template_path": "structural_path"})
     core = ["subject", "session", "chi_path", "structural_path"]
@@ -484,7 +487,7 @@ def normalize_cohort(cohort, out_dir, *, template=None, engine="dipy", drive="st
 
 
 def _run_parallel(jobs, *, n_jobs, verbose):
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     bar = tqdm(total=len(jobs), desc="normalize", unit="subject", disable=not _show_progress(verbose))
     try:

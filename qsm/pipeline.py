@@ -29,6 +29,7 @@ from qsm.atlas import (
     save_atlas,
 )
 from qsm.coverage import coverage_table, has_data, incomplete_subjects
+from qsm.errors import ListedError, log_listed
 from qsm.config import StudyConfig, check_participants, load_config, read_participants
 from qsm.reference import rereference
 from qsm.regression import clinical_regressions, group_comparisons, regional_values
@@ -112,16 +113,18 @@ def _drop_incomplete(config: StudyConfig, rows, crops, tables, coverage):
     bad = incomplete_subjects(coverage, region, r.max_missing_fraction)
     if not bad:
         return rows, crops, tables, {}
-    listed = ", ".join(f"{k} ({v:.0%})" for k, v in bad.items())
+    listed = [f"{k} ({v:.0%})" for k, v in bad.items()]
     if r.on_missing == "stop":
-        raise ValueError(f"{config.source}: subject(s) without data in more than "
-                         f"{r.max_missing_fraction:.0%} of the {region} ([roi] "
-                         f"max_missing_fraction): {listed}. Fix their maps, raise the limit, or "
-                         "set [roi] on_missing = \"exclude\" to leave them out (see coverage.tsv).")
+        raise ListedError(f"{config.source}: {len(listed)} subject(s) without data in more than "
+                          f"{r.max_missing_fraction:.0%} of the {region} ([roi] "
+                          "max_missing_fraction): ", listed,
+                          ". Fix their maps, raise the limit, or set [roi] on_missing = "
+                          "\"exclude\" to leave them out (see coverage.tsv).", sep=", ")
     keep = ~rows[s.id_column].astype(str).isin(list(bad)).to_numpy()
-    logger.warning("Left out ([roi] on_missing = exclude): %s", listed)
+    log_listed(logger, logging.WARNING, f"Left out {len(listed)} subject(s) ([roi] on_missing = "
+               "exclude): %s", listed)
     rows = rows[keep].reset_index(drop=True)
-    check_participants(config, rows)
+    check_participants(config, rows, whole_table=False)
     crops = [c for c, k in zip(crops, keep) if k]
     tables = [t for t, k in zip(tables, keep) if k]
     return rows, crops, tables, bad
@@ -348,8 +351,8 @@ def _normalize(config: StudyConfig, rows: pd.DataFrame, native: _NativeInputs, o
     index = {sub: i for i, sub in enumerate(table["subject"])}
     keep = np.array([_subject_key(x) in index for x in rows[s.id_column]])
     if not keep.all():
-        logger.warning("Not normalized (skipped as invalid): %s",
-                       ", ".join(map(str, rows.loc[~keep, s.id_column])))
+        log_listed(logger, logging.WARNING, f"Not normalized (skipped as invalid): "
+                   f"{int((~keep).sum())} subject(s): %s", rows.loc[~keep, s.id_column])
     rows = rows[keep].reset_index(drop=True)
     idx = [index[_subject_key(x)] for x in rows[s.id_column]]
     rows = rows.assign(**{
@@ -360,7 +363,7 @@ def _normalize(config: StudyConfig, rows: pd.DataFrame, native: _NativeInputs, o
         "registration_correlation": table["correlation"].to_numpy()[idx],
         "registration_outlier": table["outlier"].to_numpy()[idx],
     })
-    check_participants(config, rows)  # group sizes after skipped subjects
+    check_participants(config, rows, whole_table=False)  # group sizes after skipped subjects
     return rows, result
 
 
@@ -499,7 +502,7 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     -------
     result : StudyResult
     """
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     if not isinstance(config, StudyConfig):
         config = load_config(config)
@@ -652,7 +655,7 @@ def _voxelwise(config, rows, crops, box, affine, shape, vox_mask, masks, out, ve
     crop_affine = _crop_affine(affine, box)
     mask_crop = vox_mask[box]
     results, pmaps = [], {}
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     bar = tqdm(total=len(config.groups) * v.n_perm, disable=not verbose, unit="perm",
                desc="voxel-wise permutations")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -383,8 +384,21 @@ def _settings_section(config) -> Section:
     from qsm.config import config_to_toml
 
     return Section("Settings", [
-        f"Config: `{config.source}`. Rerun: `qsm run {config.source} --out OTHER`. Every "
+        f"Config: `{config.source}`. {_rerun(config, capital=True)}. Every "
         "setting of the run, defaults included:", ("code", config_to_toml(config))])
+
+
+def _rerun(config, *, capital=False) -> str:
+    """``rerun (from any folder): `qsm run /abs/study.toml --out OTHER` ``.
+
+    The config's absolute path, so the command works from any working directory.
+    """
+    if config.source == "<dict>":
+        text = "built in Python; save it with `qsm.config.save_config` to rerun it"
+    else:
+        path = shlex.quote(str(Path(config.source).resolve()))
+        text = f"rerun (from any folder): `qsm run {path} --out OTHER`"
+    return text[0].upper() + text[1:] if capital else text
 
 
 _STAGES = {"load_reference_roi": "loading, referencing, ROI tables", "voxelwise": "voxel-wise",
@@ -413,7 +427,7 @@ def report_sections(*, config, participants, group_table, clinical_table, voxelw
                     "exclusions*)")
     intro = (f"{len(participants)} subjects{left_out} in {len(config.groups)} patient/control "
              f"pairs ({', '.join(f'{p} / {c}' for p, c in config.groups.items())}). Config "
-             f"`{config.source}` (rerun: `qsm run {config.source} --out OTHER`). Total run time "
+             f"`{config.source}` ({_rerun(config)}). Total run time "
              f"{total:.1f} s ({parts}). χ in ppb throughout.")
     sections = [Section(config.study.name, [intro], level=1)]
     if truth is not None:

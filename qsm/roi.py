@@ -108,7 +108,7 @@ def cohort_region_stats(imgs: Sequence, atlas: Atlas, *, subjects: Sequence[str]
         ``subject, roi, num_voxels, min, max, median, mean, std``; one row per
         subject and region.
     """
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     imgs = list(imgs)
     if subjects is None:

@@ -335,7 +335,7 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
     group shifts are exactly the planted ones.
     """
     from nilearn import datasets
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     if not isinstance(n_per_group, (int, np.integer)) or n_per_group < 2:
         raise ValueError(f"Invalid value for the 'n_per_group' parameter: expected an integer "

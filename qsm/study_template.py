@@ -75,7 +75,7 @@ def build_template(cohort, *, n_iterations=3, template=None, space="study", engi
         cohort without structural images), ``chi_img`` (ppb), ``mask_img``
         (the starting mask carried by the shape updates), ``space``.
     """
-    from tqdm.auto import tqdm
+    from voxstats.progress import progress_bar as tqdm
 
     if int(n_iterations) < 1:
         raise ValueError(f"Invalid value for the 'n_iterations' parameter: expected an integer "

@@ -17,7 +17,8 @@ long work, :func:`check_units` looks at each map's *robust brain range*
 * a range more than :data:`MAX_RATIO_TO_COHORT` = 20 times away from the
   cohort's median range marks a subject in other units than the others.
 
-Each problem is an error naming the subjects and their files.
+Each problem is an error counting the subjects and naming the first few with their
+files (:class:`qsm.errors.ListedError`; ``qsm`` writes the full list to ``qsm.log``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import logging
 
 import nibabel as nib
 import numpy as np
+
+from qsm.errors import ListedError
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +90,10 @@ def check_units(imgs, units, *, subjects=None, reader=None):
 
     Raises
     ------
-    ValueError
-        Naming every implausible subject with its range and file, and the
-        unit that would make it plausible.
+    qsm.errors.ListedError
+        A ValueError counting the implausible subjects and naming the first
+        few with their range, file and the unit that would make them
+        plausible; ``error.items`` lists them all.
     """
     factor = _check_units(units)
     names = [str(i) if not hasattr(i, "dataobj") else f"image {k}" for k, i in enumerate(imgs)]
@@ -113,10 +117,11 @@ def check_units(imgs, units, *, subjects=None, reader=None):
                     if lo <= r * _FACTOR[other] / factor <= hi else "")
             bad.append(f"{sub} ({name}): {r:.3g} ppb{hint}")
     if bad:
-        raise ValueError(f"χ maps declared in {units} have an implausible robust brain range "
-                         f"(1st-99th percentile, expected {lo:g}-{hi:g} ppb): "
-                         + "; ".join(bad) + ". Set [study] units (or --units) to the unit of "
-                         "the maps, or convert the odd ones.")
+        raise ListedError(f"χ maps declared in {units} have an implausible robust brain range "
+                          f"(1st-99th percentile, expected {lo:g}-{hi:g} ppb) for {len(bad)} of "
+                          f"{len(ranges)} subject(s): ", bad,
+                          ". Set [study] units (or --units) to the unit of the maps, or convert "
+                          "the odd ones.")
     finite = ranges[np.isfinite(ranges)]
     if finite.size >= 3:
         median = float(np.median(finite))
@@ -125,8 +130,8 @@ def check_units(imgs, units, *, subjects=None, reader=None):
                for sub, name, r, q in zip(subjects, names, ranges, ratio)
                if np.isfinite(q) and not 1 / MAX_RATIO_TO_COHORT <= q <= MAX_RATIO_TO_COHORT]
         if odd:
-            raise ValueError("χ maps far from the cohort's range (another unit?): "
-                             + "; ".join(odd) + ".")
+            raise ListedError(f"χ maps far from the cohort's range (another unit?) for "
+                              f"{len(odd)} of {len(ranges)} subject(s): ", odd)
     if finite.size:
         logger.info("χ units %s: robust brain ranges %.3g-%.3g ppb over %d maps", units,
                     float(finite.min()), float(finite.max()), len(ranges))

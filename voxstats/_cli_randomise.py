@@ -165,49 +165,58 @@ class CLIError(ValueError):
     """An error reported as one line on stderr, exit code 1 (a ValueError, as ``main`` reports them)."""
 
 
+class UsageError(CLIError):
+    """A command line that cannot work whatever the data (a flag's value or a combination of flags):
+    one line on stderr, exit code 2, as argparse's own usage errors (``qsm`` uses the same codes)."""
+
+
 # --------------------------------------------------------------------------- options
 
 
 def _check_flags(args):
     for dest, (flag, why) in _UNSUPPORTED.items():
         if getattr(args, dest):
-            raise CLIError(f"{flag} {why}.")
+            raise UsageError(f"{flag} {why}.")
     if args.confound_mode != 1:
-        raise CLIError(f"-U {args.confound_mode}: only Freedman-Lane (-U 1, randomise's default) is "
+        raise UsageError(f"-U {args.confound_mode}: only Freedman-Lane (-U 1, randomise's default) is "
                        "implemented.")
     if args.twopass and not (args.tfce or args.tfce2d or args.cluster_e is not None):
-        raise CLIError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
+        raise UsageError("--twopass normalises cluster sizes (-c) and TFCE (-T): give one of them.")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed: expected an integer >= 0, got {args.seed}.")
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise UsageError(f"Invalid value for --n-jobs: got {args.n_jobs}, expected >= 1 or -1 (all cores).")
     if args.n_perm < 0:
-        raise CLIError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
+        raise UsageError(f"-n: expected a number of permutations >= 0 (0: all distinct ones), got {args.n_perm}.")
     if args.eb and (args.blocks or args.whole_blocks):
-        raise CLIError("--eb defines every level of shuffling itself; do not combine it with -e or --permuteBlocks.")
+        raise UsageError("--eb defines every level of shuffling itself; do not combine it with -e or --permuteBlocks.")
     if args.whole_blocks and not args.blocks:
-        raise CLIError("--permuteBlocks needs -e BLOCKS.")
+        raise UsageError("--permuteBlocks needs -e BLOCKS.")
     if args.resume and not args.checkpoint_dir:
-        raise CLIError("--resume needs --checkpoint-dir DIR.")
+        raise UsageError("--resume needs --checkpoint-dir DIR.")
     if args.scheduler and args.executor != "dask":
-        raise CLIError("--scheduler needs --executor dask.")
+        raise UsageError("--scheduler needs --executor dask.")
     if args.fonly and not args.fcon:
-        raise CLIError("--fonly needs F contrasts (-f).")
+        raise UsageError("--fonly needs F contrasts (-f).")
     if (args.cluster_e_f is not None or args.cluster_m_f is not None) and not args.fcon:
-        raise CLIError("-F and -S need F contrasts (-f).")
+        raise UsageError("-F and -S need F contrasts (-f).")
     if bool(args.vxl) != bool(args.vxf):
-        raise CLIError("--vxl and --vxf go together: give both, with as many entries.")
+        raise UsageError("--vxl and --vxf go together: give both, with as many entries.")
     if args.var_smooth is not None and not args.var_smooth > 0:
-        raise CLIError(f"-v: expected a sigma > 0 mm, got {args.var_smooth}.")
+        raise UsageError(f"-v: expected a sigma > 0 mm, got {args.var_smooth}.")
     for flag, value in (("-c", args.cluster_e), ("-C", args.cluster_m), ("-F", args.cluster_e_f),
                         ("-S", args.cluster_m_f)):
         if value is not None and not value > 0:
-            raise CLIError(f"{flag}: expected a cluster-forming threshold > 0, got {value}.")
+            raise UsageError(f"{flag}: expected a cluster-forming threshold > 0, got {value}.")
 
 
 def _tfce_settings(args):
     if args.tfce and args.tfce2d:
-        raise CLIError("-T and --T2 are exclusive; give one of them.")
+        raise UsageError("-T and --T2 are exclusive; give one of them.")
     tuning = (args.tfce_H, args.tfce_E, args.tfce_C, args.tfce_D, args.tfce_mode)
     if not (args.tfce or args.tfce2d):
         if any(v is not None for v in tuning):
-            raise CLIError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
+            raise UsageError("--tfce_H, --tfce_E, --tfce_C, --tfce_D and --tfce-mode need -T or --T2.")
         return None
     # E None: by element kind (0.5 in volumes, 1 on surfaces), set once the input is known
     E, H, C = (1.0, 2.0, 26) if args.tfce2d else (None, 2.0, 6)
@@ -215,9 +224,9 @@ def _tfce_settings(args):
     # once the input is known; randomise has no surfaces, and PALM's surface TFCE is the integral)
     mode = "fsl" if args.tfce_D is not None and args.tfce_mode is None else args.tfce_mode
     if args.tfce_D is not None and mode != "fsl":
-        raise CLIError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default in volumes).")
+        raise UsageError("--tfce_D sets a fixed step, which needs --tfce-mode fsl (the default in volumes).")
     if args.tfce_D is not None and not args.tfce_D > 0:
-        raise CLIError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
+        raise UsageError(f"--tfce_D: expected a step > 0, got {args.tfce_D}.")
     return {"tfce_E": E if args.tfce_E is None else args.tfce_E,
             "tfce_H": H if args.tfce_H is None else args.tfce_H,
             "connectivity": C if args.tfce_C is None else args.tfce_C,
@@ -353,13 +362,76 @@ def _inputs(args):
     return imgs, len(imgs)
 
 
-def _print_how_many(n_possible, contrasts, flipping):
+def _check_input_files(args, imgs, surface):
+    """Files the library reads only later (-m, meshes, area files), checked before anything is printed.
+
+    -m on volumes is read as the mask it is (3D, on the inputs' grid, not empty).
+    """
+    from voxstats.errors import MissingFileError
+    from voxstats.image import check_img
+    from voxstats.loading import check_mask
+    from voxstats.surface_loading import input_kind
+
+    flags = {"surf": "--surf", "areas": "--area", "left_surf": "--left-surf", "right_surf": "--right-surf",
+             "left_area": "--left-area", "right_area": "--right-area"}
+    for key, value in surface.items():
+        if isinstance(value, str) and not Path(value).exists():
+            raise MissingFileError(flags[key], value)
+    if args.mask is None:
+        return
+    if not Path(args.mask).exists():
+        raise MissingFileError("-m", args.mask)
+    if input_kind(imgs, name="-i") == "volume":
+        first = imgs if isinstance(imgs, str) else imgs[0]
+        check_mask(args.mask, name="-m", reference=check_img(first, name="-i"), reference_name="-i")
+
+
+def _print_how_many(n_possible, contrasts, flipping, randomise_counts=None):
+    """randomise's ``-q`` lines, then a note where randomise would count differently (see _randomise_counts)."""
+    from voxstats.permutation import MANY_REARRANGEMENTS
+
     if flipping:
         print("One-sample design detected; sign-flipping instead of permuting.")
     what = "sign-flips" if flipping else "permutations"
     for kind, index in contrasts:
         test = "t-test" if kind == "t" else "f-test"
         print(f"{n_possible} {what} required for exhaustive test of {test} {index}")
+    differ = {key: count for key, count in (randomise_counts or {}).items() if count != n_possible}
+    if differ:
+        theirs = ", ".join(f"{count} for {'t-test' if kind == 't' else 'f-test'} {index}"
+                           for (kind, index), count in differ.items())
+        print(f"Note: voxstats (as PALM) counts the distinct rearrangements of the whole design's rows; randomise "
+              f"counts those of the tested regressors only and would report {theirs}. They differ because the "
+              "design has regressors besides the tested ones whose values differ between subjects (e.g. a "
+              "continuous covariate such as age); --effective_design with the tested regressors counts as "
+              "randomise does.")
+    if n_possible > MANY_REARRANGEMENTS:
+        print(f"Note: -n 0 (or -n {n_possible} or more) would enumerate all {n_possible} rearrangements; "
+              "give -n N (e.g. -n 5000) for a random subset.")
+
+
+def _randomise_counts(design, blocks, whole_blocks, tcons, fcons, contrasts):
+    """randomise's count for each contrast: distinct rearrangements of the rows of ``(X - mean(X)) C'``.
+
+    randomise v2.9 (``randomise.cc``) builds its permutation scheme from
+    ``remmean(dm) * inputContrast.t()``, the tested regressors only. None with
+    PALM's multi-level blocks (``--eb``), which randomise does not have.
+    """
+    import numpy as np
+
+    from voxstats.exchangeability import ExchangeabilityTree, as_tree
+
+    if isinstance(blocks, ExchangeabilityTree):
+        return None
+    matrix = np.asarray(design, dtype=float)
+    tree = as_tree(blocks, matrix.shape[0], whole_blocks=whole_blocks)
+    centred = matrix - matrix.mean(axis=0)
+    t_list, f_list = list(tcons.values()), list(fcons.values())
+    counts = {}
+    for kind, index in contrasts:
+        weights = np.atleast_2d(np.asarray((t_list if kind == "t" else f_list)[index - 1], dtype=float))
+        counts[(kind, index)] = tree.count(centred @ weights.T)
+    return counts
 
 
 def _n_possible(args, design, blocks):
@@ -374,6 +446,20 @@ def _n_possible(args, design, blocks):
                              exchangeability_blocks=blocks, whole_blocks=args.whole_blocks, design=matrix,
                              rng=0)
     return schedule.n_possible, flipping
+
+
+def _critical_scale(label, on_z):
+    """What a critical value of the ``label`` null (vox, tfce, clustere, ...) is measured in.
+
+    With ``on_z`` the statistics were converted to z before any comparison
+    (v and G, or ``--corrcon`` across contrasts of different kinds or ranks,
+    as PALM's ``-zstat``): the voxel critical value is a z, TFCE is of z, and
+    cluster masses are sums of z. Cluster extents are voxel counts either way.
+    """
+    stat = "z" if on_z else "statistic"
+    return {"vox": stat, "tfce": f"TFCE of {stat}", "tfcen": f"normalised TFCE of {stat}",
+            "clusterm": f"cluster mass of {stat}", "clustere": "cluster extent (voxels)",
+            "clustern": "normalised cluster extent"}[label]
 
 
 def run(args):
@@ -409,7 +495,9 @@ def run(args):
                            f"got {len(effective)}.")
     if args.how_many:
         n_possible, flipping = _n_possible(args, design if effective is None else effective, blocks)
-        _print_how_many(n_possible, contrasts, flipping)
+        theirs = (None if flipping or effective is not None
+                  else _randomise_counts(design, blocks, args.whole_blocks, tcons, fcons, contrasts))
+        _print_how_many(n_possible, contrasts, flipping, theirs)
         return 0
     groups = _variance_groups(args, blocks, n_subjects)
     voxelwise = _voxelwise(args, design)
@@ -430,14 +518,13 @@ def run(args):
              + [p for names in texts.values() for p in names.values()] + list(glm_paths.values()) + [json_path])
     check_outputs(every, overwrite=args.overwrite, flag="-o")
     earlier = _earlier_outputs(json_path, args.output) if args.overwrite else []
+    _check_input_files(args, imgs, _surface_kwargs(args))  # before any warning is printed
     if args.norcmask and args.mask:
         logger.warning("--norcmask has no effect with -m (as in randomise): the mask is -m's")
 
     any_output = (args.vox_corrp or tfce is not None
                   or any(v is not None for v in (args.cluster_e, args.cluster_m, args.cluster_e_f, args.cluster_m_f)))
     n_perm = args.n_perm if any_output else 1
-    if not any_output and not args.quiet:
-        print("Warning! No output options selected. Outputing raw tstat only")
     seed = args.seed
     if seed is None and args.resume:
         seed = recorded_seed(args.checkpoint_dir)
@@ -474,6 +561,8 @@ def run(args):
         print(f"voxstats randomise: error: {lost}; {kept}", file=sys.stderr)
         return 1
 
+    if not any_output and not args.quiet:  # randomise's words, once every input has been read
+        print("Warning! No output options selected. Outputing raw tstat only")
     # results come t first then F; randomise's order (and numbering) is F first, then t
     by_key = {}
     t_results = [c for c in res.contrasts if c.kind in ("t", "v")]
@@ -483,7 +572,7 @@ def run(args):
     for (kind, index), contrast in zip([k for k in contrasts if k[0] == "f"], f_results):
         by_key[(kind, index)] = contrast
     written, p_maps, summary, critical = [], [], [], []
-    for key in sorted(contrasts, key=lambda k: k[0] != "t"):  # t first, as the library's results
+    for key in contrasts:  # randomise's order: F contrasts first, then t (critical values, summary, record)
         contrast, names = by_key[key], outputs[key]
         stat = stat_name(*key, groups is not None)
         for name, values in output_maps(contrast, names, args.logp).items():
@@ -504,9 +593,12 @@ def run(args):
                                      ("tfcen", "null_max_tfcen", "tfcen_corrp" in names)):
             source = contrast.twopass if label in ("clustern", "tfcen") else contrast
             if wanted and res.n_perm > 1:
-                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field))))
+                critical.append((f"{args.output}_{label}_{stat}", critical_value(getattr(source, field)),
+                                 _critical_scale(label, contrast.z is not None)))
         index, xyz = peak(res.masker, np.asarray(contrast.stat))
         index = None if index is None else _jsonable_index(index)
+        peak_at, peak_xyz = peak(res.masker, np.asarray(contrast.stat), contrast.tail)
+        peak_at = None if peak_at is None else _jsonable_index(peak_at)
         summary.append({
             "name": contrast.name, "output": stat, "kind": contrast.kind, "statistic": contrast.kind,
             "tail": contrast.tail,
@@ -516,6 +608,10 @@ def run(args):
             "max_stat": float(np.max(contrast.stat)) if contrast.stat.size else None,
             "max_voxel": index,
             "max_mm": None if xyz is None else [round(float(v), 3) for v in xyz],
+            # the peak the test refers to: two-sided, the signed value of largest |stat|; one-sided, the max
+            "peak_stat": contrast.peak,
+            "peak_voxel": peak_at,
+            "peak_mm": None if peak_xyz is None else [round(float(v), 3) for v in peak_xyz],
             "tfce_dh": contrast.tfce_dh,
         })
     if res.glm is not None:
@@ -533,9 +629,9 @@ def run(args):
             stale.unlink()
             logger.info("Removed %s, written by the earlier run and not by this one", stale)
     if not args.quiet:
-        # randomise analyses (and prints) the F contrasts first
-        for name, value in sorted(critical, key=lambda item: "_fstat" not in item[0] and "_gstat" not in item[0]):
-            print(f"Critical Value for: {name} is: {value:g}")
+        for name, value, scale in critical:  # in randomise's order (F contrasts first), as the summary below
+            # randomise's line; statistics converted to z (--corrcon across kinds, --vg) say so
+            print(f"Critical Value for: {name} is: {value:g}" + (f" ({scale})" if "z" in scale.split() else ""))
         print_summary(args, res, seed, record, summary, tfce, json_path, suffix)
     return 0
 

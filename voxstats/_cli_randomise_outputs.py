@@ -230,7 +230,8 @@ def run_record(args, options, res, seed, n_subjects, imgs, tcons, fcons, tfce, w
         "t_contrasts": {k: np.asarray(v).tolist() for k, v in tcons.items()},
         "f_contrasts": None if not fcons else {k: np.asarray(v).tolist() for k, v in fcons.items()},
         "p_convention": "-log10(p)" if args.logp else "1-p",
-        "critical_values": {name: value for name, value in critical},
+        "critical_values": {name: value for name, value, _ in critical},
+        "critical_value_scales": {name: scale for name, _, scale in critical},  # 'z' when compared on z
         "versions": _versions(),
         "sha256": {str(p): _sha256(p) for p in inputs},
         "outputs": written,
@@ -251,20 +252,22 @@ def print_summary(args, res, seed, record, summary, tfce, json_path, suffix=".ni
     for s in summary:
         tfce_count = "" if s["n_fwe_tfce"] is None else f", TFCE {s['n_fwe_tfce']}"
         where = ""
-        if s["max_voxel"] is not None:
-            where = f" at {_where(s['max_voxel'])}"
-        if s["max_mm"] is not None:
-            where += " = ({}) mm".format(", ".join(f"{v:.1f}" for v in s["max_mm"]))
+        if s["peak_voxel"] is not None:
+            where = f" at {_where(s['peak_voxel'])}"
+        if s["peak_mm"] is not None:
+            where += " = ({}) mm".format(", ".join(f"{v:.1f}" for v in s["peak_mm"]))
+        word = "peak" if s["tail"] == "two-sided" else "max"  # two-sided: the signed value of largest |stat|
         print(f"{s['output']} ({s['name']}): FWE p<0.05 {elements}: voxel {s['n_fwe_voxel']}{tfce_count}; "
-              f"max {s['max_stat']:.4g}{where}")
+              f"{word} {s['peak_stat']:.4g}{where}")
 
 
-def peak(masker, values):
-    import numpy as np
+def peak(masker, values, tail="greater"):
+    """(index in the image, mm) of the peak of ``values`` for ``tail`` (voxstats.results.peak_index)."""
+    from voxstats.results import peak_index
 
-    if not values.size:
+    k = peak_index(values, tail)
+    if k is None:
         return None, None
-    k = int(np.argmax(values))
     if not hasattr(masker, "position"):
         return (k,), None
     return masker.position(k)

@@ -74,10 +74,12 @@ def _check_n_jobs(n_jobs):
         return 1
     if not isinstance(n_jobs, (int,)) or isinstance(n_jobs, bool):
         raise TypeError(f"n_jobs must be an integer, got {n_jobs!r}")
+    given = n_jobs
     if n_jobs < 0:
         n_jobs = maximum + 1 + n_jobs
     if n_jobs < 1:
-        raise ValueError(f"Invalid value for the 'n_jobs' parameter: got {n_jobs}, expected >= 1 or -1")
+        raise ValueError(f"Invalid value for the 'n_jobs' parameter: got {given}, expected >= 1, or -1 for all "
+                         f"{maximum} threads (-2 all but one, down to -{maximum})")
     return min(n_jobs, maximum)
 
 

@@ -39,7 +39,7 @@ from .outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "RunInterrupted", "handle_signals", "open_checkpoint", "recorded_seed"]
+__all__ = ["Checkpoint", "ChunkRanges", "RunInterrupted", "handle_signals", "open_checkpoint", "recorded_seed"]
 
 FORMAT = "voxstats-checkpoint-1"
 MANIFEST = "manifest.json"
@@ -374,9 +374,11 @@ class Checkpoint:
 
 
 def _describe(directory, theirs, ours):
-    differ = [k for k in ours if theirs.get(k) != ours[k]]
-    return (f"checkpoint_dir {directory} holds a checkpoint of a different run ({', '.join(differ)} "
-            "differ); refusing to mix it in. Use another (or an empty) directory, or delete this one.")
+    differ = [k for k in ours if theirs.get(k) != ours[k]] or ["fingerprint"]
+    names = differ[0] if len(differ) == 1 else f"{', '.join(differ[:-1])} and {differ[-1]}"
+    verb = "differs" if len(differ) == 1 else "differ"
+    return ParameterError("checkpoint_dir", f"{directory} holds a checkpoint of a different run (the {names} "
+                          f"{verb}); refusing to mix it in. Use another (or an empty) directory, or delete this one.")
 
 
 def open_checkpoint(directory, *, resume, data, design, contrasts, schedule, graph, settings,
@@ -415,11 +417,12 @@ def open_checkpoint(directory, *, resume, data, design, contrasts, schedule, gra
     manifest_path = directory / MANIFEST
     if manifest_path.exists():
         manifest = _read_manifest(manifest_path)
+        if not resume:  # whatever run it holds: continuing is asked for, never assumed
+            raise ParameterError("checkpoint_dir", f"{directory} already holds a checkpoint; pass resume=True "
+                                 "(--resume) to continue it with the same inputs and options, or use an empty "
+                                 "directory")
         if manifest.get("fingerprint") != fingerprint:
-            raise ValueError(_describe(directory, manifest.get("fingerprint") or {}, fingerprint))
-        if not resume:
-            raise ValueError(f"checkpoint_dir {directory} already holds a checkpoint of this run; pass "
-                             "resume=True (--resume) to continue it, or use an empty directory")
+            raise _describe(directory, manifest.get("fingerprint") or {}, fingerprint)
         recorded = int(manifest["chunk_size"])
         if recorded != chunk_size:
             logger.info("Resuming with the recorded chunk size %d (not %d); results are the same",

@@ -69,8 +69,9 @@ class CiftiClusterTable:
         structures), ``volume_mm3`` voxels times the voxel volume (NaN on
         surfaces); ``mass`` the sum of size * |stat|; ``peak_grayordinate`` the
         0-based index of the most extreme element along the file's
-        grayordinates, ``peak_vertex`` its vertex on the mesh (-1 in volumes),
-        ``peak_i, peak_j, peak_k`` its voxel (-1 on surfaces), ``peak_x,
+        grayordinates, ``peak_vertex`` its vertex on the mesh (missing, ``<NA>``,
+        in volume structures), ``peak_i, peak_j, peak_k`` its voxel (missing on
+        surfaces; these four are pandas ``Int64`` columns, blank in the TSV), ``peak_x,
         peak_y, peak_z`` its coordinates (mm: on the mesh given, or through the
         brain models' affine); ``p_min`` the smallest p in the cluster (NaN
         without a p map); ``peak_label`` the atlas label at the peak.
@@ -304,10 +305,10 @@ def cifti_cluster_table(stat_img, *, left_surf=None, right_surf=None, left_area=
                 peak_local = int(local[first[c]])
                 peak = int(index[peak_local])
                 if surface:
-                    vertex, ijk = int(part.vertex[peak_local]), (-1, -1, -1)
+                    vertex, ijk = int(part.vertex[peak_local]), (pd.NA,) * 3
                     xyz = mesh.coordinates[vertex]
                 else:
-                    vertex, ijk = -1, tuple(int(v) for v in part.voxel[peak_local])
+                    vertex, ijk = pd.NA, tuple(int(v) for v in part.voxel[peak_local])
                     xyz = models.affine[:3, :3] @ np.array(ijk, dtype=float) + models.affine[:3, 3]
                 p_c = p_values[members]
                 label = ""
@@ -330,8 +331,8 @@ def cifti_cluster_table(stat_img, *, left_surf=None, right_surf=None, left_area=
                         row["mass"], row["max_value"], row["peak_grayordinate"], row["peak_vertex"], *row["ijk"],
                         *row["xyz"], row["p_min"], row["peak_label"]))
     table = pd.DataFrame.from_records(records, columns=list(CIFTI_COLUMNS))
-    if table.empty:
-        table = table.astype({c: "int64" for c in ("cluster", "n_elements", "peak_grayordinate", "peak_vertex",
-                                                    "peak_i", "peak_j", "peak_k")})
+    # a peak has a vertex or a voxel, never both: the other is missing (blank in the TSV), not -1
+    table = table.astype({**{c: "int64" for c in ("cluster", "n_elements", "peak_grayordinate")},
+                          **{c: "Int64" for c in ("peak_vertex", "peak_i", "peak_j", "peak_k")}})
     logger.info("%d clusters", len(table))
     return CiftiClusterTable(table=table, labels=labels, brain_models=models)

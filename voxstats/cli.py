@@ -30,6 +30,7 @@ from pathlib import Path
 
 import voxstats
 from voxstats._cli_randomise import FLAGS as _RANDOMISE_FLAGS
+from voxstats._cli_randomise import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,27 @@ _FLAGS = {
         "left_area": "--left-area", "right_area": "--right-area",
     },
 }
-# Options whose value may start with '-' (argparse would read "-1" as an option).
-_DASHED_VALUES = ("--n-jobs", "--p-convention")
+# A negative number as an option's value (argparse reads "-5" as an unknown option in a parser that
+# has a number-like option, such as randomise's -1).
+_NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
+# Choices that start with '-'.
+_DASHED_CHOICES = ("-log10(p)",)
 
 
 class CLIError(Exception):
     """An error reported as one line on stderr, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with negative numbers read as values ("-n -5", "--tfce_H -2") unless they are flags (-1).
+
+    A value out of range then meets the command's own one-line error, which names the flag.
+    """
+
+    def _parse_optional(self, arg_string):
+        if _NEGATIVE_NUMBER.fullmatch(arg_string) and arg_string not in self._option_string_actions:
+            return None
+        return super()._parse_optional(arg_string)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -78,10 +94,12 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _get_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="voxstats",
         description="Voxel-wise permutation inference with exact TFCE. Run 'voxstats COMMAND --help' "
         "for a command's options.",
+        epilog="Exit codes: 0 success; 1 bad input data or a failed run; 2 a usage error (a flag's value "
+        "or a combination of flags); 130 interrupted. Same as qsm.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"voxstats {voxstats.__version__}")
@@ -138,8 +156,9 @@ def _get_parser():
                    help="voxel neighbourhood: faces (6), edges (18) or corners (26, as FSL's cluster)")
     c.add_argument("--min-size", type=float, default=None,
                    help="smallest cluster kept: voxels (default 1), or mm² on surfaces (default 0)")
-    c.add_argument("--surf", metavar="SURF", help="surface STAT: its mesh (.surf.gii or FreeSurfer surface); "
-                   "peaks are reported on it")
+    c.add_argument("--surf", nargs="+", metavar="SURF [AREA]",
+                   help="surface STAT: its mesh (.surf.gii or FreeSurfer surface), on which peaks are reported, "
+                   "optionally followed by vertex areas (a per-vertex file or a number), as randomise --surf")
     c.add_argument("--area", metavar="AREA", help="surface STAT: vertex areas (file or number) for the "
                    "cluster areas (default: the mesh's)")
     c.add_argument("--mask", metavar="MASK", help="surface STAT: vertices that may join clusters "
@@ -296,7 +315,7 @@ def _run_tfce(args):
     from voxstats.tfce import tfce
 
     if args.dh is not None and args.mode != "fsl":
-        raise CLIError("--dh sets a fixed step, which needs --mode fsl.")
+        raise UsageError("--dh sets a fixed step, which needs --mode fsl.")
     _check_outputs([args.output], args.overwrite, "OUT")
     from voxstats.surface_loading import input_kind, output_suffix
 
@@ -337,9 +356,9 @@ def _run_cluster(args):
     from voxstats.outputs import save_img_atomic
 
     if args.atlas_labels and not args.atlas:
-        raise CLIError("--atlas-labels needs --atlas.")
+        raise UsageError("--atlas-labels needs --atlas.")
     if args.p_img is None and args.threshold is None:
-        raise CLIError("give --threshold, --p PMAP, or both, to define clusters.")
+        raise UsageError("give --threshold, --p PMAP, or both, to define clusters.")
     _check_outputs([p for p in (args.output, args.out_index) if p], args.overwrite, "-o/--out-index")
     from voxstats.surface_loading import input_kind
 
@@ -376,14 +395,15 @@ def _run_cluster(args):
     if kind == "surface":
         from voxstats.surface_clusters import surface_cluster_table
 
-        if args.surf is None:
+        surface = _surface_kwargs(args)
+        if "surf" not in surface:
             raise CLIError("--surf: a surface map needs the mesh it is on")
         if args.out_index and not str(args.out_index).lower().endswith(".label.gii"):
             raise CLIError(f"--out-index: surface clusters are written as GIFTI labels: give a name ending in "
                            f".label.gii, got {args.out_index}")
         res = surface_cluster_table(
-            args.input, args.surf, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
-            threshold=args.threshold, sign=args.sign, mask_img=args.mask, areas=_area_value(args.area),
+            args.input, surface["surf"], p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
+            threshold=args.threshold, sign=args.sign, mask_img=args.mask, areas=surface.get("areas"),
             min_area=0.0 if args.min_size is None else args.min_size, atlas_img=args.atlas,
             atlas_labels=None if args.atlas_labels is None else _lut(args.atlas_labels))
         if args.out_index:
@@ -398,7 +418,7 @@ def _run_cluster(args):
             raise CLIError(f"{flag}: only for a surface STAT (GIFTI, FreeSurfer curv or MGH/MGZ)")
     min_size = 1 if args.min_size is None else args.min_size
     if int(min_size) != min_size:
-        raise CLIError(f"--min-size: expected a whole number of voxels, got {args.min_size}")
+        raise UsageError(f"--min-size: expected a whole number of voxels, got {args.min_size}")
     res = cluster_table(
         args.input, p_img=args.p_img, p_convention=args.p_convention, alpha=args.alpha,
         threshold=args.threshold, sign=args.sign, connectivity=args.connectivity,
@@ -416,15 +436,40 @@ def _run_cluster(args):
 # --------------------------------------------------------------------------- entry point
 
 
-def _join_dashed_values(argv):
-    """``--n-jobs -1`` -> ``--n-jobs=-1``: argparse takes ``-1`` for an option otherwise."""
+def _subparsers(parser):
+    """{command: its parser}."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _join_dashed_values(argv, parser):
+    """``-n -1`` -> ``-n=-1``, ``--p-convention -log10(p)`` -> ``--p-convention=-log10(p)``.
+
+    Only after an option that takes one value: argparse would read ``-1`` as
+    randomise's one-sample flag and ``-log10(p)`` as an unknown option.
+    """
     out = list(argv)
-    i = 0
+    command = next((a for a in out if not a.startswith("-")), None)
+    sub = _subparsers(parser).get(command)
+    if sub is None:
+        return out
+    takes_one = {flag for action in sub._actions if isinstance(action, argparse._StoreAction)
+                 and action.nargs is None for flag in action.option_strings}
+    i = out.index(command) + 1
     while i < len(out) - 1:
-        if out[i] in _DASHED_VALUES and re.fullmatch(r"-\d+|-log10\(p\)", out[i + 1]):
+        if out[i] in takes_one and (_NEGATIVE_NUMBER.fullmatch(out[i + 1]) or out[i + 1] in _DASHED_CHOICES):
             out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
         i += 1
     return out
+
+
+def _parse(argv):
+    """Parsed arguments; a usage error names the subcommand ("voxstats cluster: error: ...")."""
+    parser = _get_parser()
+    args, extra = parser.parse_known_args(_join_dashed_values(argv, parser))
+    if extra:
+        _subparsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _message(err, command):
@@ -437,6 +482,7 @@ def _message(err, command):
     def flag(match):
         return flags.get(match.group(1), match.group(0))
 
+    text = re.sub(r"\b\w+=True \((--[\w-]+)\)", r"\1", text)  # "resume=True (--resume)" -> "--resume"
     text = re.sub(r"^(\w+):", lambda m: f"{flags[m.group(1)]}:" if m.group(1) in flags else m.group(0), text)
     text = re.sub(r"the '(\w+)' parameter", lambda m: flag(m) if m.group(1) in flags else m.group(0), text)
     text = re.sub(r"'(\w+)'", lambda m: flags[m.group(1)] if m.group(1) in flags else m.group(0), text)
@@ -467,18 +513,23 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success, 1 on a reported error (one line on stderr naming the file
-        or the flag), 130 when interrupted; argparse exits with 2 on a usage
-        error.
+        0 on success, 1 on bad input data or a failed run (one line on stderr
+        naming the file or the flag), 2 on a usage error, a flag's value or a
+        combination of flags that cannot work whatever the data (argparse's, or
+        ``UsageError``; one line naming the flag), 130 when interrupted. ``qsm``
+        uses the same codes.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _get_parser().parse_args(_join_dashed_values(argv))
+    args = _parse(argv)
     args.argv = argv
     if not getattr(args, "quiet", False):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         with _output_lock(args):
             return args.func(args)
+    except UsageError as err:
+        print(f"voxstats {args.command}: error: {_message(err, args.command)}", file=sys.stderr)
+        return 2
     except (CLIError, ValueError, OSError, ImportError) as err:
         print(f"voxstats {args.command}: error: {_message(err, args.command)}", file=sys.stderr)
         return 1

@@ -498,7 +498,9 @@ class NullAccumulator:
 
     Per-voxel counts are added at once (integer sums, exact in any order), and
     per-rearrangement maxima are written at their place, so that nothing of a
-    chunk is kept after :meth:`add`.
+    chunk is kept after :meth:`add`. The per-rearrangement arrays are
+    allocated without being written (the coverage mask is zeroed lazily by the
+    system), so resident memory follows the rearrangements merged so far.
     """
 
     def __init__(self, n_perm):
@@ -519,7 +521,10 @@ class NullAccumulator:
             if value is None:
                 continue
             if name not in self._arrays:
-                self._arrays[name] = np.full(self.n_perm, np.nan)
+                # np.empty, not np.full: the pages are touched as chunks fill them, so memory
+                # grows with the rearrangements done, not with n_perm (-n 2e9); result() checks
+                # that every rearrangement was written before any value is read.
+                self._arrays[name] = np.empty(self.n_perm)
             self._arrays[name][chunk.start:chunk.stop] = value
         for name in _PER_VOXEL:
             value = getattr(chunk, name)

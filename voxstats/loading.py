@@ -49,7 +49,7 @@ def is_image_path(path):
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def read_image_list(path, *, name="imgs"):
+def read_image_list(path, *, name="imgs", warn=True):
     """The image paths listed in a text file, one per line.
 
     Parameters
@@ -61,6 +61,9 @@ def read_image_list(path, *, name="imgs"):
         directory).
     name : str
         The parameter or flag named in error messages.
+    warn : bool
+        Warn about a path listed twice. Readers that only probe the list (its
+        kind, its length) pass False, so a run warns once, when it loads.
 
     Returns
     -------
@@ -103,10 +106,10 @@ def read_image_list(path, *, name="imgs"):
             raise ParameterError(name, f"{path}, line {lineno}: expected an existing image file "
                                  f"(relative to {path.parent}), got {line!r}")
         key = os.path.normcase(os.path.realpath(item))
-        if key in seen:
+        if key in seen and warn:
             logger.warning("%s, lines %d and %d: the same image %s is listed twice; both are analysed",
                            path, seen[key], lineno, item)
-        else:
+        elif key not in seen:
             seen[key] = lineno
         imgs.append(item)
     if not imgs:

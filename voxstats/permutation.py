@@ -49,6 +49,8 @@ _BLOCK = 32  # rows per Philox counter value in 'sample' mode (the engine's grou
 _ROUNDS = 8  # Feistel rounds
 _MATERIALISE_LIMIT = 50_000_000  # values of .permutations / .signs (400 MB of int64)
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+FEW_REARRANGEMENTS = 20  # below this, 1 / n_possible > 0.05: no p-value can reach 0.05
+MANY_REARRANGEMENTS = 1_000_000  # an exhaustive enumeration beyond this is warned about
 
 
 def _mix64(x):
@@ -242,6 +244,23 @@ def _key(rng):
     return tuple(int(w) for w in state)
 
 
+def _warn_about_count(n_possible, exhaustive, labels):
+    """Log a warning when the rearrangements are too few for p <= 0.05, or too many to enumerate in good time."""
+    if n_possible < FEW_REARRANGEMENTS:
+        what = "rearrangement exists" if n_possible == 1 else "distinct rearrangements exist"
+        logger.warning("only %d %s under this design and exchangeability structure: the smallest attainable "
+                       "p-value is 1/%d = %.3g, so no p-value can reach 0.05 (that needs at least %d)",
+                       n_possible, what, n_possible, 1 / n_possible, FEW_REARRANGEMENTS)
+    elif exhaustive and n_possible > MANY_REARRANGEMENTS:
+        why = ""
+        if labels is not None and np.unique(labels).size == labels.size:
+            why = (" (every subject's design row is distinct, e.g. with a continuous covariate, so every "
+                   "ordering counts)")
+        logger.warning("exhaustive enumeration of all %d distinct rearrangements%s: this may take very long; "
+                       "give a number of permutations (n_perm, randomise's -n N) for a random subset, "
+                       "e.g. 5000", n_possible, why)
+
+
 def make_schedule(n_subjects, n_perm, *, permute=True, sign_flip=False, exchangeability_blocks=None,
                   whole_blocks=False, design=None, rng=None):
     """The rearrangements of a permutation test, enumerated or drawn on demand.
@@ -282,6 +301,15 @@ def make_schedule(n_subjects, n_perm, *, permute=True, sign_flip=False, exchange
     ValueError
         Bad ``n_perm``, neither ``permute`` nor ``sign_flip``, bad blocks, or
         ``n_perm=0`` when the rearrangements are too many to enumerate (> 2**62).
+
+    Notes
+    -----
+    Logs a warning when fewer than 20 distinct rearrangements exist (the
+    smallest attainable p-value, 1 / ``n_possible``, is then above 0.05), and
+    when an exhaustive enumeration exceeds 1,000,000 rearrangements (e.g.
+    ``n_perm=0`` with a continuous covariate: 12! = 479,001,600 for 12
+    subjects, where randomise, counting the tested regressor's relabellings
+    only, would enumerate C(12, 6) = 924 for two groups of 6).
     """
     if not permute and not sign_flip:
         raise ValueError("make_schedule: at least one of 'permute' and 'sign_flip' must be True")
@@ -307,6 +335,7 @@ def make_schedule(n_subjects, n_perm, *, permute=True, sign_flip=False, exchange
         identity = (arrangements.identity_rank() if permute else 0) << units
     if exhaustive:
         logger.info("Exhaustive enumeration of all %d distinct rearrangements", n_possible)
+    _warn_about_count(n_possible, exhaustive, labels if permute else None)
     return PermutationSchedule(
         n_perm=n_possible if exhaustive else n_perm, exhaustive=exhaustive, n_possible=n_possible,
         permute=bool(permute), sign_flip=bool(sign_flip), tree=tree, method=method, key=key,

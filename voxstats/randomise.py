@@ -10,7 +10,7 @@ import os
 from dataclasses import replace
 
 import numpy as np
-from tqdm.auto import tqdm
+from .progress import progress_bar as tqdm
 
 from . import engine, voxelwise
 from .checkpoint import handle_signals, open_checkpoint

@@ -14,7 +14,7 @@ from .inference import cluster_labels, fdr_bh, fwe_pvalues, pvalues_from_counts,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ContrastResult", "GLMOutput", "RandomiseResult", "assemble", "critical_value"]
+__all__ = ["ContrastResult", "GLMOutput", "RandomiseResult", "assemble", "critical_value", "peak_index"]
 
 TAILS = ("two-sided", "greater")
 
@@ -87,6 +87,44 @@ class ContrastResult:
     tfce_p_cfwe: np.ndarray | None = None
     cluster_extent_p_cfwe: np.ndarray | None = None
     cluster_mass_p_cfwe: np.ndarray | None = None
+
+    @property
+    def peak_index(self):
+        """Index of the peak the test refers to, or None for an empty map.
+
+        Two-sided: the voxel of largest ``|stat|`` (its sign says which
+        side); 'greater': the voxel of largest ``stat``. The first such voxel
+        on ties.
+        """
+        return peak_index(self.stat, self.tail)
+
+    @property
+    def peak(self):
+        """The statistic at :attr:`peak_index`, signed (e.g. -12.73 for a two-sided t whose maximum is 3.74)."""
+        k = self.peak_index
+        return None if k is None else float(self.stat[k])
+
+
+def peak_index(stat, tail):
+    """Index of the peak of ``stat`` for a test of ``tail`` ('two-sided': largest |stat|; 'greater': largest).
+
+    Parameters
+    ----------
+    stat : (n_voxels,) array-like
+    tail : {'two-sided', 'greater'}
+
+    Returns
+    -------
+    int or None
+        None when ``stat`` is empty.
+    """
+    if tail not in TAILS:
+        raise ValueError(f"Invalid value for the 'tail' parameter. Allowed values are {', '.join(map(repr, TAILS))}, "
+                         f"but got {tail!r} instead.")
+    stat = np.asarray(stat)
+    if not stat.size:
+        return None
+    return int(np.argmax(np.abs(stat) if tail == "two-sided" else stat))
 
 
 @dataclass(frozen=True)
@@ -187,7 +225,12 @@ class RandomiseResult:
         return self.masker.unmask(values)
 
     def summary(self, alpha=0.05):
-        """A plain-text table: per contrast its kind, tail, maximum and FWE-significant voxels.
+        """A plain-text table: per contrast its kind, tail, peak and FWE-significant voxels.
+
+        The peak is the statistic the test refers to (:attr:`ContrastResult.peak`):
+        for a two-sided test the signed value of largest ``|stat|`` (-12.73
+        when the map spans -12.73 .. 3.74), for a one-sided test the maximum.
+        The command line's summary line uses the same rule.
 
         Parameters
         ----------
@@ -202,10 +245,10 @@ class RandomiseResult:
         head = (f"{self.n_perm} rearrangements ({'exhaustive' if self.exhaustive else 'random'}, "
                 f"{self.scheme}), df {self.df}"
                 + (f", TFCE {tfce}" if tfce else ""))
-        lines = [head, f"{'contrast':<20} {'kind':<4} {'tail':<10} {'max stat':>10} "
+        lines = [head, f"{'contrast':<20} {'kind':<4} {'tail':<10} {'peak':>10} "
                        f"{'FWE voxels':>10} {'TFCE FWE':>9}"]
         for c in self.contrasts:
-            top = float(np.max(np.abs(c.stat) if c.tail == "two-sided" else c.stat)) if c.stat.size else 0.0
+            top = 0.0 if c.peak is None else c.peak
             n_tfce = "-" if c.tfce_p_fwe is None else str(int(np.sum(c.tfce_p_fwe < alpha)))
             lines.append(f"{c.name[:20]:<20} {c.kind:<4} {c.tail:<10} {top:>10.4g} "
                          f"{int(np.sum(c.p_fwe < alpha)):>10} {n_tfce:>9}")

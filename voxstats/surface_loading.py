@@ -61,7 +61,7 @@ def input_kind(imgs, *, name="imgs"):
             return "volume"  # the volume reader reports missing files and folders
         from .loading import read_image_list
 
-        return input_kind(read_image_list(imgs, name=name), name=name)
+        return input_kind(read_image_list(imgs, name=name, warn=False), name=name)
     try:
         items = list(imgs)
     except TypeError:
@@ -74,12 +74,12 @@ def input_kind(imgs, *, name="imgs"):
     return kinds.pop() if kinds else "volume"
 
 
-def _entries(imgs, name):
-    """The list of files behind ``imgs`` (a list file is read)."""
+def _entries(imgs, name, *, warn=False):
+    """The list of files behind ``imgs`` (a list file is read; ``warn`` only when loading)."""
     if isinstance(imgs, (str, os.PathLike)) and _path_kind(imgs) is None and Path(imgs).is_file():
         from .loading import read_image_list
 
-        return [str(p) for p in read_image_list(imgs, name=name)]
+        return [str(p) for p in read_image_list(imgs, name=name, warn=warn)]
     return imgs
 
 
@@ -165,7 +165,7 @@ def load_surface_input(imgs, mask_img=None, *, keep_constant=False, surf=None, a
     masker : SurfaceMasker or CiftiMasker
     """
     kind = input_kind(imgs, name=name)
-    entries = _entries(imgs, name)
+    entries = _entries(imgs, name, warn=True)
     if kind == "cifti":
         for option, value in (("surf", surf), ("areas", areas)):
             if value is not None:

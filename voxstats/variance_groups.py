@@ -23,7 +23,7 @@ import numpy as np
 from . import _welch_numba, _zscore_numba
 from .errors import ParameterError
 from .glm import effect_basis
-from .welch import auto_variance_groups, make_variance_groups, residual_dof
+from .welch import auto_variance_groups, check_group_sizes, make_variance_groups, residual_dof
 from .zscore import z_table
 
 logger = logging.getLogger(__name__)
@@ -164,9 +164,20 @@ def resolve_variance_groups(variance_groups, n_subjects, *, exchangeability_bloc
     Returns
     -------
     voxstats.welch.VarianceGroups or None
+
+    Raises
+    ------
+    voxstats.errors.ParameterError
+        ``variance_groups``: not 'auto' nor one label per subject, or groups of
+        a single subject (:func:`voxstats.welch.check_group_sizes`; e.g.
+        labels 1..n, or 'auto' from blocks of one subject each). v and G
+        need at least 2 subjects per group. PALM only warns about such groups
+        and suggests ``-removevgbysize 1`` (drop their subjects); voxstats
+        refuses them, so that no entry point computes a meaningless v.
     """
     if variance_groups is None:
         return None
+    source = ""
     if isinstance(variance_groups, str):
         if variance_groups != "auto":
             raise ParameterError("variance_groups", "expected None, 'auto' or one label per subject, "
@@ -175,7 +186,9 @@ def resolve_variance_groups(variance_groups, n_subjects, *, exchangeability_bloc
             logger.info("variance_groups='auto' without exchangeability blocks: one variance group")
             return None
         variance_groups = auto_variance_groups(exchangeability_blocks, whole_blocks=whole_blocks)
+        source = " (derived from the exchangeability blocks by 'auto')"
     groups = make_variance_groups(variance_groups, n_subjects)
+    check_group_sizes(groups, source=source)
     if groups.n_groups < 2:
         logger.info("One variance group: the statistics are t and F")
         return None
@@ -228,6 +241,7 @@ def make_welch_job(design, contrast, groups, *, sign_flip=False):
     groups = make_variance_groups(groups, design.n_subjects)
     if groups.n_groups < 2:
         raise ParameterError("variance_groups", "v and G need at least two variance groups")
+    check_group_sizes(groups)
     eb = effect_basis(design, contrast)
     basis, leads = _ordered_basis(eb.tested, eb.nuisance)
     # equal design rows get bit-identical basis rows, so relabelling them ties exactly

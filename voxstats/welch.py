@@ -52,7 +52,8 @@ from .errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VarianceGroups", "auto_variance_groups", "g_to_z", "make_variance_groups", "welch_statistic"]
+__all__ = ["VarianceGroups", "auto_variance_groups", "check_group_sizes", "g_to_z", "make_variance_groups",
+           "welch_statistic"]
 
 _CHUNK = 4096  # voxels per chunk: bounds the float64 temporaries
 
@@ -160,6 +161,50 @@ def auto_variance_groups(exchangeability_blocks, *, whole_blocks=False):
     return position
 
 
+def check_group_sizes(groups, *, name="variance_groups", source=""):
+    """Refuse variance groups of one subject: v and G need two or more per group.
+
+    A group's variance is estimated from its own residuals; with one subject
+    that estimate is a single squared residual with less than one degree of
+    freedom (``dR_g = 1 - h_nn``), and v, G and their degrees of freedom are
+    then meaningless (e.g. v = 47.8 where t = 9.5).
+
+    Parameters
+    ----------
+    groups : VarianceGroups
+    name : str
+        Parameter or flag named in the message.
+    source : str
+        Where the groups came from, appended to the message (e.g.
+        ``" (derived from the exchangeability blocks)"``).
+
+    Raises
+    ------
+    voxstats.errors.ParameterError
+        Naming the groups of size one by label and subject (1-based), the
+        first ten of them.
+
+    Notes
+    -----
+    PALM (``palm_takeargs.m``) only warns "There are variance groups with
+    just one observation" and suggests ``-removevgbysize 1``, which drops
+    those subjects from data and design (it does so itself with ``-vgdemean``
+    or ``-ev4vg``). voxstats refuses instead: drop or merge such subjects
+    explicitly.
+    """
+    if groups.n_groups < 2:
+        return
+    small = np.flatnonzero(groups.sizes < 2)
+    if small.size == 0:
+        return
+    subject = {g: int(np.flatnonzero(groups.codes == g)[0]) + 1 for g in small[:10]}
+    shown = ", ".join(f"{groups.labels[g]} (subject {subject[g]})" for g in small[:10])
+    if small.size > 10:
+        shown += f", ... ({small.size} groups)"
+    raise ParameterError(name, f"variance groups of one subject: {shown}{source}; v and G need at least 2 "
+                         "subjects per group (a group's variance is undefined with one): merge or drop them")
+
+
 def residual_dof(design, groups):
     """``dR_g``: the sum of the residual-forming matrix' diagonal over each group.
 
@@ -213,6 +258,7 @@ def welch_statistic(data, design, contrast, groups):
     c = _contrast_weights(contrast)
     n, _ = m.shape
     groups = make_variance_groups(groups, n)
+    check_group_sizes(groups)
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[0] != n:
         raise ValueError(f"data: expected shape (n_subjects={n}, n_voxels), got {data.shape}")

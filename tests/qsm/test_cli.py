@@ -155,7 +155,7 @@ def test_usage_errors_name_the_flag(argv, message, capsys):
 
 def test_arguments_checked_before_simulating(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n-per-group", "2"]) == 1
+    assert main(["demo", "--out", str(out), "--n-per-group", "2"]) == 2  # a usage error, as --n-per-group 0
     err = capsys.readouterr().err
     assert err.startswith("qsm demo: error: --n-per-group must be >= 3") and err.count("\n") == 1
     assert not out.exists()  # nothing simulated, not even the folder
@@ -178,6 +178,32 @@ def test_run_reports_config_errors(tmp_path, capsys):
 def test_python_dash_m_qsm(tmp_path):
     done = subprocess.run([sys.executable, "-m", "qsm", "demo", "--out", str(tmp_path),
                            "--n-per-group", "1"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr == ("qsm demo: error: --n-per-group must be >= 3 (the study's "
                            "regressions need at least 3 subjects per group), got 1.\n")
+
+
+def test_exit_codes_agree_with_voxstats(tmp_path, capsys):
+    """A flag's bad value is a usage error (2) whether argparse or qsm finds it; bad data is 1;
+    both commands document the same codes in --help."""
+    import voxstats.cli
+
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "a"), "--n-perm", "0"])   # argparse
+    assert exc.value.code == 2
+    assert main(["demo", "--out", str(tmp_path / "a"), "--n-per-group", "2"]) == 2   # qsm's check
+    assert main(["normalize", str(tmp_path), str(tmp_path / "o"), "--reference", "mask"]) == 2
+    assert main(["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 1
+    assert voxstats.cli.main(["randomise", "-i", "x.nii.gz", "-o", str(tmp_path / "x"), "-1",
+                              "-n=-5"]) == 2
+    assert voxstats.cli.main(["randomise", "-i", str(tmp_path / "x.nii.gz"), "-o",
+                              str(tmp_path / "x"), "-1"]) == 1   # file not found: data
+    capsys.readouterr()
+    texts = []
+    for entry, prog in ((main, "qsm"), (voxstats.cli.main, "voxstats")):
+        with pytest.raises(SystemExit):
+            entry(["--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        texts.append(help_text.split("Exit codes: ", 1)[1].split(" Same as")[0])
+    assert texts[0] == texts[1]
+    assert texts[0].startswith("0 success; 1 bad input data or a failed run; 2 a usage error")

@@ -270,7 +270,7 @@ def test_chi_drive_from_the_command_line(bids, small_template, truth_chi, tmp_pa
             "--template", str(paths["img"]), "--template-mask", str(paths["mask_img"]),
             "--space", "small", "--affine-only"]
     code = qsm_cli.main(args)
-    assert code == 1 and "--template-chi" in capsys.readouterr().err
+    assert code == 2 and "--template-chi" in capsys.readouterr().err  # a usage error
     code = qsm_cli.main(args + ["--template-chi", str(chi_tpl), "--registration-resolution",
                                 "8"])
     captured = capsys.readouterr()

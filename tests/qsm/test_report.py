@@ -1,7 +1,9 @@
 """The study report: units, pairs, numbers as people write them, and report.html in a browser."""
 
+import html
 import json
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -114,12 +116,35 @@ def test_markdown_report_units_values_and_sections(study):
     assert "lower χ outside the pulvinar" in text  # the paper's pattern for RRMS
     assert "Caveat (EDSS)" in text and text.index("Caveat (EDSS)") < text.index("| region |",
                                                                              text.index("**EDSS**"))
-    assert f"qsm run {config.source} --out OTHER" in text
+    assert config.source == "<dict>" and "qsm run <dict>" not in text
+    assert "save it with `qsm.config.save_config` to rerun it" in text
     # the settings are the TOML a rerun reads
     toml = text.split("```toml\n")[1].split("```")[0]
     (path.parent / "again.toml").write_text(toml)
     assert load_config(path.parent / "again.toml").to_dict() == config.to_dict()
     assert "![atlas](figures/atlas.png)" in text and "[PDF](figures/atlas.pdf)" in text
+
+
+def test_rerun_hint_names_the_config_by_its_absolute_path(study, tmp_path, monkeypatch):
+    """A config given by a relative path: the report's rerun command works from any folder."""
+    path, config, people, group_table, clinical_table = study
+    (tmp_path / "cfg").mkdir()
+    toml = path.read_text().split("```toml\n")[1].split("```")[0]
+    (tmp_path / "cfg" / "my study.toml").write_text(toml)
+    monkeypatch.chdir(tmp_path / "cfg")
+    relative = load_config("my study.toml")
+    assert relative.source == "my study.toml"
+    out = write_report(tmp_path / "out" / "report.md", config=relative, participants=people,
+                       group_table=group_table, clinical_table=clinical_table,
+                       voxelwise_table=None, figures={}, timings={"total": 1.0})
+    monkeypatch.chdir(tmp_path / "out")   # elsewhere: the hint must still find the file
+    for text in (out.read_text(), out.with_suffix(".html").read_text()):
+        commands = re.findall(r"qsm run (.+?) --out OTHER", text)
+        assert len(commands) == 2, commands
+        for cmd in commands:
+            target = Path(shlex.split(html.unescape(cmd))[0])
+            assert target.is_absolute() and target.is_file()
+            assert target.samefile(tmp_path / "cfg" / "my study.toml")
 
 
 def test_html_report_is_self_contained(study):

@@ -383,8 +383,8 @@ def test_foreign_checkpoint_is_refused(problem, tmp_path, change, component):
         kwargs["tfce_H"] = 1.5
     else:
         other["contrasts"] = {"group": [0, -1, 0], "age": [0, 0, 1]}
-    with pytest.raises(ValueError, match=rf"holds a checkpoint of a different run \({component} "
-                                         r"differ\); refusing to mix it in"):
+    with pytest.raises(ValueError, match=rf"holds a checkpoint of a different run \(the {component} "
+                                         r"differs\); refusing to mix it in"):
         _run(other, checkpoint_dir=tmp_path, resume=True, **kwargs)
     assert {f: f.read_bytes() for f in _chunk_files(tmp_path)} == before
 
@@ -408,8 +408,12 @@ def test_foreign_chunk_file_is_refused(problem, tmp_path):
 
 def test_existing_checkpoint_needs_resume(problem, tmp_path):
     _run(problem, checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"already holds a checkpoint of this run; pass resume=True"):
+    with pytest.raises(ValueError, match=r"already holds a checkpoint; pass resume=True \(--resume\) to "
+                                         r"continue it with the same inputs and options"):
         _run(problem, checkpoint_dir=tmp_path)
+    # the same message for another run's checkpoint (here: another seed) when resume is not asked for
+    with pytest.raises(ValueError, match=r"already holds a checkpoint; pass resume=True"):
+        _run(problem, checkpoint_dir=tmp_path, rng=12345)
 
 
 def test_non_checkpoint_directory_is_refused(problem, tmp_path):
@@ -563,9 +567,9 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(study):
 
 
 def test_cli_resume_and_scheduler_need_their_partners(study, capsys):
-    assert main(_argv(study, "x", "--resume")) == 1
+    assert main(_argv(study, "x", "--resume")) == 2
     assert "--resume needs --checkpoint-dir DIR" in capsys.readouterr().err
-    assert main(_argv(study, "x", "--scheduler", "tcp://127.0.0.1:1")) == 1
+    assert main(_argv(study, "x", "--scheduler", "tcp://127.0.0.1:1")) == 2
     assert "--scheduler needs --executor dask" in capsys.readouterr().err
 
 
@@ -573,7 +577,13 @@ def test_cli_refuses_a_foreign_checkpoint(study, capsys):
     ckpt = str(study / "ckpt")
     assert main(_argv(study, "a", "--seed", "1", "--checkpoint-dir", ckpt)) == 0
     assert main(_argv(study, "b", "--seed", "2", "--checkpoint-dir", ckpt, "--resume")) == 1
-    assert "different run (schedule differ)" in capsys.readouterr().err
+    assert "different run (the schedule differs); refusing to mix it in" in capsys.readouterr().err
+    # without --resume, with or without --seed: the directory holds a checkpoint, --resume continues it
+    for extra in ([], ["--seed", "1"], ["--seed", "2"]):
+        assert main(_argv(study, "c", "--checkpoint-dir", ckpt, *extra)) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "different run" not in err
+        assert f"--checkpoint-dir: {ckpt} already holds a checkpoint; pass --resume to continue it" in err
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")

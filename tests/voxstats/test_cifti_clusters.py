@@ -59,8 +59,15 @@ def test_hand_computed_clusters(tmp_path):
     assert list(t["n_elements"]) == [2, 1, 2, 1]
     assert list(t["max_value"]) == [3.0, -2.0, 4.0, 5.0]
     assert list(t["peak_grayordinate"]) == [0, 2, 4, 5]
-    assert list(t["peak_vertex"]) == [0, 2, -1, -1]
-    assert [tuple(r) for r in t[["peak_i", "peak_j", "peak_k"]].to_numpy()] == [(-1, -1, -1)] * 2 + [(1, 0, 0), (3, 0, 0)]
+    # a cortical peak has no voxel and a volume peak no vertex: missing, not -1
+    assert list(t["peak_vertex"][:2]) == [0, 2] and t["peak_vertex"][2:].isna().all()
+    assert t[["peak_i", "peak_j", "peak_k"]][:2].isna().all(axis=None)
+    assert [tuple(r) for r in t[["peak_i", "peak_j", "peak_k"]][2:].to_numpy()] == [(1, 0, 0), (3, 0, 0)]
+    res.to_tsv(tmp_path / "clusters.tsv")
+    rows = [line.split("\t") for line in (tmp_path / "clusters.tsv").read_text().splitlines()]
+    at = {name: rows[0].index(name) for name in ("peak_vertex", "peak_i", "peak_j", "peak_k")}
+    assert [[row[i] for i in at.values()] for row in rows[1:]] == [["0", "", "", ""], ["2", "", "", ""],
+                                                                   ["", "1", "0", "0"], ["", "3", "0", "0"]]
     np.testing.assert_allclose(t[["peak_x", "peak_y", "peak_z"]].to_numpy(),
                                [[0, 0, 0], [1, 1, 0], [88, -126, -72], [84, -126, -72]])
     np.testing.assert_array_equal(res.labels, [1, 1, 2, 3, 3, 4])

@@ -220,7 +220,9 @@ def test_effective_design_decides_the_distinct_rearrangements(toy, tmp_path, cap
     write_design(tmp_path / "eff.mat", toy["x"])
     base = ["randomise", "-i", str(root / "data.nii.gz"), "-d", str(tmp_path / "cov.mat"), "-t", str(tmp_path / "cov.con")]
     assert main(base + ["-o", str(tmp_path / "a"), "-q"]) == 0
-    assert capsys.readouterr().out == f"{math.factorial(8)} permutations required for exhaustive test of t-test 1\n"
+    first, note = capsys.readouterr().out.splitlines()
+    assert first == f"{math.factorial(8)} permutations required for exhaustive test of t-test 1"
+    assert f"randomise counts those of the tested regressors only and would report {math.comb(8, 4)}" in note
     assert main(base + ["-o", str(tmp_path / "b"), "-q", "--effective_design", str(tmp_path / "eff.mat")]) == 0
     assert capsys.readouterr().out == f"{math.comb(8, 4)} permutations required for exhaustive test of t-test 1\n"
     assert main(base + ["-o", str(tmp_path / "c"), "-x", "-n", "0", "--effective_design", str(tmp_path / "eff.mat"),
@@ -229,3 +231,64 @@ def test_effective_design_decides_the_distinct_rearrangements(toy, tmp_path, cap
     assert record["n_perm"] == 70 and record["exhaustive"]
     res = voxstats.permuted_glm(toy["data"].reshape(-1, 8).T, x, [1.0, -1, 0], effective_design=toy["x"], n_perm=0)
     assert res.n_perm == res.n_possible == 70
+
+
+@pytest.mark.parametrize("twotail", [False, True])
+def test_summary_line_reports_the_peak_the_test_refers_to(toy, tmp_path, capsys, twotail):
+    """g1>g2 peaks positive, g2>g1 (its negation) negative: with --twotail the peak of tstat2 is the
+    signed t of largest |t| (SciPy), one-sided it is the maximum; the JSON records the same peak."""
+    from scipy import stats
+
+    out = tmp_path / "pk"
+    assert main(_argv(toy, out, "-x", "-n", "20", *(["--twotail"] if twotail else []))) == 0
+    text = capsys.readouterr().out
+    data = toy["data"].reshape(-1, 8)
+    t1 = stats.ttest_ind(data[:, :4], data[:, 4:], axis=1).statistic  # g1>g2, independent of voxstats
+    record = json.loads((tmp_path / "pk.json").read_text())
+    for line_name, t, entry in (("tstat1 (g1>g2)", t1, record["summary"][0]),
+                                ("tstat2 (g2>g1)", -t1, record["summary"][1])):
+        k = int(np.argmax(np.abs(t))) if twotail else int(np.argmax(t))
+        ijk = np.unravel_index(k, SHAPE)
+        word = "peak" if twotail else "max"
+        expected = f"{line_name}: FWE p<0.05 voxels: voxel "
+        (line,) = [v for v in text.splitlines() if v.startswith(expected)]
+        assert line.endswith(f"; {word} {t[k]:.4g} at voxel {tuple(int(v) for v in ijk)} = "
+                             + "({:.1f}, {:.1f}, {:.1f}) mm".format(*(AFFINE[:3, :3] @ ijk)))
+        assert entry["peak_stat"] == pytest.approx(t[k], rel=1e-5) and entry["peak_voxel"] == list(ijk)
+        assert entry["max_stat"] == pytest.approx(t.max(), rel=1e-5)
+    assert (f"peak {-t1.max():.4g}" in text) == twotail  # tstat2's peak is negative only two-sided
+
+
+def test_corrcon_critical_values_are_on_z_and_say_so(toy, tmp_path, capsys):
+    """--corrcon with t and F contrasts compares z: the critical values (randomise's rule, ceil(0.95 N)-th
+    null maximum) equal SciPy's z of t(6) and F(1, 6) maxima over the -P relabellings, and are marked (z)."""
+    from scipy import stats
+
+    root = toy["root"]
+    out = tmp_path / "cc"
+    assert main(_argv(toy, out, "-f", str(root / "design.fts"), "--corrcon", "-x", "-P", "-n", "30")) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "cc.json").read_text())
+    y = toy["data"].reshape(-1, 8).T.astype(np.float64)
+    x = toy["x"]
+    for stat, c, kind in (("tstat1", np.array([1.0, -1]), "t"), ("tstat2", np.array([-1.0, 1]), "t"),
+                          ("fstat1", np.array([1.0, -1]), "F")):
+        perms = np.loadtxt(tmp_path / f"cc_perm_{stat}.txt").astype(int) - 1
+        maxima = []
+        for p in perms:
+            xp = x[p]
+            beta, rss = np.linalg.lstsq(xp, y, rcond=None)[:2]
+            t = (c @ beta) / np.sqrt(rss / 6 * (c @ np.linalg.inv(xp.T @ xp) @ c))
+            z = stats.norm.isf(stats.t.sf(t, 6) if kind == "t" else stats.f.sf(t ** 2, 1, 6))
+            maxima.append(z.max())
+        want = np.sort(maxima)[int(np.ceil(0.95 * len(maxima))) - 1]
+        name = f"{out}_vox_{stat}"
+        assert record["critical_values"][name] == pytest.approx(want, rel=1e-4)
+        assert record["critical_value_scales"][name] == "z"
+        assert f"Critical Value for: {name} is: {record['critical_values'][name]:g} (z)\n" in printed
+    # without --corrcon (t only): the statistic itself, no mark
+    assert main(_argv(toy, tmp_path / "plain", "-x", "-n", "30")) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "plain.json").read_text())
+    assert set(record["critical_value_scales"].values()) == {"statistic"}
+    assert "(z)" not in printed and f"Critical Value for: {tmp_path / 'plain'}_vox_tstat1 is: " in printed

@@ -1,6 +1,7 @@
 """Permutation schedules, and exact p-values from exhaustive enumeration vs brute force."""
 
 import itertools
+import logging
 import math
 import pickle
 
@@ -396,3 +397,51 @@ def test_definition_follows_what_the_rows_depend_on():
               make_schedule(8, 20, design=design, exchangeability_blocks=np.repeat([1, 2], 4), rng=4),
               make_schedule(8, 20, design=design, sign_flip=True, rng=4)]
     assert all(o.definition() != base.definition() for o in others)
+
+
+def _two_groups(n_a, n_b):
+    g = np.r_[np.ones(n_a), np.zeros(n_b)]
+    return np.column_stack([g, 1 - g])
+
+
+@pytest.mark.parametrize("n_a, n_b, blocks, expected", [
+    (4, 4, [[-1, -(i // 2 + 1), i + 1] for i in range(8)], 1),  # PALM tree: families of 2 as wholes, 1 order
+    (2, 2, None, math.comb(4, 2)),  # 6
+    (3, 2, None, math.comb(5, 2)),  # 10
+    (3, 3, None, math.comb(6, 3)),  # 20: 1/20 = 0.05 can be reached, no warning
+    (4, 4, None, math.comb(8, 4)),  # 70
+])
+def test_warning_when_no_p_value_can_reach_005(caplog, n_a, n_b, blocks, expected):
+    design = _two_groups(n_a, n_b)
+    with caplog.at_level(logging.WARNING, logger="voxstats.permutation"):
+        schedule = make_schedule(n_a + n_b, 0, design=design, exchangeability_blocks=blocks, rng=0)
+    assert schedule.n_possible == expected
+    warned = [r for r in caplog.records if "no p-value can reach 0.05" in r.getMessage()]
+    if expected < 20:
+        (record,) = warned
+        assert record.levelno == logging.WARNING
+        assert f"the smallest attainable p-value is 1/{expected} = {1 / expected:.3g}" in record.getMessage()
+    else:
+        assert not warned
+
+
+@pytest.mark.parametrize("n_subjects, n_perm, warned", [
+    (12, 0, True),  # 12! = 479,001,600 orderings (every row distinct)
+    (10, 0, True),  # 10! = 3,628,800
+    (9, 0, False),  # 9! = 362,880 <= 1,000,000
+    (12, 5000, False),  # a random subset
+])
+def test_warning_when_exhaustive_enumeration_is_huge(caplog, n_subjects, n_perm, warned):
+    rng = np.random.default_rng(0)
+    g = np.arange(n_subjects) < n_subjects // 2
+    design = np.column_stack([g, ~g, rng.normal(40, 10, n_subjects)])  # two groups and a continuous age
+    with caplog.at_level(logging.WARNING, logger="voxstats.permutation"):
+        schedule = make_schedule(n_subjects, n_perm, design=design, rng=0)
+    assert schedule.n_possible == math.factorial(n_subjects)
+    messages = [r.getMessage() for r in caplog.records if "exhaustive enumeration" in r.getMessage()]
+    if warned:
+        (message,) = messages
+        assert f"all {math.factorial(n_subjects)} distinct rearrangements" in message
+        assert "continuous covariate" in message and "random subset" in message
+    else:
+        assert not messages

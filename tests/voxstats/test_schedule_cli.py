@@ -83,7 +83,7 @@ def test_eb_errors_are_one_line(study, tmp_path, capsys, content, extra, message
     eb = tmp_path / "eb.csv"
     eb.write_text(content)
     extra = [e.format(eb=eb) for e in extra]
-    assert _run(study, tmp_path, "--eb", str(eb), *extra) == 1
+    assert _run(study, tmp_path, "--eb", str(eb), *extra) == (2 if extra else 1)  # 2: usage
     err = capsys.readouterr().err
     assert message.format(eb=eb) in err and err.count("\n") == 1
 
@@ -92,3 +92,58 @@ def test_eb_reader_accepts_header_and_whitespace(tmp_path):
     path = tmp_path / "eb.txt"
     path.write_text("level1 level2\n-1 1\n-1 2\n")
     np.testing.assert_array_equal(read_exchangeability_blocks(path), [[-1, 1], [-1, 2]])
+
+
+@pytest.mark.parametrize("labels, named", [
+    ("1\n2\n3\n4\n5\n6\n7\n8\n", "1 (subject 1), 2 (subject 2), 3 (subject 3)"),  # eight groups of one
+    ("1\n1\n1\n2\n2\n2\n2\n3\n", "3 (subject 8)"),  # one lone subject
+])
+def test_vg_groups_of_one_subject_are_a_one_line_error(study, tmp_path, capsys, labels, named):
+    vg = tmp_path / "vg.txt"
+    vg.write_text(labels)
+    assert _run(study, tmp_path, "-n", "20", "--vg", str(vg)) == 1
+    err = capsys.readouterr().err
+    assert f"--vg: variance groups of one subject: {named}" in err and err.count("\n") == 1
+    assert "at least 2 subjects per group" in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_q_with_a_continuous_covariate_notes_randomise_count(study, tmp_path, capsys):
+    root = study["root"]
+    age = np.array([34.0, 41, 29, 52, 47, 38, 60, 33])
+    write_design(tmp_path / "age.mat", np.column_stack([study["design"], age]))
+    write_contrasts(tmp_path / "age.con", {"A>B": [1.0, -1.0, 0.0]})
+    argv = ["randomise", "-i", str(root / "all.nii.gz"), "-o", str(tmp_path / "q"), "-d", str(tmp_path / "age.mat"),
+            "-t", str(tmp_path / "age.con"), "-q"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # every row distinct: 8! orderings; randomise (checked with randomise 2.9 -q on 12 subjects: 924 = C(12, 6))
+    # counts the relabellings of (X - mean) c' only: C(8, 4)
+    assert lines[0] == f"{math.factorial(8)} permutations required for exhaustive test of t-test 1"
+    assert lines[1].startswith("Note: voxstats (as PALM) counts the distinct rearrangements of the whole design")
+    assert f"would report {math.comb(8, 4)} for t-test 1" in lines[1] and "continuous covariate" in lines[1]
+    assert len(lines) == 2  # 40320 <= 1,000,000: no note on -n 0
+    assert main(argv[:-5] + ["-d", str(root / "design.mat"), "-t", str(root / "design.con"), "-q"]) == 0
+    assert capsys.readouterr().out == f"{math.comb(8, 4)} permutations required for exhaustive test of t-test 1\n"
+
+
+def test_cli_shows_the_warnings_about_the_count(tmp_path):
+    import subprocess
+    import sys
+
+    n = 10
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(2, 2, 2, n)).astype(np.float32), AFFINE),
+             tmp_path / "all.nii.gz")
+    g = (np.arange(n) < 5).astype(float)
+    write_design(tmp_path / "age.mat", np.column_stack([g, 1 - g, np.linspace(20, 70, n)]))
+    write_contrasts(tmp_path / "age.con", {"A>B": [1.0, -1.0, 0.0]})
+    (tmp_path / "eb.csv").write_text("".join(f"-1,-{i // 2 + 1},{i + 1}\n" for i in range(n)))
+    base = [sys.executable, "-m", "voxstats", "randomise", "-i", str(tmp_path / "all.nii.gz"), "-o",
+            str(tmp_path / "o"), "-d", str(tmp_path / "age.mat"), "-t", str(tmp_path / "age.con"), "-q"]
+    huge = subprocess.run(base, capture_output=True, text=True, check=True)
+    assert f"{math.factorial(n)} permutations required" in huge.stdout
+    assert f"would report {math.comb(n, 5)} for t-test 1" in huge.stdout
+    assert f"-n 0 (or -n {math.factorial(n)} or more) would enumerate all" in huge.stdout
+    one = subprocess.run(base + ["--eb", str(tmp_path / "eb.csv")], capture_output=True, text=True, check=True)
+    assert "1 permutations required" in one.stdout
+    assert "WARNING" in one.stderr and "the smallest attainable p-value is 1/1 = 1" in one.stderr

@@ -1,6 +1,7 @@
 """Variance groups in the engine: v and G maps of rearrangements, p-values, options."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 import voxstats
 from voxstats import make_schedule, permuted_glm
 from voxstats.design import make_contrasts, make_design
+from voxstats.errors import ParameterError
 from voxstats.glm import effect_basis
 from voxstats.variance_groups import df_range, make_welch_job, resolve_variance_groups, welch_maps
 from voxstats.welch import g_to_z, welch_statistic
@@ -150,9 +152,61 @@ def test_bad_variance_groups(rng):
         permuted_glm(y, x, [[0, 1]], variance_groups="groups", n_perm=5)
     with pytest.raises(ValueError, match="one label per subject"):
         permuted_glm(y, x, [[0, 1]], variance_groups=[1, 2, 1], n_perm=5)
-    g = np.r_[0, np.ones(7, int)]  # group 0: one subject with a mean of its own
+    g = np.r_[0, 0, np.ones(6, int)]  # group 0: two subjects, each with a mean of its own
+    x = np.column_stack([np.eye(8)[:, 0], np.eye(8)[:, 1], g])
     with pytest.raises(ValueError, match=r"groups \[0\] have no residual degrees of freedom"):
-        permuted_glm(y, np.column_stack([1 - g, g]), [[1, -1]], variance_groups=g, n_perm=5)
+        permuted_glm(y, x, [[0, 0, 1]], variance_groups=g, n_perm=5)
+
+
+def _palm_tree(n_subjects):
+    """PALM -eb rows ``-1, -family, subject``: families of two, shuffled as a whole; 'auto' gives one
+    variance group per subject (palm_ptree2vg)."""
+    return np.column_stack([-np.ones(n_subjects, int), -(np.arange(n_subjects) // 2 + 1),
+                            np.arange(1, n_subjects + 1)])
+
+
+@pytest.mark.parametrize("labels, sizes_one", [
+    (np.arange(1, 13), "1 (subject 1), 2 (subject 2)"),  # 12 groups of one
+    (np.r_[np.ones(6, int), 2 * np.ones(5, int), 3], "3 (subject 12)"),  # one lone subject
+    (["a", "b", "a", "c", "b", "b", "a", "a", "b", "c", "d", "c"], "d (subject 11)"),
+    ("auto", "... (12 groups) (derived from the exchangeability blocks by 'auto')"),
+])
+def test_groups_of_one_subject_are_refused_by_every_entry_point(rng, labels, sizes_one):
+    n = 12
+    x = np.column_stack([np.repeat([1.0, 0.0], 6), np.repeat([0.0, 1.0], 6), rng.standard_normal(n)])
+    y = rng.standard_normal((n, 5)).astype(np.float32)
+    tree = _palm_tree(n)
+    if isinstance(labels, str):
+        from voxstats.welch import auto_variance_groups
+        sizes = np.bincount(auto_variance_groups(tree))
+    else:
+        sizes = np.unique(np.asarray(labels), return_counts=True)[1]
+    assert sizes.min() == 1  # hand check: at least one group has one subject
+    pattern = (r"^variance_groups: variance groups of one subject: .*" + re.escape(sizes_one)
+               + r".*at least 2 subjects per group")
+    with pytest.raises(ParameterError, match=pattern):
+        resolve_variance_groups(labels, n, exchangeability_blocks=tree)
+    with pytest.raises(ParameterError, match=pattern):
+        permuted_glm(y, x, [[1, -1, 0]], variance_groups=labels, exchangeability_tree=tree, n_perm=5)
+    if not isinstance(labels, str):
+        design = make_design(x)
+        (contrast,) = make_contrasts([[1, -1, 0]], design)
+        with pytest.raises(ParameterError, match=pattern):
+            make_welch_job(design, contrast, labels)
+        with pytest.raises(ParameterError, match=pattern):
+            welch_statistic(y, x, [[1, -1, 0]], labels)
+
+
+def test_groups_of_two_are_accepted_and_give_welch_t(rng):
+    from scipy import stats
+
+    n = 12
+    labels = np.repeat([1, 2, 3, 4, 5, 6], 2)  # six groups of two: the smallest allowed
+    assert resolve_variance_groups(labels, n).sizes.tolist() == [2] * 6
+    g = np.repeat([0, 1], [2, 10])  # two groups, one of two subjects: Welch's t test (SciPy)
+    y = rng.standard_normal((n, 4))
+    v, _ = welch_statistic(y, np.column_stack([1 - g, g]), [[1, -1]], g)
+    np.testing.assert_allclose(v, stats.ttest_ind(y[g == 0], y[g == 1], equal_var=False).statistic, rtol=1e-10)
 
 
 def test_products_are_float64_only_where_rearrangements_can_tie(rng):
