@@ -351,6 +351,17 @@ def _lut(path):
     return read_atlas_labels(path)
 
 
+def _write_cluster_table(res, args):
+    """--out-index labels, then the table to -o (TSV) or standard output; exit status 0."""
+    if args.out_index:
+        res.save_labels(args.out_index)
+    if args.output:
+        res.to_tsv(args.output)
+    else:
+        sys.stdout.write(res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+    return 0
+
+
 def _run_cluster(args):
     from voxstats.cluster_table import cluster_table
     from voxstats.outputs import save_img_atomic
@@ -385,13 +396,7 @@ def _run_cluster(args):
             mask_img=args.mask, connectivity=args.connectivity,
             min_size=0.0 if args.min_size is None else args.min_size, atlas_img=args.atlas,
             atlas_labels=None if args.atlas_labels is None else _lut(args.atlas_labels))
-        if args.out_index:
-            res.save_labels(args.out_index)
-        if args.output:
-            res.to_tsv(args.output)
-        else:
-            sys.stdout.write(res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
-        return 0
+        return _write_cluster_table(res, args)
     if kind == "surface":
         from voxstats.surface_clusters import surface_cluster_table
 
@@ -406,13 +411,7 @@ def _run_cluster(args):
             threshold=args.threshold, sign=args.sign, mask_img=args.mask, areas=surface.get("areas"),
             min_area=0.0 if args.min_size is None else args.min_size, atlas_img=args.atlas,
             atlas_labels=None if args.atlas_labels is None else _lut(args.atlas_labels))
-        if args.out_index:
-            res.save_labels(args.out_index)
-        if args.output:
-            res.to_tsv(args.output)
-        else:
-            sys.stdout.write(res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
-        return 0
+        return _write_cluster_table(res, args)
     for flag, value in (("--surf", args.surf), ("--area", args.area), ("--mask", args.mask)):
         if value is not None:
             raise CLIError(f"{flag}: only for a surface STAT (GIFTI, FreeSurfer curv or MGH/MGZ)")
