@@ -1,4 +1,4 @@
-"""numba kernels of TFCE, cluster labelling and statistics from projections.
+"""numba kernels of TFCE and cluster labelling (the engine's other kernels are in ``_engine_numba``).
 
 Voxels are the nodes of a graph given as a padded neighbour table
 ``neighbours[v, :]`` (-1 pads the rows of voxels with fewer neighbours), so one
