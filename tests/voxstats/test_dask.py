@@ -215,36 +215,38 @@ def own_cluster(tmp_path):
     import json
 
     procs = {}
-    scheduler_file = tmp_path / "scheduler.json"
-    procs["scheduler"] = _start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                                 "--no-dashboard", "--scheduler-file", str(scheduler_file)], tmp_path, "scheduler")
-    _wait_for(scheduler_file)
-    address = json.loads(scheduler_file.read_text())["address"]
+    try:  # a failed start (a worker that never arrives) must not leave the others running
+        scheduler_file = tmp_path / "scheduler.json"
+        procs["scheduler"] = _start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                                     "--no-dashboard", "--scheduler-file", str(scheduler_file)], tmp_path, "scheduler")
+        _wait_for(scheduler_file)
+        address = json.loads(scheduler_file.read_text())["address"]
 
-    slow = tmp_path / "slow_chunks.py"  # a worker preload: each chunk takes at least 0.5 s
-    slow.write_text(  # Dask may import a preload file twice: patch once
-        "import time\nfrom voxstats import engine\n\n"
-        "if not getattr(engine.run_chunk, 'slowed', False):\n"
-        "    _run = engine.run_chunk\n\n"
-        "    def run_chunk(*args, **kwargs):\n        time.sleep(0.5)\n        return _run(*args, **kwargs)\n\n"
-        "    run_chunk.slowed = True\n    engine.run_chunk = run_chunk\n")
+        slow = tmp_path / "slow_chunks.py"  # a worker preload: each chunk takes at least 0.5 s
+        slow.write_text(  # Dask may import a preload file twice: patch once
+            "import time\nfrom voxstats import engine\n\n"
+            "if not getattr(engine.run_chunk, 'slowed', False):\n"
+            "    _run = engine.run_chunk\n\n"
+            "    def run_chunk(*args, **kwargs):\n        time.sleep(0.5)\n        return _run(*args, **kwargs)\n\n"
+            "    run_chunk.slowed = True\n    engine.run_chunk = run_chunk\n")
 
-    def add_worker(slow_chunks=False):
-        name = f"worker{len(procs)}"
-        preload = ["--preload", str(slow)] if slow_chunks else []
-        procs[name] = _start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
-                              "--no-dashboard", "--death-timeout", "180", *preload], tmp_path, name)
-        with distributed.Client(address, timeout="180s") as c:
-            alive = sum(1 for k, p in procs.items() if k.startswith("worker") and p.poll() is None)
-            c.wait_for_workers(alive, timeout=180)
-        return procs[name]
+        def add_worker(slow_chunks=False):
+            name = f"worker{len(procs)}"
+            preload = ["--preload", str(slow)] if slow_chunks else []
+            procs[name] = _start(["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
+                                  "--no-dashboard", "--death-timeout", "180", *preload], tmp_path, name)
+            with distributed.Client(address, timeout="180s") as c:
+                alive = sum(1 for k, p in procs.items() if k.startswith("worker") and p.poll() is None)
+                c.wait_for_workers(alive, timeout=180)
+            return procs[name]
 
-    add_worker(slow_chunks=True)  # the 40 chunks of a run take 20 s: it is still running when the cluster goes
-    yield {"address": address, "procs": procs, "add_worker": add_worker}
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        add_worker(slow_chunks=True)  # the 40 chunks of a run take 20 s: it is still running when the cluster goes
+        yield {"address": address, "procs": procs, "add_worker": add_worker}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
 
 
 def _study(problem, tmp_path):
