@@ -471,7 +471,7 @@ def check_out_dir(out_dir, flag: str = "out_dir") -> Path:
 
 
 def _load_one(config, sub, path, img, data, first, first_path, vox_mask, units, masks,
-              ref_mask, box, coverage, refs, ref_voxels, tables):
+              mask_indices, ref_mask, box, coverage, refs, ref_voxels, tables):
     """Check, convert and re-reference one χ map; append its rows; its crop (or None)."""
     voxstats.image.check_same_space(first, img, str(first_path), str(path))
     if data.ndim != 3:
@@ -483,7 +483,7 @@ def _load_one(config, sub, path, img, data, first, first_path, vox_mask, units, 
                              f"the [voxelwise] region {config.voxelwise.region!r}.")
     data = to_ppb(data, units)
     have = has_data(data, ignore_zeros=config.roi.ignore_zeros)
-    coverage.append(coverage_table(sub, have, masks))
+    coverage.append(coverage_table(sub, have, masks, indices=mask_indices))
     ref, n_ref = 0.0, 0
     if ref_mask is not None:
         data, ref, n_ref = _rereference(data, first.affine, ref_mask,
@@ -566,6 +566,7 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     # raised only after every map's range was measured and the units passed.
     check = native is None   # qsm.normalize checked the native maps' units
     ranges, failure = [], None
+    mask_indices = {name: np.flatnonzero(mask) for name, mask in masks.items()}
     for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
                           desc="loading χ maps"):
         img, data = _read_chi(path, sub)
@@ -575,7 +576,7 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
             continue
         try:
             crop = _load_one(config, sub, path, img, data, first, paths[0], vox_mask, units,
-                             masks, ref_mask, box, coverage, refs, ref_voxels, tables)
+                             masks, mask_indices, ref_mask, box, coverage, refs, ref_voxels, tables)
         except ValueError as exc:
             if not check:
                 raise
