@@ -165,13 +165,17 @@ def _coverage_summary(config, selected, rows, coverage, excluded, vox_info, atla
 
 
 def _rereference(data, affine, region_mask, statistic, path):
-    """χ minus its reference offset (qsm.reference, on the map's non-zero finite voxels)."""
+    """χ minus its reference offset (qsm.reference, on the map's non-zero finite voxels).
+
+    ``region_mask``: (x, y, z) bool array, or its uint8 image (built once per cohort).
+    """
     support = np.isfinite(data) & (data != 0)
+    if not hasattr(region_mask, "dataobj"):
+        region_mask = nib.Nifti1Image(region_mask.astype(np.uint8), affine)
     try:
         res = rereference(nib.Nifti1Image(data, affine),
                           mask_img=nib.Nifti1Image(support.astype(np.uint8), affine),
-                          region="mask", statistic=statistic,
-                          region_mask_img=nib.Nifti1Image(region_mask.astype(np.uint8), affine))
+                          region="mask", statistic=statistic, region_mask_img=region_mask)
     except ValueError as exc:
         raise ValueError(f"χ map {path}: cannot re-reference ({exc})") from None
     return np.asarray(res.img.dataobj, dtype=np.float32), res.offset, res.n_voxels
@@ -567,6 +571,8 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     check = native is None   # qsm.normalize checked the native maps' units
     ranges, failure = [], None
     mask_indices = {name: np.flatnonzero(mask) for name, mask in masks.items()}
+    ref_mask_img = (None if ref_mask is None   # built once, not per subject
+                    else nib.Nifti1Image(ref_mask.astype(np.uint8), first.affine))
     for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
                           desc="loading χ maps"):
         img, data = _read_chi(path, sub)
@@ -576,7 +582,8 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
             continue
         try:
             crop = _load_one(config, sub, path, img, data, first, paths[0], vox_mask, units,
-                             masks, mask_indices, ref_mask, box, coverage, refs, ref_voxels, tables)
+                             masks, mask_indices, ref_mask_img, box, coverage, refs, ref_voxels,
+                             tables)
         except ValueError as exc:
             if not check:
                 raise
