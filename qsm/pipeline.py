@@ -34,7 +34,7 @@ from qsm.config import StudyConfig, check_participants, load_config, read_partic
 from qsm.reference import rereference
 from qsm.regression import clinical_regressions, group_comparisons, regional_values
 from qsm.roi import region_stats, write_stats_table
-from qsm.units import check_units, to_ppb
+from qsm.units import _FACTOR, check_unit_ranges, robust_range, to_ppb
 
 logger = logging.getLogger(__name__)
 
@@ -165,13 +165,17 @@ def _coverage_summary(config, selected, rows, coverage, excluded, vox_info, atla
 
 
 def _rereference(data, affine, region_mask, statistic, path):
-    """χ minus its reference offset (qsm.reference, on the map's non-zero finite voxels)."""
+    """χ minus its reference offset (qsm.reference, on the map's non-zero finite voxels).
+
+    ``region_mask``: (x, y, z) bool array, or its uint8 image (built once per cohort).
+    """
     support = np.isfinite(data) & (data != 0)
+    if not hasattr(region_mask, "dataobj"):
+        region_mask = nib.Nifti1Image(region_mask.astype(np.uint8), affine)
     try:
         res = rereference(nib.Nifti1Image(data, affine),
                           mask_img=nib.Nifti1Image(support.astype(np.uint8), affine),
-                          region="mask", statistic=statistic,
-                          region_mask_img=nib.Nifti1Image(region_mask.astype(np.uint8), affine))
+                          region="mask", statistic=statistic, region_mask_img=region_mask)
     except ValueError as exc:
         raise ValueError(f"χ map {path}: cannot re-reference ({exc})") from None
     return np.asarray(res.img.dataobj, dtype=np.float32), res.offset, res.n_voxels
@@ -233,12 +237,8 @@ def _check_before_work(config: StudyConfig):
                          f"{config.voxelwise.region!r} instead.")
     native = _native_inputs(config, rows, atlas) if config.study.space == "native" else None
     _check_atlas_space(config, atlas, native)
-    if native is None:   # native maps are checked by qsm.normalize
-        folder = config.path(config.study.participants).parent
-        check_units([Path(p) if Path(p).is_absolute() else folder / p
-                     for p in rows[config.study.chi_column]], config.study.units,
-                    subjects=list(rows[config.study.id_column]),
-                    reader=lambda path, sub: _read_chi(path, sub)[1])
+    # the units of standard-space maps are checked by run_study as it reads them (once);
+    # native maps are checked by qsm.normalize
     return rows, atlas, native
 
 
@@ -474,6 +474,34 @@ def check_out_dir(out_dir, flag: str = "out_dir") -> Path:
     return out
 
 
+def _load_one(config, sub, path, img, data, first, first_path, vox_mask, units, masks,
+              mask_indices, ref_mask, box, coverage, refs, ref_voxels, tables):
+    """Check, convert and re-reference one χ map; append its rows; its crop (or None)."""
+    voxstats.image.check_same_space(first, img, str(first_path), str(path))
+    if data.ndim != 3:
+        raise ValueError(f"χ map {path} must be 3D, got shape {data.shape}.")
+    if vox_mask is not None:
+        bad = int((~np.isfinite(data[vox_mask])).sum())
+        if bad:
+            raise ValueError(f"χ map {path} of {sub} has {bad} NaN or infinite value(s) in "
+                             f"the [voxelwise] region {config.voxelwise.region!r}.")
+    data = to_ppb(data, units)
+    have = has_data(data, ignore_zeros=config.roi.ignore_zeros)
+    coverage.append(coverage_table(sub, have, masks, indices=mask_indices))
+    ref, n_ref = 0.0, 0
+    if ref_mask is not None:
+        data, ref, n_ref = _rereference(data, first.affine, ref_mask,
+                                        config.referencing.statistic, path)
+    data[~have] = np.nan   # no data, whatever value referencing would give it
+    refs.append(ref)
+    ref_voxels.append(n_ref)
+    table = region_stats(data, masks, ignore_zeros=False,   # no data is NaN by now
+                         trim_percentile=config.roi.trim_percentile or None)
+    table.insert(0, "subject", sub)
+    tables.append(table)
+    return data[box].copy() if box is not None else None
+
+
 def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     """Run the whole thalamus QSM study.
 
@@ -517,13 +545,12 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     from qsm.report import load_truth
 
     truth = load_truth(config)
-    out.mkdir(parents=True, exist_ok=True)
     normalization = None
     selected = rows
     if native is not None:
+        out.mkdir(parents=True, exist_ok=True)
         rows, normalization = _normalize(config, rows, native, out, verbose)
         timings["normalization"] = time.perf_counter() - t0
-    save_atlas(atlas, out / "atlas", prefix=f"space-{atlas.space}_atlas-thalamus")
 
     # ---- load, reference, regional statistics, crop for the voxel-wise step
     t1 = time.perf_counter()
@@ -538,33 +565,38 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     box = _bbox(vox_mask, _MARGIN) if vox_mask is not None else None
     units = "ppb" if native is not None else s.units   # qsm.normalize writes ppb
     crops, refs, ref_voxels, tables, coverage = [], [], [], [], []
+    # Units (qsm.units) are checked on the maps as read here, each read once. Their
+    # error comes first, as if checked before this loop: a subject's other error is
+    # raised only after every map's range was measured and the units passed.
+    check = native is None   # qsm.normalize checked the native maps' units
+    ranges, failure = [], None
+    mask_indices = {name: np.flatnonzero(mask) for name, mask in masks.items()}
+    ref_mask_img = (None if ref_mask is None   # built once, not per subject
+                    else nib.Nifti1Image(ref_mask.astype(np.uint8), first.affine))
     for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
                           desc="loading χ maps"):
         img, data = _read_chi(path, sub)
-        voxstats.image.check_same_space(first, img, str(paths[0]), str(path))
-        if data.ndim != 3:
-            raise ValueError(f"χ map {path} must be 3D, got shape {data.shape}.")
-        if vox_mask is not None:
-            bad = int((~np.isfinite(data[vox_mask])).sum())
-            if bad:
-                raise ValueError(f"χ map {path} of {sub} has {bad} NaN or infinite value(s) in "
-                                 f"the [voxelwise] region {config.voxelwise.region!r}.")
-        data = to_ppb(data, units)
-        have = has_data(data, ignore_zeros=config.roi.ignore_zeros)
-        coverage.append(coverage_table(sub, have, masks))
-        ref, n_ref = 0.0, 0
-        if ref_mask is not None:
-            data, ref, n_ref = _rereference(data, first.affine, ref_mask,
-                                            config.referencing.statistic, path)
-        data[~have] = np.nan   # no data, whatever value referencing would give it
-        refs.append(ref)
-        ref_voxels.append(n_ref)
-        table = region_stats(data, masks, ignore_zeros=False,   # no data is NaN by now
-                             trim_percentile=config.roi.trim_percentile or None)
-        table.insert(0, "subject", sub)
-        tables.append(table)
-        if box is not None:
-            crops.append(data[box].copy())
+        if check:
+            ranges.append(robust_range(data) * _FACTOR[s.units])
+        if failure is not None:
+            continue
+        try:
+            crop = _load_one(config, sub, path, img, data, first, paths[0], vox_mask, units,
+                             masks, mask_indices, ref_mask_img, box, coverage, refs, ref_voxels,
+                             tables)
+        except ValueError as exc:
+            if not check:
+                raise
+            failure = exc
+            continue
+        if crop is not None:
+            crops.append(crop)
+    if check:
+        check_unit_ranges(ranges, s.units, subjects=list(rows[s.id_column]), names=paths)
+    if failure is not None:
+        raise failure
+    out.mkdir(parents=True, exist_ok=True)
+    save_atlas(atlas, out / "atlas", prefix=f"space-{atlas.space}_atlas-thalamus")
     rows = rows.assign(reference_region=config.referencing.region,
                        reference_statistic=config.referencing.statistic,
                        reference_ppb=refs, reference_voxels=ref_voxels)

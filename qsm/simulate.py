@@ -350,6 +350,7 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
     masks = region_masks(atlas)
     baseline, deep = _baseline(template, brain, masks)
     maps = _effect_maps(masks, effects)
+    maps32 = {k: v.astype(np.float32) for k, v in maps.items()}   # converted once, not per subject
     thal = masks["thalamus"]
 
     people = _demographics(int(n_per_group), rng)
@@ -367,16 +368,16 @@ def simulate_cohort(out_dir, *, n_per_group: int = 40, effects=None, noise_sd: f
         sub = row.participant_id
         chi = baseline + np.float32(effects.age_slope * (row.age - 45.0)) * deep
         if row.group in maps:
-            chi = chi + maps[row.group].astype(np.float32)
+            chi = chi + maps32[row.group]
             dd = row.disease_duration - mean_duration[row.group]
-            chi = chi + np.float32(dd) * maps["duration_slope"].astype(np.float32)
+            chi = chi + np.float32(dd) * maps32["duration_slope"]
         chi = chi + np.float32(rng.normal(0, subject_sd)) * thal
         chi = chi + _smooth_noise(rng, chi.shape, sigma, noise_sd)
         chi = chi + np.float32(rng.normal(0, reference_offset_sd))
         chi[~brain] = 0.0
         anat = out / sub / "anat"
         rel = Path(sub) / "anat" / f"{sub}_space-{DEMO_SPACE}_Chimap.nii.gz"
-        _save_img_atomic(nib.Nifti1Image(chi.astype(np.float32), affine), out / rel)
+        _save_img_atomic(nib.Nifti1Image(chi.astype(np.float32, copy=False), affine), out / rel)
         if native:
             coords = _random_warp(rng, chi.shape)
             nat = ndimage.map_coordinates(chi, coords, order=1).reshape(chi.shape)

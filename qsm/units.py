@@ -33,7 +33,7 @@ from qsm.errors import ListedError
 logger = logging.getLogger(__name__)
 
 __all__ = ["UNITS", "PLAUSIBLE_RANGE_PPB", "MAX_RATIO_TO_COHORT", "to_ppb", "robust_range",
-           "check_units"]
+           "check_units", "check_unit_ranges"]
 
 UNITS = ("ppb", "ppm")
 _FACTOR = {"ppb": 1.0, "ppm": 1000.0}
@@ -107,7 +107,38 @@ def check_units(imgs, units, *, subjects=None, reader=None):
         else:
             data = np.asarray(nib.load(str(img)).dataobj, dtype=np.float32)
         ranges.append(robust_range(data) * factor)
-    ranges = np.asarray(ranges)
+    return check_unit_ranges(ranges, units, subjects=subjects, names=names)
+
+
+def check_unit_ranges(ranges, units, *, subjects, names):
+    """The checks of :func:`check_units` on robust ranges already measured.
+
+    For callers that read each map once for other work too (e.g.
+    :func:`qsm.pipeline.run_study`).
+
+    Parameters
+    ----------
+    ranges : (n,) array_like
+        ``robust_range(data) * factor`` of each map as read (ppb; ``factor``
+        1000 for ppm, 1 for ppb).
+    units : {'ppb', 'ppm'}
+        The declared unit.
+    subjects, names : sequence of str
+        Subject labels and file names used in messages.
+
+    Returns
+    -------
+    ranges : (n,) ndarray
+
+    Raises
+    ------
+    qsm.errors.ListedError
+        As :func:`check_units`.
+    """
+    factor = _check_units(units)
+    subjects = [str(x) for x in subjects]
+    names = [str(x) for x in names]
+    ranges = np.asarray(ranges, dtype=float)
     lo, hi = PLAUSIBLE_RANGE_PPB
     bad = []
     for sub, name, r in zip(subjects, names, ranges):

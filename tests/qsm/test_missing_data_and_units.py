@@ -124,7 +124,13 @@ def test_units_ppm_are_converted_and_odd_maps_refused(cohort, tmp_path):
     a = ppb.roi_table.set_index(["subject", "roi"])["mean"]
     b = ppm.roi_table.set_index(["subject", "roi"])["mean"]
     np.testing.assert_allclose(b.to_numpy(), a.to_numpy(), rtol=1e-4, atol=1e-3)
-    # declared ppb, the ppm maps are refused by name before any work
+    # declared ppb, the ppm maps are refused by name before any work, and before another
+    # subject's error met while the maps are read (each map is read once: NaN in subject 0)
+    nan_path = ppm_root / table.chi_path[0]
+    nan_img = nib.load(nan_path)
+    nan_data = np.asarray(nan_img.dataobj, np.float32).copy()
+    nan_data[tuple(np.argwhere(region_masks(demo_thalamus_atlas())["thalamus"])[:3].T)] = np.nan
+    nib.save(nib.Nifti1Image(nan_data, nan_img.affine), nan_path)
     with pytest.raises(ValueError, match=r"declared in ppb have an implausible robust brain "
                                          rf"range.*{table.participant_id[1]}.*as ppm"):
         run_study(_config(ppm_root), tmp_path / "bad", verbose=False)
@@ -135,6 +141,14 @@ def test_units_ppm_are_converted_and_odd_maps_refused(cohort, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32) * 1000, img.affine), odd)
     with pytest.raises(ValueError, match=rf"implausible.*{table.participant_id[2]}"):
         run_study(_config(ppm_root, study={"units": "ppm"}), tmp_path / "bad2", verbose=False)
+    assert not (tmp_path / "bad2").exists()
+    # units right again: subject 0's NaN is the error
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(odd).dataobj, np.float32) / 1000, img.affine),
+             odd)
+    with pytest.raises(ValueError, match=rf"{table.chi_path[0]} of {table.participant_id[0]} "
+                                         r"has 3 NaN or infinite"):
+        run_study(_config(ppm_root, study={"units": "ppm"}), tmp_path / "bad3", verbose=False)
+    assert not (tmp_path / "bad3").exists()
 
 
 def test_check_units_by_hand():
@@ -152,3 +166,28 @@ def test_check_units_by_hand():
         check_units(maps, "ppb")
     with pytest.raises(ValueError, match="'units' parameter.*but got 'ppt'"):
         check_units(maps, "ppt")
+
+
+def test_coverage_table_by_hand():
+    from qsm.coverage import coverage_table, has_data
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(0, 1, (6, 7, 8)).astype(np.float32)
+    data[rng.random(data.shape) < 0.3] = 0.0
+    data[0, 0, :4] = np.nan
+    masks = {"a": rng.random(data.shape) < 0.5, "b": np.zeros(data.shape, bool)}
+    masks["b"][0, 0, :6] = True
+    have = has_data(data)
+    expected = []
+    for name, mask in masks.items():   # slow twin: voxel by voxel
+        n = missing = 0
+        for v, m in zip(data.ravel(), mask.ravel()):
+            if m:
+                n += 1
+                missing += not (np.isfinite(v) and v != 0)
+        expected.append((name, n, missing))
+    indices = {k: np.flatnonzero(m) for k, m in masks.items()}
+    for table in (coverage_table("s", have, masks),
+                  coverage_table("s", have, masks, indices=indices)):
+        assert list(zip(table.roi, table.num_voxels, table.num_no_data)) == expected
+        np.testing.assert_allclose(table.fraction_no_data, [m / n for _, n, m in expected])
