@@ -12,6 +12,7 @@ here reassociates sums (``JIT_STRICT``).
 import numpy as np
 
 from ._numba import JIT_STRICT, njit, prange
+from ._tfce_numba import _label_root  # union-find root with path halving
 
 
 
@@ -135,14 +136,6 @@ def voxelwise_projection(basis, data, perm, signs, out):
                 out[k, v] += np.float64(basis[j, k, v]) * (sign * np.float64(data[src, v]))
 
 
-@njit(**JIT_STRICT)
-def _root(x, parent):
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]  # path halving
-        x = parent[x]
-    return x
-
-
 @njit(parallel=True, **JIT_STRICT)
 def cluster_label_maps(stats, threshold, two_sided, neighbours, labels, n_threads):
     """Cluster labels of every row of ``stats``: voxels > threshold (and < -threshold).
@@ -168,12 +161,12 @@ def cluster_label_maps(stats, threshold, two_sided, neighbours, labels, n_thread
                     nb = neighbours[v, k]
                     if nb < 0 or parent[nb] < 0 or (row[nb] > 0) != positive:
                         continue
-                    a = _root(nb, parent)
-                    c = _root(v, parent)
+                    a = _label_root(nb, parent)
+                    c = _label_root(v, parent)
                     if a != c:
                         if a < c:
                             parent[c] = a
                         else:
                             parent[a] = c
             for v in range(n_vox):
-                labels[b, v] = 0 if parent[v] < 0 else _root(v, parent) + 1
+                labels[b, v] = 0 if parent[v] < 0 else _label_root(v, parent) + 1

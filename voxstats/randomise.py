@@ -121,24 +121,17 @@ def _read_blocks(blocks):
 
 
 def _read_tree(tree, blocks):
-    """``exchangeability_tree`` as an ExchangeabilityTree (PALM's ``-eb``: file, matrix or tree)."""
-    from .exchangeability import ExchangeabilityTree
-
+    """``exchangeability_tree`` as ``exchangeability_blocks`` takes it (a PALM ``-eb`` CSV is read)."""
     if blocks is not None:
         raise ValueError("exchangeability_tree and exchangeability_blocks: give one of them "
                          "(exchangeability_blocks also takes a tree or PALM's matrix)")
-    if isinstance(tree, ExchangeabilityTree):
-        return tree
-    if isinstance(tree, (str, os.PathLike)):
-        from .design_files import read_exchangeability_blocks
+    if not isinstance(tree, (str, os.PathLike)):
+        return tree   # a tree or PALM's matrix: checked by exchangeability.as_tree with the blocks
+    from .design_files import read_exchangeability_blocks
 
-        if not os.path.isfile(tree):
-            raise ValueError(f"exchangeability_tree: no such file {str(tree)!r} (a string names PALM's -eb CSV)")
-        tree = read_exchangeability_blocks(tree)
-    try:
-        return ExchangeabilityTree.from_matrix(np.asarray(tree))
-    except ValueError as err:
-        raise ValueError(f"exchangeability_tree: {str(err).removeprefix('exchangeability_blocks: ')}") from None
+    if not os.path.isfile(tree):
+        raise ValueError(f"exchangeability_tree: no such file {str(tree)!r} (a string names PALM's -eb CSV)")
+    return read_exchangeability_blocks(tree)
 
 
 def permuted_glm(data, design, contrasts=None, *, f_contrasts=None, mask=None, adjacency=None,
