@@ -31,6 +31,7 @@ from qsm.atlas import (
 from qsm.coverage import coverage_table, has_data, incomplete_subjects
 from qsm.errors import ListedError, log_listed
 from qsm.config import StudyConfig, check_participants, load_config, read_participants
+from qsm.read_ahead import read_ahead
 from qsm.reference import rereference
 from qsm.regression import clinical_regressions, group_comparisons, regional_values
 from qsm.roi import region_stats, write_stats_table
@@ -573,11 +574,17 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
     mask_indices = {name: np.flatnonzero(mask) for name, mask in masks.items()}
     ref_mask_img = (None if ref_mask is None   # built once, not per subject
                     else nib.Nifti1Image(ref_mask.astype(np.uint8), first.affine))
-    for sub, path in tqdm(list(zip(rows[s.id_column], paths)), disable=not verbose,
-                          desc="loading χ maps"):
-        img, data = _read_chi(path, sub)
+
+    def read(item):  # on the read-ahead thread: the file and its robust range
+        img, data = _read_chi(item[1], item[0])
+        return img, data, (robust_range(data) * _FACTOR[s.units] if check else None)
+
+    subjects = list(zip(rows[s.id_column], paths))
+    for (sub, path), (img, data, robust) in tqdm(zip(subjects, read_ahead(read, subjects)),
+                                                 total=len(subjects), disable=not verbose,
+                                                 desc="loading χ maps"):
         if check:
-            ranges.append(robust_range(data) * _FACTOR[s.units])
+            ranges.append(robust)
         if failure is not None:
             continue
         try:

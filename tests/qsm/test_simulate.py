@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from qsm.atlas import demo_thalamus_atlas, region_masks
-from qsm.simulate import Effects, _smooth_noise, expected_effects, simulate_cohort
+from scipy import ndimage
+
+from qsm.simulate import Effects, _noise_box, _smooth_noise, expected_effects, simulate_cohort
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,32 @@ def test_bad_parameters(tmp_path):
         simulate_cohort(tmp_path, n_per_group=1)
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['bogus'\] in the 'effects'"):
         simulate_cohort(tmp_path, n_per_group=2, effects={"bogus": 1})
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.27, 2.1])
+def test_noise_smoothed_in_the_box_equals_the_whole_grid_on_the_brain(sigma):
+    # a brain touching the grid's lower z edge (as nilearn's MNI 2 mm mask does) and away from
+    # the others: smoothing the box alone must give the whole grid's values on every brain voxel
+    brain = np.zeros((40, 44, 30), bool)
+    brain[12:27, 15:30, 0:14] = True
+    brain[20, 14, 5] = True
+    box = _noise_box(brain, sigma)
+    assert box[2] == slice(0, box[2].stop) and box[0].start > 0 and box[0].stop < 40
+    field = np.random.default_rng(1).standard_normal(brain.shape).astype(np.float32)
+    whole = ndimage.gaussian_filter(field, sigma, truncate=3.0)
+    cropped = np.zeros_like(whole)
+    cropped[box] = ndimage.gaussian_filter(field[box], sigma, truncate=3.0)
+    np.testing.assert_array_equal(cropped[brain], whole[brain])
+    # one voxel less of margin would not do
+    tight = tuple(slice(b.start + (b.start > 0), b.stop - (b.stop < n))
+                  for b, n in zip(box, brain.shape))
+    short = np.zeros_like(whole)
+    short[tight] = ndimage.gaussian_filter(field[tight], sigma, truncate=3.0)
+    assert not np.array_equal(short[brain], whole[brain])
+    # the simulation's noise: same random stream, same brain values with and without the box
+    in_box = _smooth_noise(np.random.default_rng(2), brain.shape, sigma, 6.0, box)
+    on_grid = _smooth_noise(np.random.default_rng(2), brain.shape, sigma, 6.0)
+    np.testing.assert_array_equal(in_box[brain[box]], on_grid[brain])
 
 
 def test_smooth_noise_has_the_requested_sd():
