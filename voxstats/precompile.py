@@ -63,14 +63,25 @@ def compile_in_background():
         return None
     if _CHILD is not None and _CHILD.poll() is None:
         return _CHILD
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    _CHILD = subprocess.Popen([sys.executable, "-m", "voxstats.precompile"], env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    _CHILD = subprocess.Popen(child_command("from voxstats.precompile import _compile; _compile()"),
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     logger.debug("compiling the engine's kernels in process %d", _CHILD.pid)
     return _CHILD
+
+
+def child_command(code):
+    """argv of a child Python that runs ``code`` with this very ``voxstats`` package.
+
+    The folder holding this package goes first on the child's ``sys.path``.
+    With ``python -m voxstats.precompile`` the working directory came first: run
+    from a source checkout after ``pip install .`` (README's first command),
+    the child imported the checkout's ``voxstats`` and filled the checkout's
+    cache, and the installed package compiled every kernel itself.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); {code}"]
 
 
 @atexit.register

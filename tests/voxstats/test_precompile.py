@@ -59,3 +59,23 @@ def test_a_background_compile_leaves_nothing_to_compile(tmp_path):
     assert _python(FILL, cache).split() == ["False", "0", "True", "True"]
     # a new process then loads every kernel of a TFCE test from the cache
     assert _python(USE, cache) == "['<lambda>']"
+
+
+def test_the_child_imports_this_voxstats_whatever_the_working_directory(tmp_path, monkeypatch):
+    # a source checkout (or any folder with a voxstats/ in it) as the working directory
+    shadow = tmp_path / "voxstats"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise SystemExit('imported the working directory copy')\n")
+    monkeypatch.chdir(tmp_path)
+    import voxstats
+    from voxstats import precompile
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(precompile.child_command("import voxstats; print(voxstats.__file__)"),
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()) == Path(voxstats.__file__)
+    # what the old command (python -m, working directory first) imported
+    old = subprocess.run([sys.executable, "-c", "import voxstats"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert "working directory copy" in old.stderr
