@@ -64,14 +64,14 @@ def compile_in_background():
     if _CHILD is not None and _CHILD.poll() is None:
         return _CHILD
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    _CHILD = subprocess.Popen(child_command("from voxstats.precompile import _compile; _compile()"),
+    _CHILD = subprocess.Popen(_child_command("from voxstats.precompile import _compile; _compile()"),
                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     logger.debug("compiling the engine's kernels in process %d", _CHILD.pid)
     return _CHILD
 
 
-def child_command(code):
+def _child_command(code):
     """argv of a child Python that runs ``code`` with this very ``voxstats`` package.
 
     The folder holding this package goes first on the child's ``sys.path``.

@@ -71,7 +71,7 @@ def test_the_child_imports_this_voxstats_whatever_the_working_directory(tmp_path
     from voxstats import precompile
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run(precompile.child_command("import voxstats; print(voxstats.__file__)"),
+    out = subprocess.run(precompile._child_command("import voxstats; print(voxstats.__file__)"),
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == Path(voxstats.__file__)
