@@ -137,6 +137,90 @@ def _radix_order_desc(keys, n, order, key_tmp, idx_tmp, hist):
         order[i] = idx_tmp[i]
 
 
+# Above this many voxels the LSD sort's three scattering passes over the whole map miss the
+# cache on every write; the MSD sort scatters once and sorts each bucket in cache (1 mm brain:
+# 28 -> 18 ms per map; below ~700,000 voxels the LSD sort is faster). Both give one order.
+_MSD_MIN = 800_000
+
+
+@njit(**JIT)
+def _sort_low_bits(src_k, src_i, dst_k, dst_i, lo, hi, counts):
+    """Stable sort of ``src[lo:hi]`` by the low 20 bits of the keys into ``dst[lo:hi]``.
+
+    Three LSD passes (7, 7 and 6 bits; ``src`` is overwritten as scratch), or
+    an insertion sort for 32 keys or fewer. ``counts``: int64 work, >= 320.
+    """
+    if hi - lo <= 32:
+        for i in range(lo, hi):
+            k = src_k[i]
+            x = src_i[i]
+            low = k & 0xFFFFF
+            p = i
+            while p > lo and (dst_k[p - 1] & 0xFFFFF) > low:
+                dst_k[p] = dst_k[p - 1]
+                dst_i[p] = dst_i[p - 1]
+                p -= 1
+            dst_k[p] = k
+            dst_i[p] = x
+        return
+    counts[:320] = 0
+    for i in range(lo, hi):
+        k = src_k[i]
+        counts[k & 127] += 1
+        counts[128 + ((k >> 7) & 127)] += 1
+        counts[256 + ((k >> 14) & 63)] += 1
+    for start, width in ((0, 128), (128, 128), (256, 64)):
+        total = lo
+        for b in range(start, start + width):
+            c = counts[b]
+            counts[b] = total
+            total += c
+    # bits 0-6: src -> dst, bits 7-13: dst -> src, bits 14-19: src -> dst
+    for shift, mask, start, forward in ((0, 127, 0, True), (7, 127, 128, False), (14, 63, 256, True)):
+        a_k, a_i, b_k, b_i = (src_k, src_i, dst_k, dst_i) if forward else (dst_k, dst_i, src_k, src_i)
+        for i in range(lo, hi):
+            k = a_k[i]
+            b = start + ((k >> shift) & mask)
+            pos = counts[b]
+            counts[b] = pos + 1
+            b_k[pos] = k
+            b_i[pos] = a_i[i]
+
+
+@njit(**JIT)
+def _radix_order_desc_msd(keys, n, order, key_tmp, idx_tmp, hist):
+    """:func:`_radix_order_desc` for large maps: one stable pass on the top 11 bits, then each bucket.
+
+    Same contract and the same result (both sorts are stable); ``hist`` holds
+    at least 2,368 int64.
+    """
+    top = hist[:2048]
+    counts = hist[2048:]
+    top[:] = 0
+    for i in range(n):
+        k = np.uint32(0x7FFFFFFF) - keys[i]
+        keys[i] = k
+        top[k >> 20] += 1
+    total = 0
+    for b in range(2048):
+        c = top[b]
+        top[b] = total
+        total += c
+    for i in range(n):
+        k = keys[i]
+        b = k >> 20
+        pos = top[b]
+        top[b] = pos + 1
+        key_tmp[pos] = k
+        idx_tmp[pos] = order[i]
+    lo = 0
+    for b in range(2048):  # top[b] is now the end of bucket b
+        hi = top[b]
+        if hi > lo:
+            _sort_low_bits(key_tmp, idx_tmp, keys, order, lo, hi, counts)
+        lo = hi
+
+
 @njit(**JIT)
 def _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H, fsl, thresholds,
                 cumulative, out, node, val, up, sgn, born, roots):
@@ -306,7 +390,8 @@ def tfce_rows(stats, lo, hi, neighbours, weights, skip, two_sided, E, H, fsl, th
     """TFCE of rows ``lo`` to ``hi - 1`` of ``stats`` (float32, (n_maps, n_voxels)) into ``out``.
 
     Releases the GIL; the work arrays come from :func:`tfce_work` (one set per
-    thread). Each row is sorted by a float32 radix sort, then swept.
+    thread). Each row is sorted by a radix sort of its float32 bits (LSD, or MSD from
+    ``_MSD_MIN`` active voxels on), then swept.
     """
     n_vox = stats.shape[1]
     state, sgn = work8[:n_vox], work8[n_vox:2 * n_vox]
@@ -319,7 +404,10 @@ def tfce_rows(stats, lo, hi, neighbours, weights, skip, two_sided, E, H, fsl, th
     node, val = work64[:2 * n_vox], work64[2 * n_vox:3 * n_vox]
     for b in range(lo, hi):
         n_active = _active_keys(stats[b], skip, two_sided, state, keys, visit)
-        _radix_order_desc(keys, n_active, visit, key_tmp, idx_tmp, hist)
+        if n_active >= _MSD_MIN:
+            _radix_order_desc_msd(keys, n_active, visit, key_tmp, idx_tmp, hist)
+        else:
+            _radix_order_desc(keys, n_active, visit, key_tmp, idx_tmp, hist)
         for j in range(n_active):
             visit_bits[j] = np.uint32(0x7FFFFFFF) - keys[j]
         _tfce_sweep(visit, visit_height, n_active, state, neighbours, weights, E, H, fsl, thresholds,

@@ -483,3 +483,39 @@ def test_batch_is_bit_identical_whatever_the_threads_and_tasks(rng, mode, monkey
                                               serial)
     for i, row in enumerate(maps):  # and each row alone
         np.testing.assert_array_equal(batch_tfce(row[np.newaxis], graph, fsl=mode == "fsl", dh=dh)[0], serial[i])
+
+
+@pytest.mark.parametrize("n,spread", [(5, 1.0), (33, 1.0), (1000, 1.0), (100_000, 3.0),
+                                      (300_000, 1e-3), (50_000, 1e-30)])
+def test_msd_radix_sort_is_a_stable_descending_sort(n, spread):
+    rng = np.random.default_rng(n)
+    x = np.abs(rng.normal(0, spread, n)).astype(np.float32)
+    x[rng.random(n) < 0.3] = x[0]  # many ties: their order must be the input order
+    keys = x.view(np.uint32).copy()
+    order = np.arange(n, dtype=np.uint32)
+    work = np.empty(n, np.uint32), np.empty(n, np.uint32), np.empty(4096, np.int64)
+    _tfce_numba._radix_order_desc_msd(keys, n, order, *work)
+    expected = np.argsort(-x.astype(np.float64), kind="stable")
+    np.testing.assert_array_equal(order, expected)
+    np.testing.assert_array_equal(np.uint32(0x7FFFFFFF) - keys, x.view(np.uint32)[expected])
+
+
+def test_large_maps_sorted_by_the_msd_sort_give_the_same_tfce():
+    # a map with more active voxels than _MSD_MIN goes through the MSD sort in the batch kernel;
+    # the single-map kernel, given NumPy's stable order, must give the same values bit for bit
+    rng = np.random.default_rng(3)
+    shape = (100, 100, 90)
+    mask = np.ones(shape, bool)
+    mask[:3] = False
+    graph = grid_graph(mask, 6)
+    row = _field(rng, shape)[mask].astype(np.float32)
+    row[row == 0] = 0.25
+    row[::7] = row[0]  # ties
+    assert np.count_nonzero(row) >= _tfce_numba._MSD_MIN
+    got = batch_tfce(row[None], graph)[0]
+    values = row.astype(np.float64)
+    order = np.argsort(-np.abs(values), kind="stable")
+    empty = np.empty(0)
+    want = _tfce_numba.tfce_graph(values, order, graph.neighbours, empty, np.empty(0, np.bool_),
+                                  True, 0.5, 2.0, False, empty, empty)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
