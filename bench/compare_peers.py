@@ -664,21 +664,32 @@ def _peak_mb(mem):
 
 
 def check_targets(prob, threads=2):
-    """The issue's targets: voxstats >= 7x the tfce package and >= 250x nilearn
-    per permutation at ``threads``, at equal or lower peak memory."""
+    """The issues' targets: voxstats >= 15x the tfce package (issue 15), >= 250x nilearn
+    (issue 8) and >= 200x FSL randomise (issue 15) per permutation at ``threads``,
+    at equal or lower peak memory.
+
+    A voxstats wall slope below its CPU slope / ``threads`` cannot be true (the
+    short run's fixed costs, e.g. a pool deciding whether to use its second
+    thread, leaked into the slope): such a target is reported UNRELIABLE, not met.
+    """
     timing = prob["timing"].get(str(threads), {})
     memory = prob.get("memory", {}).get(str(threads), {})
     vox = timing.get("voxstats", {}).get("per_perm_s")
+    vox_cpu = timing.get("voxstats", {}).get("cpu_per_perm_s")
+    unreliable = bool(vox and vox_cpu and vox * threads < 0.9 * vox_cpu)
     out = []
-    for name, target in (("tfce", 7.0), ("nilearn", 250.0), ("randomise", 200.0)):
+    for name, target in (("tfce", 15.0), ("nilearn", 250.0), ("randomise", 200.0)):
         if not vox or name not in timing:
             continue
         speedup = timing[name]["per_perm_s"] / vox
         rec = dict(peer=name, threads=threads, target=target, speedup=speedup,
-                   met=speedup >= target, memory_ratio=None)
-        text = (f"target voxstats >= {target:g}x {name} at {threads} threads: "
-                f"{speedup:.1f}x " + ("MET" if rec["met"] else
-                                     f"MISSED by {target / speedup:.2f}x"))
+                   met=speedup >= target and not unreliable, unreliable=unreliable,
+                   memory_ratio=None)
+        verdict = ("MET" if rec["met"] else f"MISSED by {target / speedup:.2f}x")
+        if unreliable:
+            verdict = (f"UNRELIABLE (voxstats wall {1000 * vox:.1f} ms/perm < CPU {1000 * vox_cpu:.1f}"
+                       f" / {threads} threads: rerun with a larger --n-perm)")
+        text = f"target voxstats >= {target:g}x {name} at {threads} threads: {speedup:.1f}x {verdict}"
         mv, mp = _peak_mb(memory.get("voxstats", {})), _peak_mb(memory.get(name, {}))
         if mv and mp:
             rec["memory_ratio"] = mv / mp

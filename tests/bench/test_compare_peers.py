@@ -188,11 +188,23 @@ def test_targets_are_checked_and_misses_quantified():
                                         "peak_self_mb": 1200.0}}}
     tfce_t, nilearn_t = cp.check_targets(prob, threads=2)
     assert tfce_t["speedup"] == pytest.approx(5.0) and not tfce_t["met"]
-    assert "MISSED by 1.40x" in tfce_t["text"] and "(HIGHER)" in tfce_t["text"]
+    assert "MISSED by 3.00x" in tfce_t["text"] and "(HIGHER)" in tfce_t["text"]
     assert tfce_t["memory_ratio"] == pytest.approx(1.2)
     assert nilearn_t["speedup"] == pytest.approx(300.0) and nilearn_t["met"]
     assert nilearn_t["memory_ratio"] == pytest.approx(0.5)
     assert cp.check_targets(prob, threads=1) == []
+
+
+def test_a_wall_slope_below_cpu_over_threads_is_reported_unreliable():
+    # the 2026-11-30 run at --n-perm 100: 6.7 ms wall per permutation for 17.8 ms of CPU on 2 threads
+    prob = {"timing": {"2": {"voxstats": {"per_perm_s": 0.0067, "cpu_per_perm_s": 0.0178},
+                             "randomise": {"per_perm_s": 1.73}}}}
+    (rand,) = cp.check_targets(prob, threads=2)
+    assert rand["unreliable"] and not rand["met"] and rand["speedup"] > 200
+    assert "UNRELIABLE" in rand["text"] and "MET" not in rand["text"]
+    prob["timing"]["2"]["voxstats"]["per_perm_s"] = 0.0120   # 0.0120 * 2 >= 0.9 * 0.0178
+    (rand,) = cp.check_targets(prob, threads=2)
+    assert not rand["unreliable"] and not rand["met"] and "MISSED by 1.39x" in rand["text"]
 
 
 # ---------------------------------------------------------------- helpers
