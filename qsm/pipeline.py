@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -580,24 +581,24 @@ def run_study(config, out_dir, *, verbose=None, timings=None) -> StudyResult:
         return img, data, (robust_range(data) * _FACTOR[s.units] if check else None)
 
     subjects = list(zip(rows[s.id_column], paths))
-    for (sub, path), (img, data, robust) in tqdm(zip(subjects, read_ahead(read, subjects)),
-                                                 total=len(subjects), disable=not verbose,
-                                                 desc="loading χ maps"):
-        if check:
-            ranges.append(robust)
-        if failure is not None:
-            continue
-        try:
-            crop = _load_one(config, sub, path, img, data, first, paths[0], vox_mask, units,
-                             masks, mask_indices, ref_mask_img, box, coverage, refs, ref_voxels,
-                             tables)
-        except ValueError as exc:
-            if not check:
-                raise
-            failure = exc
-            continue
-        if crop is not None:
-            crops.append(crop)
+    with closing(read_ahead(read, subjects)) as maps:   # stops the reader on any error
+        for (sub, path), (img, data, robust) in tqdm(zip(subjects, maps), total=len(subjects),
+                                                     disable=not verbose, desc="loading χ maps"):
+            if check:
+                ranges.append(robust)
+            if failure is not None:
+                continue
+            try:
+                crop = _load_one(config, sub, path, img, data, first, paths[0], vox_mask, units,
+                                 masks, mask_indices, ref_mask_img, box, coverage, refs, ref_voxels,
+                                 tables)
+            except ValueError as exc:
+                if not check:
+                    raise
+                failure = exc
+                continue
+            if crop is not None:
+                crops.append(crop)
     if check:
         check_unit_ranges(ranges, s.units, subjects=list(rows[s.id_column]), names=paths)
     if failure is not None:
