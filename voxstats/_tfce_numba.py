@@ -99,6 +99,22 @@ def _find(x, parent):
         x = grand
 
 
+@njit(inline="always", **JIT)
+def _scatter(src_k, src_i, dst_k, dst_i, lo, hi, shift, mask, start, slots):
+    """One stable counting-sort pass: ``src[lo:hi]`` to ``dst`` by ``(key >> shift) & mask``.
+
+    ``slots[start + digit]`` holds the next free position of each digit (the
+    exclusive prefix sums of its counts) and is advanced.
+    """
+    for i in range(lo, hi):
+        k = src_k[i]
+        b = start + ((k >> shift) & mask)
+        pos = slots[b]
+        slots[b] = pos + 1
+        dst_k[pos] = k
+        dst_i[pos] = src_i[i]
+
+
 @njit(**JIT)
 def _radix_order_desc(keys, n, order, key_tmp, idx_tmp, hist):
     """Stable LSD radix sort of ``keys[:n]`` (uint32, < 2**31) in decreasing order.
@@ -124,13 +140,7 @@ def _radix_order_desc(keys, n, order, key_tmp, idx_tmp, hist):
             total += c
     src_k, src_i, dst_k, dst_i = keys, order, key_tmp, idx_tmp
     for shift, mask, lo in ((0, 2047, 0), (11, 1023, 2048), (21, 1023, 3072)):
-        for i in range(n):
-            k = src_k[i]
-            b = lo + ((k >> shift) & mask)
-            pos = hist[b]
-            hist[b] = pos + 1
-            dst_k[pos] = k
-            dst_i[pos] = src_i[i]
+        _scatter(src_k, src_i, dst_k, dst_i, 0, n, shift, mask, lo, hist)
         src_k, src_i, dst_k, dst_i = dst_k, dst_i, src_k, src_i
     for i in range(n):  # after three passes the sorted data are in the twins
         keys[i] = key_tmp[i]
@@ -177,14 +187,10 @@ def _sort_low_bits(src_k, src_i, dst_k, dst_i, lo, hi, counts):
             total += c
     # bits 0-6: src -> dst, bits 7-13: dst -> src, bits 14-19: src -> dst
     for shift, mask, start, forward in ((0, 127, 0, True), (7, 127, 128, False), (14, 63, 256, True)):
-        a_k, a_i, b_k, b_i = (src_k, src_i, dst_k, dst_i) if forward else (dst_k, dst_i, src_k, src_i)
-        for i in range(lo, hi):
-            k = a_k[i]
-            b = start + ((k >> shift) & mask)
-            pos = counts[b]
-            counts[b] = pos + 1
-            b_k[pos] = k
-            b_i[pos] = a_i[i]
+        if forward:
+            _scatter(src_k, src_i, dst_k, dst_i, lo, hi, shift, mask, start, counts)
+        else:
+            _scatter(dst_k, dst_i, src_k, src_i, lo, hi, shift, mask, start, counts)
 
 
 @njit(**JIT)
@@ -206,13 +212,7 @@ def _radix_order_desc_msd(keys, n, order, key_tmp, idx_tmp, hist):
         c = top[b]
         top[b] = total
         total += c
-    for i in range(n):
-        k = keys[i]
-        b = k >> 20
-        pos = top[b]
-        top[b] = pos + 1
-        key_tmp[pos] = k
-        idx_tmp[pos] = order[i]
+    _scatter(keys, order, key_tmp, idx_tmp, 0, n, 20, 2047, 0, top)
     lo = 0
     for b in range(2048):  # top[b] is now the end of bucket b
         hi = top[b]
