@@ -4,6 +4,7 @@ Builders are handed out as fixtures (not imported) so that this file never
 clashes with another ``conftest`` module on ``sys.path``.
 """
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage, sparse
@@ -30,6 +31,19 @@ def _design_with_nuisance(rng, n):
     """[intercept, tested covariate, nuisance covariate, group] design, (n, 4)."""
     group = np.tile([0.0, 1.0], n // 2 + 1)[:n]
     return np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n), group])
+
+
+def _save_surf(path, mesh):
+    """Write a ``voxstats.surface.Mesh`` as a GIFTI surface (pointset + triangles); ``path``."""
+    nib.save(nib.gifti.GiftiImage(darrays=[
+        nib.gifti.GiftiDataArray(mesh.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
+        nib.gifti.GiftiDataArray(mesh.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), path)
+    return path
+
+
+@pytest.fixture
+def save_surf():
+    return _save_surf
 
 
 @pytest.fixture

@@ -28,13 +28,6 @@ def _save(path, values, models, names=None):
     return path
 
 
-def _save_surf(path, mesh):
-    nib.save(nib.gifti.GiftiImage(darrays=[
-        nib.gifti.GiftiDataArray(mesh.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
-        nib.gifti.GiftiDataArray(mesh.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), path)
-    return path
-
-
 def _hand_models():
     """Left cortex: the unit square's vertices 0, 1, 2 (3 is 'medial wall'); thalamus: three voxels
     along i, (0,0,0) and (1,0,0) touching, (3,0,0) apart; 2 mm voxels (8 mm³)."""
@@ -134,7 +127,7 @@ def test_random_maps_equal_per_structure_references(tmp_path):
         assert len(set(models.name[res.labels == k])) == 1
 
 
-def test_command_line_on_randomise_outputs(tmp_path, capsys):
+def test_command_line_on_randomise_outputs(tmp_path, capsys, save_surf):
     """randomise on CIFTI, then cluster on its 1 - p map: the convention comes from the record."""
     mesh = icosphere(1, radius=40.0)
     models = (cifti2_axes.BrainModelAxis.from_surface(np.arange(40), 42, "CortexLeft")
@@ -146,7 +139,7 @@ def test_command_line_on_randomise_outputs(tmp_path, capsys):
     files = [_save(tmp_path / f"sub-{i}.dscalar.nii", row, models) for i, row in enumerate(data)]
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{f.name}\n" for f in files))
-    surf = _save_surf(tmp_path / "L.surf.gii", mesh)
+    surf = save_surf(tmp_path / "L.surf.gii", mesh)
     assert main(["randomise", "-i", str(listing), "--left-surf", str(surf), "-1", "-o", str(tmp_path / "g"),
                  "-n", "256", "-x", "--seed", "2", "--quiet"]) == 0
     tsv, index = tmp_path / "clusters.tsv", tmp_path / "clusters.dlabel.nii"

@@ -19,15 +19,8 @@ def _save_gifti(path, arrays, structure="CortexLeft"):
     return path
 
 
-def _save_surf(path, mesh):
-    nib.save(nib.gifti.GiftiImage(darrays=[
-        nib.gifti.GiftiDataArray(mesh.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
-        nib.gifti.GiftiDataArray(mesh.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), path)
-    return path
-
-
 @pytest.fixture
-def study(tmp_path):
+def study(tmp_path, save_surf):
     """Eight subjects' thickness-like maps on a 162-vertex sphere, 0 on a 'medial wall', an effect at vertex 0."""
     mesh = icosphere(2, radius=50.0)
     rng = np.random.default_rng(4)
@@ -40,7 +33,7 @@ def study(tmp_path):
     files = [_save_gifti(folder / f"sub-{i:02d}.lh.thickness.shape.gii", [row]) for i, row in enumerate(data)]
     listing = tmp_path / "lh.thickness_list.txt"
     listing.write_text("".join(f"subjects/{f.name}\n" for f in files))
-    return mesh, _save_surf(tmp_path / "lh.white.surf.gii", mesh), data, wall, listing
+    return mesh, save_surf(tmp_path / "lh.white.surf.gii", mesh), data, wall, listing
 
 
 def test_randomise_on_gifti_writes_gifti(tmp_path, study, capsys):
@@ -104,7 +97,7 @@ def test_randomise_on_curv_and_mgh(tmp_path, study):
     np.testing.assert_array_equal(t_mgh, t_curv)
 
 
-def test_randomise_on_cifti_keeps_brain_models(tmp_path):
+def test_randomise_on_cifti_keeps_brain_models(tmp_path, save_surf):
     mesh = icosphere(1, radius=40.0)
     left = cifti2_axes.BrainModelAxis.from_surface(np.arange(40), 42, "CortexLeft")
     block = np.zeros((3, 3, 2), bool)
@@ -120,7 +113,7 @@ def test_randomise_on_cifti_keeps_brain_models(tmp_path):
         nib.save(img, files[-1])
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{f.name}\n" for f in files))
-    surf = _save_surf(tmp_path / "L.midthickness.surf.gii", mesh)
+    surf = save_surf(tmp_path / "L.midthickness.surf.gii", mesh)
     assert main(["randomise", "-i", str(listing), "--left-surf", str(surf), "-1", "-o", str(tmp_path / "g"),
                  "-n", "16", "-x", "--seed", "2", "--quiet"]) == 0
     out = nib.load(tmp_path / "g_tstat1.dscalar.nii")
@@ -130,7 +123,7 @@ def test_randomise_on_cifti_keeps_brain_models(tmp_path):
     assert nib.load(tmp_path / "g_vox_corrp_tstat1.dscalar.nii").header.get_axis(1) == models
 
 
-def test_command_line_errors(tmp_path, study, capsys):
+def test_command_line_errors(tmp_path, study, capsys, save_surf):
     mesh, surf, data, wall, listing = study
     base = ["randomise", "-i", str(listing), "-1", "-o", str(tmp_path / "x"), "-n", "8"]
     assert main(base) == 1
@@ -144,7 +137,7 @@ def test_command_line_errors(tmp_path, study, capsys):
     assert main(base + ["--surf", str(surf), "--area=-3"]) == 1
     assert "error: --area: expected a file or a number > 0, got -3" in capsys.readouterr().err
     other = icosphere(1)
-    small = _save_surf(tmp_path / "small.surf.gii", other)
+    small = save_surf(tmp_path / "small.surf.gii", other)
     assert main(base + ["--surf", str(small)]) == 1
     assert f"error: --surf: {small} has 42 vertices but the maps" in capsys.readouterr().err
     volume = tmp_path / "v.nii.gz"

@@ -22,13 +22,6 @@ def _save_gifti(path, arrays, structure="CortexLeft"):
     return path
 
 
-def _save_surf(path, mesh):
-    nib.save(nib.gifti.GiftiImage(darrays=[
-        nib.gifti.GiftiDataArray(mesh.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
-        nib.gifti.GiftiDataArray(mesh.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), path)
-    return path
-
-
 @pytest.fixture
 def maps(rng):
     values = rng.normal(2.5, 0.3, size=(5, 6)).astype(np.float32)
@@ -66,9 +59,9 @@ def test_every_layout_reads_the_same_matrix(tmp_path, maps, layout):
                           "curv": ".mgz", "mgh": ".mgh", "mgz-frames": ".mgz"}[layout]
 
 
-def test_load_surface_masks_the_medial_wall_and_writes_back(tmp_path, maps):
+def test_load_surface_masks_the_medial_wall_and_writes_back(tmp_path, maps, save_surf):
     mesh = _octahedron()
-    surf = _save_surf(tmp_path / "lh.white.surf.gii", mesh)
+    surf = save_surf(tmp_path / "lh.white.surf.gii", mesh)
     imgs = [_save_gifti(tmp_path / f"sub-{i}.shape.gii", [row]) for i, row in enumerate(maps)]
     data, masker = load_surface(imgs, surf)
     np.testing.assert_array_equal(masker.mask, [True] * 5 + [False])
@@ -149,9 +142,9 @@ def test_surface_labels_from_annot_and_label_gii(tmp_path):
     assert names == {0: "???", 7: "V1", 9: "MT"}
 
 
-def test_errors_name_the_file(tmp_path, maps):
+def test_errors_name_the_file(tmp_path, maps, save_surf):
     mesh = _octahedron()
-    surf = _save_surf(tmp_path / "lh.white.surf.gii", mesh)
+    surf = save_surf(tmp_path / "lh.white.surf.gii", mesh)
     good = _save_gifti(tmp_path / "a.func.gii", [maps[0]])
     short = _save_gifti(tmp_path / "b.func.gii", [maps[1, :4]])
     with pytest.raises(ValueError, match=r"b\.func\.gii has 4 vertices but .*a\.func\.gii has 6"):

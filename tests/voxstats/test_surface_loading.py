@@ -18,27 +18,20 @@ def _save_gifti(path, arrays):
     return path
 
 
-def _save_surf(path, mesh):
-    nib.save(nib.gifti.GiftiImage(darrays=[
-        nib.gifti.GiftiDataArray(mesh.coordinates.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
-        nib.gifti.GiftiDataArray(mesh.faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE")]), path)
-    return path
-
-
 def _one_sample_t(y):
     y = np.asarray(y, dtype=np.float64)
     return y.mean(0) / (y.std(0, ddof=1) / np.sqrt(y.shape[0]))
 
 
 @pytest.fixture
-def surface_study(tmp_path, rng):
+def surface_study(tmp_path, rng, save_surf):
     mesh = icosphere(2, radius=50.0)
     data = rng.normal(0.3, 1.0, size=(7, mesh.n_vertices)).astype(np.float32)
     data[:, :12] = 0.0  # the "medial wall"
     files = [_save_gifti(tmp_path / f"sub-{i:02d}.lh.thickness.shape.gii", [row]) for i, row in enumerate(data)]
     listing = tmp_path / "lh.thickness_list.txt"
     listing.write_text("".join(f"{f.name}\n" for f in files))
-    return mesh, _save_surf(tmp_path / "lh.white.surf.gii", mesh), data, files, listing
+    return mesh, save_surf(tmp_path / "lh.white.surf.gii", mesh), data, files, listing
 
 
 def test_input_kinds(tmp_path, surface_study):
